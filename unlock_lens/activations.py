@@ -1,0 +1,226 @@
+"""Batched capture of final-token residual streams (and final logits) through hook points.
+
+Works on any model exposing TransformerLens hook points and a ``hooks(fwd_hooks=...)``
+context manager (a TransformerLens 4 ``TransformerBridge``, a TL 3 ``HookedTransformer``).
+Prompts are tokenised with left padding so index -1 is the last real token of every row, and
+sorted by length so batches carry little padding; only the requested hooks are attached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from unlock_lens.errors import UnlockLensError
+from unlock_lens.prompts import PromptFormat, get_format
+
+HookKind = Literal["resid_post", "resid_pre"]
+
+
+def hook_name(layer: int, kind: HookKind = "resid_post") -> str:
+    """``blocks.{layer}.hook_resid_post`` (block output) or ``hook_resid_pre`` (block input)."""
+    if kind not in ("resid_post", "resid_pre"):
+        raise UnlockLensError(f"unknown hook kind {kind!r}; use 'resid_post' or 'resid_pre'")
+    return f"blocks.{layer}.hook_{kind}"
+
+
+def check_layers(model: Any, layers: Sequence[int] | None) -> list[int]:
+    """All layers when ``None``; otherwise validated, negative indices resolved."""
+    n = int(model.cfg.n_layers)
+    if layers is None:
+        return list(range(n))
+    out = []
+    for layer in layers:
+        if not -n <= int(layer) < n:
+            raise UnlockLensError(
+                f"layer {layer} is out of range for a model with {n} layers (valid: 0..{n - 1})"
+            )
+        out.append(int(layer) % n)
+    if len(set(out)) != len(out):
+        raise UnlockLensError(f"layers {list(layers)} name a layer twice")
+    return out
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A model together with the prompt format it is run with (one side of a contrast)."""
+
+    model: Any
+    format: PromptFormat
+
+    def __init__(self, model: Any, format: PromptFormat | str) -> None:
+        object.__setattr__(self, "model", model)
+        object.__setattr__(self, "format", get_format(format))
+
+    def prompts(self, questions: Sequence[str]) -> list[str]:
+        return self.format.render_all(questions, self.model.tokenizer)
+
+
+def encode(
+    model: Any, prompts: Sequence[str], *, prepend_bos: bool | None = None
+) -> tuple[Int[Tensor, "n pos"], Int[Tensor, "n pos"]]:
+    """Token ids and attention mask, left-padded.
+
+    BOS follows ``model.cfg.default_prepend_bos`` (as TransformerLens does) unless the text
+    already starts with it (chat templates write their own).
+    """
+    if len(prompts) == 0:
+        raise UnlockLensError("the prompt list is empty: pass at least one prompt")
+    tok = model.tokenizer
+    bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+    bos_id = tok.bos_token_id
+    rows: list[list[int]] = []
+    for p in prompts:
+        ids = tok(p, add_special_tokens=False)["input_ids"]
+        if bos and bos_id is not None and (not ids or ids[0] != bos_id):
+            ids = [bos_id, *ids]
+        if not ids:
+            raise UnlockLensError("a prompt tokenises to nothing: remove empty prompts")
+        rows.append(ids)
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    longest = max(len(r) for r in rows)
+    if n_ctx and longest > n_ctx:
+        raise UnlockLensError(
+            f"a prompt is {longest} tokens, longer than the model's context of {n_ctx}: "
+            "shorten the prompts (fewer few-shot examples) or use a longer-context model"
+        )
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    ids_t = torch.full((len(rows), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids_t[i, longest - len(r) :] = torch.tensor(r)
+        mask[i, longest - len(r) :] = 1
+    return ids_t, mask
+
+
+def position_ids(mask: Int[Tensor, "n pos"]) -> Int[Tensor, "n pos"]:
+    """Positions counted from each row's first real token (pads get 0)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def model_device(model: Any) -> torch.device:
+    dev = getattr(model.cfg, "device", None)
+    if dev is not None:
+        return torch.device(dev)
+    return next(model.parameters()).device
+
+
+def length_sorted_batches(
+    lengths: Sequence[int], batch_size: int
+) -> Iterator[list[int]]:
+    """Index batches over prompts sorted by length (longest first), to cut padding."""
+    if batch_size < 1:
+        raise UnlockLensError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def _token_lengths(model: Any, prompts: Sequence[str]) -> list[int]:
+    return [len(model.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+
+
+def forward_batches(
+    model: Any,
+    prompts: Sequence[str],
+    fwd_hooks: Callable[[list[int]], list[tuple[str, Callable]]],
+    *,
+    batch_size: int = 16,
+    progress: bool | str = False,
+    return_logits: bool = False,
+) -> Iterator[tuple[list[int], Tensor | None]]:
+    """Run prompts in length-sorted, left-padded batches with per-batch hooks.
+
+    Yields ``(indices, final-position logits or None)``; hooks see the batch in that order.
+    """
+    if len(prompts) == 0:
+        raise UnlockLensError("the prompt list is empty: pass at least one prompt")
+    device = model_device(model)
+    batches = list(length_sorted_batches(_token_lengths(model, prompts), batch_size))
+    desc = progress if isinstance(progress, str) else "forward"
+    for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        ids, mask = encode(model, [prompts[i] for i in idx])
+        ids, mask = ids.to(device), mask.to(device)
+        with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks(idx)):
+            out = model(
+                ids,
+                attention_mask=mask,
+                position_ids=position_ids(mask),
+                return_type="logits" if return_logits else None,
+            )
+        yield idx, (out[:, -1].float() if return_logits else None)
+
+
+def capture(
+    model: Any,
+    prompts: Sequence[str],
+    layers: Sequence[int] | None = None,
+    *,
+    hook: HookKind = "resid_post",
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    progress: bool | str = False,
+    steering: Any = None,
+) -> Float[Tensor, "n n_layers d_model"]:
+    """Final-token residual stream at ``layers`` (default: all), float32, shape [n, L, d].
+
+    ``steering`` (a :class:`unlock_lens.steer.Steering`) is applied during capture if given.
+    """
+    layers = check_layers(model, layers)
+    d = int(model.cfg.d_model)
+    out = torch.empty((len(prompts), len(layers), d), dtype=torch.float32, device=device)
+    current: dict[str, list[int]] = {}
+
+    def make_hook(j: int) -> Callable:
+        def save(x: Tensor, hook: Any) -> Tensor:
+            out[current["idx"], j] = x[:, -1].detach().to(device=device, dtype=torch.float32)
+            return x
+
+        return save
+
+    hooks = [(hook_name(layer, hook), make_hook(j)) for j, layer in enumerate(layers)]
+
+    def hooks_for(idx: list[int]) -> list[tuple[str, Callable]]:
+        current["idx"] = idx
+        return hooks
+
+    ctx = steering.applied(model) if steering is not None else nullcontext()
+    with ctx:
+        for _ in forward_batches(model, prompts, hooks_for, batch_size=batch_size, progress=progress):
+            pass
+    if not torch.isfinite(out).all():
+        bad = (~torch.isfinite(out)).sum().item()
+        raise UnlockLensError(
+            f"{bad} captured activation entries are NaN/inf: the model overflowed in its dtype; "
+            "load it in float32"
+        )
+    return out
+
+
+def final_logits(
+    model: Any,
+    prompts: Sequence[str],
+    *,
+    batch_size: int = 16,
+    steering: Any = None,
+    progress: bool | str = False,
+) -> Float[Tensor, "n d_vocab"]:
+    """Logits for the next token after each prompt (float32, CPU), optionally steered."""
+    rows: dict[int, Tensor] = {}
+    ctx = steering.applied(model) if steering is not None else nullcontext()
+    with ctx:
+        for idx, logits in forward_batches(
+            model, prompts, lambda idx: [], batch_size=batch_size, progress=progress,
+            return_logits=True,
+        ):
+            assert logits is not None
+            for k, i in enumerate(idx):
+                rows[i] = logits[k].cpu()
+    return torch.stack([rows[i] for i in range(len(prompts))])

@@ -1,0 +1,30 @@
+"""Fit linear maps that carry a source model's residual stream into a target model's.
+
+``fit_alignment(X_src, X_tgt, method=..., rank=...)`` returns a :class:`LayerMap`; methods:
+``svd`` (the UNLOCK authors'), ``procrustes``, ``cca``, ``ridge``, ``identity``.
+"""
+
+from unlock_lens.align.base import (
+    ALIGNMENT_METHODS,
+    LayerMap,
+    fit_alignment,
+    register_method,
+)
+from unlock_lens.align.cca import fit_cca
+from unlock_lens.align.identity import fit_identity
+from unlock_lens.align.procrustes import fit_procrustes, procrustes_rotation
+from unlock_lens.align.ridge import fit_ridge
+from unlock_lens.align.svd import fit_svd
+
+__all__ = [
+    "ALIGNMENT_METHODS",
+    "LayerMap",
+    "fit_alignment",
+    "fit_cca",
+    "fit_identity",
+    "fit_procrustes",
+    "fit_ridge",
+    "fit_svd",
+    "procrustes_rotation",
+    "register_method",
+]

@@ -1,0 +1,206 @@
+"""``unlock-lens`` command line: extract | align | steer | generate | run.
+
+Models are hub names, local HF directories, ``.gguf`` files or registry short names
+(``smollm2-135m-instruct``, ``gemma-3-270m``). Key and alignment questions come from disjoint
+seeded splits of a dataset (``--dataset gsm8k --split train``) so they never overlap.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+Model = Annotated[str, typer.Option(help="hub id, local HF dir, .gguf file or registry name")]
+
+
+def _questions(dataset: str, split: str, role: str, n: int, seed: int) -> list[str]:
+    from unlock_lens.evaluate.datasets import load_dataset, split_problems
+
+    parts = split_problems(
+        load_dataset(dataset, split), fractions={"key": 0.4, "align": 0.4, "dev": 0.2}, seed=seed
+    )
+    chosen = parts[role][:n]
+    if len(chosen) < n:
+        typer.secho(f"only {len(chosen)} {role} questions available (asked for {n})", fg="yellow")
+    return [p.question for p in chosen]
+
+
+def _load(name: str, device: str):
+    from unlock_lens.models import load_model
+
+    return load_model(name, device=device)
+
+
+@app.command()
+def extract(
+    model: Model,
+    out: Annotated[Path, typer.Option(help="where to write the MasterKey (.safetensors)")],
+    unlocked_model: Annotated[str | None, typer.Option(help="post-trained model: a model-driven key")] = None,
+    dataset: str = "gsm8k",
+    split: str = "train",
+    n: int = 256,
+    locked_format: str | None = None,
+    unlocked_format: str | None = None,
+    aggregator: str = "mean",
+    capability: str = "cot",
+    batch_size: int = 16,
+    seed: int = 0,
+    device: str = "cpu",
+) -> None:
+    """Extract a MasterKey from a source (prompt- or model-driven contrast)."""
+    from unlock_lens.unlock import Unlock
+
+    src = _load(model, device)
+    pipe = Unlock(
+        source=src, target=src, source_unlocked=_load(unlocked_model, device) if unlocked_model else None,
+        locked_format=locked_format, unlocked_format=unlocked_format, aggregator=aggregator,  # type: ignore[arg-type]
+        batch_size=batch_size, progress=True,
+    )
+    key = pipe.extract(_questions(dataset, split, "key", n, seed), capability=capability)
+    key.save(out)
+    typer.echo(f"MasterKey: {len(key.layers)} layers x d={key.directions.shape[1]}, "
+               f"n={key.n_prompts}, {key.contrast}-driven, {key.aggregator} -> {out}")
+
+
+@app.command()
+def align(
+    key: Annotated[Path, typer.Option(help="MasterKey file from `extract`")],
+    source: Model,
+    target: Model,
+    out: Annotated[Path, typer.Option(help="where to write the CapabilityPack")],
+    dataset: str = "gsm8k",
+    split: str = "train",
+    n: int = 256,
+    method: str = "svd",
+    rank: int = 16,
+    alpha: float = 0.1,
+    normalisation: str = "rotate",
+    positions: str = "last_prompt",
+    target_format: str | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+    device: str = "cpu",
+) -> None:
+    """Map a MasterKey into a target model; write a CapabilityPack."""
+    from unlock_lens.masterkey import MasterKey
+    from unlock_lens.prompts import PromptFormat
+    from unlock_lens.unlock import Unlock
+
+    mk = MasterKey.load(key)
+    fmt = PromptFormat.from_dict(mk.unlocked_format if mk.contrast == "model" else mk.locked_format)  # type: ignore[arg-type]
+    pipe = Unlock(
+        source=_load(source, device), target=_load(target, device),
+        locked_format=fmt, unlocked_format=fmt, target_format=target_format, method=method,
+        rank=rank, alpha=alpha, normalisation=normalisation, positions=positions,  # type: ignore[arg-type]
+        batch_size=batch_size, progress=True,
+    )
+    pack = pipe.align(mk, _questions(dataset, split, "align", n, seed))
+    pack.save(out)
+    errs = [m.metrics.get("train_relative_error", float("nan")) for m in pack.maps.values()]
+    typer.echo(f"CapabilityPack: {len(pack.maps)} target layers, {method} rank {rank}, "
+               f"mean train relative error {sum(errs) / len(errs):.3f} -> {out}")
+
+
+@app.command()
+def steer(
+    pack: Annotated[Path, typer.Option(help="CapabilityPack file")],
+    target: Model,
+    question: Annotated[list[str], typer.Option(help="a question (repeatable)")],
+    alpha: float | None = None,
+    max_new_tokens: int = 128,
+    device: str = "cpu",
+) -> None:
+    """Print unsteered and steered greedy completions side by side."""
+    from unlock_lens.generation import generate
+    from unlock_lens.prompts import PromptFormat, get_format
+    from unlock_lens.unlock import CapabilityPack
+
+    cp = CapabilityPack.load(pack)
+    model = _load(target, device)
+    cp.check_model(model)
+    fmt = PromptFormat.from_dict(cp.target_format) if cp.target_format else get_format("direct")
+    prompts = fmt.render_all(question, model.tokenizer)
+    plain = generate(model, prompts, max_new_tokens=max_new_tokens)
+    steered = generate(model, prompts, steering=cp.steering(alpha), max_new_tokens=max_new_tokens)
+    for q, a, b in zip(question, plain, steered, strict=True):
+        typer.echo(f"\n### {q}\n--- unsteered\n{a.text.strip()}\n--- steered (alpha={alpha or cp.alpha})\n{b.text.strip()}")
+
+
+@app.command()
+def generate(
+    target: Model,
+    out: Annotated[Path, typer.Option(help="JSONL of completions")],
+    pack: Annotated[Path | None, typer.Option(help="steer with this CapabilityPack")] = None,
+    dataset: str = "svamp",
+    split: str = "test",
+    n: int = 20,
+    alpha: float | None = None,
+    prompt_format: str = "direct",
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    device: str = "cpu",
+) -> None:
+    """Greedy completions on dataset questions, optionally steered; written as JSONL."""
+    from unlock_lens.artifacts import atomic_write_bytes
+    from unlock_lens.evaluate.datasets import load_dataset
+    from unlock_lens.generation import generate as run_generate
+    from unlock_lens.prompts import get_format
+    from unlock_lens.unlock import CapabilityPack
+
+    model = _load(target, device)
+    steering = None
+    if pack is not None:
+        cp = CapabilityPack.load(pack)
+        cp.check_model(model)
+        steering = cp.steering(alpha)
+    problems = load_dataset(dataset, split, limit=n)
+    prompts = get_format(prompt_format).render_all([p.question for p in problems], model.tokenizer)
+    gens = run_generate(model, prompts, steering=steering, max_new_tokens=max_new_tokens,
+                        batch_size=batch_size, progress=True)
+    lines = [json.dumps({"id": p.id, "prompt": g.prompt, "output": g.text, "n_tokens": g.n_tokens})
+             for p, g in zip(problems, gens, strict=True)]
+    atomic_write_bytes(out, ("\n".join(lines) + "\n").encode())
+    typer.echo(f"{len(gens)} completions -> {out}")
+
+
+@app.command()
+def run(
+    source: Model = "smollm2-135m-instruct",
+    target: Model = "gemma-3-270m",
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("out/run"),
+    n_key: int = 128,
+    n_align: int = 256,
+    n_eval: int = 64,
+    method: str = "svd",
+    rank: int = 16,
+    alpha: float = 0.1,
+    seed: int = 0,
+    device: str = "cpu",
+) -> None:
+    """The main job: extract a CoT key, align it to the target, measure the steered target.
+
+    Reports the shift of the target's first-token distribution toward its own CoT-prompted
+    distribution (KL) for steered, unsteered and random-direction conditions.
+    """
+    from unlock_lens.diagnostics.distribution_shift import first_token_shift
+    from unlock_lens.unlock import Unlock
+
+    src, tgt = _load(source, device), _load(target, device)
+    pipe = Unlock(source=src, target=tgt, method=method, rank=rank, alpha=alpha, progress=True)
+    key = pipe.extract(_questions("gsm8k", "train", "key", n_key, seed))
+    pack = pipe.align(key, _questions("gsm8k", "train", "align", n_align, seed))
+    out.mkdir(parents=True, exist_ok=True)
+    key.save(out / "key.safetensors")
+    pack.save(out / "pack.safetensors")
+    report = first_token_shift(pack, tgt, _questions("gsm8k", "train", "dev", n_eval, seed), seed=seed)
+    (out / "first_token_shift.json").write_text(json.dumps(report, indent=2))
+    typer.echo(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    app()

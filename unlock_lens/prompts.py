@@ -1,0 +1,127 @@
+"""Prompt formats: the paper's zero-shot direct and chain-of-thought templates, plain or chat.
+
+A *locked* format asks for the answer directly; an *unlocked* one adds the CoT trigger.
+The trigger sits in the instruction and as the answer prefix (``Answer: Let's think step by
+step.``), as in the UNLOCK authors' templates. Chat formats wrap the same user text in the
+tokenizer's chat template and put the answer prefix at the start of the assistant turn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from unlock_lens.errors import UnlockLensError
+
+COT_TRIGGER = "Let's think step by step."
+FINAL_ANSWER_MARKER = "The final answer is"
+
+DIRECT_INSTRUCTION = (
+    "Solve the following math problem. Give the answer directly, without any working, "
+    f'ending with "{FINAL_ANSWER_MARKER} N." where N is the answer.'
+)
+COT_INSTRUCTION = (
+    "Solve the following math problem step by step. Reason carefully, then end your response "
+    f'with "{FINAL_ANSWER_MARKER} N." where N is the answer.'
+)
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a question becomes a prompt string.
+
+    ``render("What is 2+3?")`` gives ``"{instruction}\\n\\nQuestion: What is 2+3?\\nAnswer:{prefix}"``;
+    with ``chat=True`` the instruction and question form one user message rendered by the
+    tokenizer's chat template (``add_generation_prompt=True``), followed by ``answer_prefix``.
+    """
+
+    name: str
+    instruction: str
+    answer_prefix: str = ""
+    chat: bool = False
+    few_shot: tuple[tuple[str, str], ...] = ()
+
+    def user_text(self, question: str) -> str:
+        shots = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in self.few_shot)
+        head = f"{self.instruction}\n\n" if self.instruction else ""
+        return f"{head}{shots}Question: {question.strip()}"
+
+    def render(self, question: str, tokenizer: Any = None) -> str:
+        if not self.chat:
+            return f"{self.user_text(question)}\nAnswer:{self.answer_prefix}"
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise UnlockLensError(
+                f"prompt format {self.name!r} uses a chat template, but this tokenizer has none: "
+                "use a plain format (chat=False) for base models"
+            )
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": self.user_text(question)}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        return text + self.answer_prefix.strip()
+
+    def render_all(self, questions: Sequence[str], tokenizer: Any = None) -> list[str]:
+        return [self.render(q, tokenizer) for q in questions]
+
+    def as_chat(self, chat: bool = True) -> PromptFormat:
+        return replace(self, chat=chat, name=f"{self.name.removesuffix('-chat')}{'-chat' if chat else ''}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "instruction": self.instruction,
+            "answer_prefix": self.answer_prefix,
+            "chat": self.chat,
+            "few_shot": [list(p) for p in self.few_shot],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PromptFormat:
+        return cls(
+            name=d["name"],
+            instruction=d["instruction"],
+            answer_prefix=d.get("answer_prefix", ""),
+            chat=bool(d.get("chat", False)),
+            few_shot=tuple(tuple(p) for p in d.get("few_shot", ())),
+        )
+
+
+DIRECT = PromptFormat("direct", DIRECT_INSTRUCTION)
+COT = PromptFormat("cot", COT_INSTRUCTION, answer_prefix=f" {COT_TRIGGER}")
+FORMATS: dict[str, PromptFormat] = {
+    "direct": DIRECT,
+    "cot": COT,
+    "direct-chat": DIRECT.as_chat(),
+    "cot-chat": COT.as_chat(),
+}
+
+
+def get_format(name_or_format: str | PromptFormat) -> PromptFormat:
+    """Look up a named format (``direct``, ``cot``, ``direct-chat``, ``cot-chat``)."""
+    if isinstance(name_or_format, PromptFormat):
+        return name_or_format
+    try:
+        return FORMATS[name_or_format]
+    except KeyError:
+        raise UnlockLensError(
+            f"unknown prompt format {name_or_format!r}; choose one of {sorted(FORMATS)} "
+            "or pass a PromptFormat"
+        ) from None
+
+
+def default_formats(tokenizer: Any) -> tuple[PromptFormat, PromptFormat]:
+    """(locked, unlocked) formats for a model: chat formats when its tokenizer has a template."""
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    return (DIRECT.as_chat(chat), COT.as_chat(chat))
+
+
+def prompt_set_hash(prompts: Sequence[str]) -> str:
+    """Short sha256 of a prompt list, recorded in artefacts for provenance."""
+    digest = hashlib.sha256()
+    for p in prompts:
+        digest.update(p.encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()[:16]

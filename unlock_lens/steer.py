@@ -1,0 +1,188 @@
+"""Steering: add a (mapped) capability direction to the residual stream at inference.
+
+The paper's edit (``normalisation="rotate"``) turns each hooked state toward the direction
+and keeps its norm::
+
+    h <- ||h|| * (h_hat + alpha * r_hat) / ||h_hat + alpha * r_hat||
+
+at every target layer, at the last prompt token, in the prefill pass only
+(``positions="last_prompt"``); generated tokens see the edit through the KV cache.
+
+Position rules are decided per forward call: a call whose input has more than one position
+is a prefill; a one-position call is a decode step once a prefill has been seen inside the
+context (``reset()`` starts a new generation). Hooks are attached with the model's own
+``hooks()`` context manager, so they are removed on exit, also after an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from unlock_lens.activations import HookKind, check_layers, hook_name
+from unlock_lens.errors import UnlockLensError
+
+Normalisation = Literal["rotate", "unit", "resid", "raw"]
+Positions = Literal["last_prompt", "prompt", "final", "all"]
+
+
+def edit_residual(
+    h: Float[Tensor, "... d"],
+    direction: Float[Tensor, " d"],
+    alpha: float,
+    normalisation: Normalisation = "rotate",
+) -> Float[Tensor, "... d"]:
+    """The steering edit of residual states ``h`` along ``direction`` (pure function).
+
+    ``rotate``: norm-preserving turn toward r (the paper's); ``unit``: h + a r_hat;
+    ``resid``: h + a ||h|| r_hat; ``raw``: h + a r. Computed in float32, returned in h's dtype.
+    """
+    h32 = h.float()
+    r = direction.to(device=h.device, dtype=torch.float32)
+    if normalisation == "raw":
+        return (h32 + alpha * r).to(h.dtype)
+    r_hat = r / r.norm().clamp_min(1e-12)
+    if normalisation == "unit":
+        out = h32 + alpha * r_hat
+    elif normalisation == "resid":
+        out = h32 + alpha * h32.norm(dim=-1, keepdim=True) * r_hat
+    elif normalisation == "rotate":
+        norm = h32.norm(dim=-1, keepdim=True)
+        turned = h32 / norm.clamp_min(1e-12) + alpha * r_hat
+        out = norm * turned / turned.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    else:
+        raise UnlockLensError(
+            f"unknown normalisation {normalisation!r}; choose one of {get_args(Normalisation)}"
+        )
+    return out.to(h.dtype)
+
+
+@dataclass
+class _CallState:
+    """Tracks whether the current forward call is a prefill or a KV-cache decode step."""
+
+    first_layer: int = 0
+    seen_prefill: bool = False
+    is_prefill: bool = True
+
+    def observe(self, layer: int, seq_len: int) -> bool:
+        if layer == self.first_layer:
+            self.is_prefill = seq_len > 1 or not self.seen_prefill
+            self.seen_prefill = True
+        return self.is_prefill
+
+
+@dataclass
+class Steering:
+    """Per-layer directions and how to apply them.
+
+    ``directions`` maps a layer index to a ``Float[d_model]`` vector (or is a
+    ``Float[n_layers, d_model]`` tensor: one row per layer). ``layers`` restricts which are
+    used (default: all given). Use as ``with steering.applied(model): ...``.
+    """
+
+    directions: Mapping[int, Tensor] | Tensor
+    alpha: float = 0.1
+    normalisation: Normalisation = "rotate"
+    positions: Positions = "last_prompt"
+    layers: Sequence[int] | None = None
+    hook: HookKind = "resid_post"
+    _state: _CallState = field(default_factory=_CallState, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.directions, Tensor):
+            if self.directions.ndim != 2:
+                raise UnlockLensError(
+                    f"directions tensor must be [n_layers, d_model], got shape {tuple(self.directions.shape)}"
+                )
+            self.directions = {i: row for i, row in enumerate(self.directions)}
+        else:
+            self.directions = {int(k): v for k, v in self.directions.items()}
+        if not self.directions:
+            raise UnlockLensError("Steering needs at least one layer direction")
+        if self.normalisation not in get_args(Normalisation):
+            raise UnlockLensError(
+                f"unknown normalisation {self.normalisation!r}; choose one of {get_args(Normalisation)}"
+            )
+        if self.positions not in get_args(Positions):
+            raise UnlockLensError(
+                f"unknown positions {self.positions!r}; choose one of {get_args(Positions)}"
+            )
+        if not torch.isfinite(torch.tensor(float(self.alpha))):
+            raise UnlockLensError(f"alpha must be finite, got {self.alpha}")
+        for layer, v in self.directions.items():
+            if v.ndim != 1 or not torch.isfinite(v).all():
+                raise UnlockLensError(f"direction for layer {layer} must be a finite 1-D vector")
+            if self.normalisation != "raw" and float(v.norm()) == 0.0:
+                raise UnlockLensError(f"direction for layer {layer} is zero: it has no direction")
+
+    @property
+    def active_layers(self) -> list[int]:
+        layers = sorted(self.directions) if self.layers is None else sorted(self.layers)
+        missing = [layer for layer in layers if layer not in self.directions]
+        if missing:
+            raise UnlockLensError(f"no direction given for layers {missing}")
+        return layers
+
+    def reset(self) -> None:
+        """Mark the next forward call as a fresh prefill (call before each generation)."""
+        self._state.seen_prefill = False
+
+    def _hook(self, layer: int):
+        state, alpha, norm, positions = self._state, self.alpha, self.normalisation, self.positions
+        cache: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        direction = self.directions[layer]
+
+        def steer_hook(x: Tensor, hook: Any) -> Tensor:
+            prefill = state.observe(layer, x.shape[1])
+            key = (x.device, x.dtype)
+            if key not in cache:  # once per device/dtype, not per call
+                cache[key] = direction.to(device=x.device, dtype=torch.float32)
+            r = cache[key]
+            if positions == "all" or (positions == "final" and not prefill):
+                return edit_residual(x, r, alpha, norm)
+            if not prefill:
+                return x
+            if positions == "prompt":
+                return edit_residual(x, r, alpha, norm)
+            x = x.clone()
+            x[:, -1] = edit_residual(x[:, -1], r, alpha, norm)
+            return x
+
+        return steer_hook
+
+    def fwd_hooks(self, model: Any) -> list[tuple[str, Any]]:
+        layers = self.active_layers
+        check_layers(model, layers)
+        d_model = int(model.cfg.d_model)
+        for layer in layers:
+            if self.directions[layer].shape[-1] != d_model:
+                raise UnlockLensError(
+                    f"direction for layer {layer} has size {self.directions[layer].shape[-1]} but "
+                    f"the model's d_model is {d_model}: map the key into this model's space first"
+                )
+        self._state.first_layer = layers[0]
+        return [(hook_name(layer, self.hook), self._hook(layer)) for layer in layers]
+
+    @contextmanager
+    def applied(self, model: Any) -> Iterator[Any]:
+        """Attach the steering hooks for the duration of the block; always removed after."""
+        hooks = self.fwd_hooks(model)
+        self.reset()
+        if self.alpha == 0:  # exact no-op: attach nothing
+            yield model
+            return
+        with model.hooks(fwd_hooks=hooks):
+            yield model
+
+    def scaled(self, alpha: float) -> Steering:
+        """A copy with another alpha."""
+        return Steering(
+            dict(self.directions), alpha, self.normalisation, self.positions, self.layers, self.hook
+        )

@@ -1,0 +1,284 @@
+"""The UNLOCK pipeline end to end, and the CapabilityPack it produces.
+
+    key  = extract_masterkey(locked, unlocked, key_questions)           # source space, per layer
+    maps = align_key(key, source_locked, target, align_questions)        # one LayerMap per target layer
+    pack = CapabilityPack(key, maps, target=..., alpha=...)              # r^(t) = m^(s(t)) W_t
+    with pack.steering().applied(target_model): ...
+
+Target layer t reads the key of source layer s(t) = depth_match(L_s, L_t)[t].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from unlock_lens.activations import Variant, capture, check_layers
+from unlock_lens.align import LayerMap, fit_alignment
+from unlock_lens.artifacts import load_artifact, save_artifact
+from unlock_lens.errors import ArtifactError, UnlockLensError
+from unlock_lens.generation import Generation, generate
+from unlock_lens.masterkey import Aggregator, MasterKey, extract_masterkey
+from unlock_lens.model_info import ModelInfo
+from unlock_lens.models import depth_match
+from unlock_lens.prompts import PromptFormat, default_formats, get_format, prompt_set_hash
+from unlock_lens.steer import Normalisation, Positions, Steering
+
+
+def align_key(
+    key: MasterKey,
+    source: Variant,
+    target: Variant,
+    questions: Sequence[str],
+    *,
+    method: str = "svd",
+    rank: int = 16,
+    centered: bool | None = None,
+    target_layers: Sequence[int] | None = None,
+    holdout: float = 0.0,
+    batch_size: int = 16,
+    progress: bool = False,
+    **fit_kwargs: Any,
+) -> dict[int, LayerMap]:
+    """Fit one LayerMap per target layer on the same questions through source and target.
+
+    ``source`` is the source-locked variant (the key's model, locked format); each side uses
+    its own tokenizer. ``centered`` defaults to the authors' choice: uncentred for a mean key,
+    centred for a PCA key.
+    """
+    key.check_model(source.model)
+    if len(questions) < 2:
+        raise UnlockLensError("alignment needs at least 2 shared questions (the paper uses hundreds)")
+    centered = key.aggregator == "pca" if centered is None else centered
+    n_tgt = int(target.model.cfg.n_layers)
+    t_layers = check_layers(target.model, target_layers)
+    matched = depth_match(key.source.n_layers, n_tgt)
+    s_layers = sorted({matched[t] for t in t_layers})
+    missing = [s for s in s_layers if s not in key.layers]
+    if missing:
+        raise UnlockLensError(
+            f"target layers need source layers {missing}, which the key does not cover "
+            f"(it has {key.layers}); extract the key at all layers"
+        )
+    H_s = capture(source.model, source.prompts(questions), s_layers, hook=key.hook,
+                  batch_size=batch_size, progress="capture source" if progress else False)
+    H_t = capture(target.model, target.prompts(questions), t_layers, hook=key.hook,
+                  batch_size=batch_size, progress="capture target" if progress else False)
+    maps: dict[int, LayerMap] = {}
+    for j, t in enumerate(t_layers):
+        s = matched[t]
+        layer_map = fit_alignment(
+            H_s[:, s_layers.index(s)], H_t[:, j], method=method, rank=rank, centered=centered,
+            holdout=holdout, **fit_kwargs,
+        )
+        layer_map.source_layer, layer_map.target_layer = s, t
+        maps[t] = layer_map
+    return maps
+
+
+@dataclass
+class CapabilityPack:
+    """A MasterKey, its maps into one target model, and the steering settings to use there."""
+
+    key: MasterKey
+    maps: dict[int, LayerMap]
+    target: ModelInfo
+    alpha: float = 0.1
+    normalisation: Normalisation = "rotate"
+    positions: Positions = "last_prompt"
+    target_format: dict[str, Any] | None = None
+    alignment: dict[str, Any] = field(default_factory=dict)
+
+    def target_directions(self) -> dict[int, Float[Tensor, " d_tgt"]]:
+        """r^(t) = m^(s(t)) W_t for every mapped target layer."""
+        out = {}
+        for t, layer_map in sorted(self.maps.items()):
+            r = layer_map.transform(self.key.direction(layer_map.source_layer).float())
+            if not torch.isfinite(r).all() or float(r.norm()) == 0.0:
+                raise UnlockLensError(
+                    f"the key maps to a zero or non-finite direction at target layer {t}: the "
+                    "alignment subspace misses the key; try a larger rank"
+                )
+            out[t] = r
+        return out
+
+    def steering(
+        self,
+        alpha: float | None = None,
+        *,
+        normalisation: Normalisation | None = None,
+        positions: Positions | None = None,
+        layers: Sequence[int] | None = None,
+    ) -> Steering:
+        """A Steering with this pack's directions and (overridable) settings."""
+        return Steering(
+            self.target_directions(),
+            alpha=self.alpha if alpha is None else alpha,
+            normalisation=normalisation or self.normalisation,
+            positions=positions or self.positions,
+            layers=layers,
+            hook=self.key.hook,
+        )
+
+    def check_model(self, model: Any) -> None:
+        """Refuse a target with another hidden size, layer count or weight mode."""
+        self.target.check(model, "this CapabilityPack")
+
+    def applied(self, model: Any, **overrides: Any):
+        """``with pack.applied(target_model): ...`` — checks the model, then steers it."""
+        self.check_model(model)
+        return self.steering(**overrides).applied(model)
+
+    def save(self, path: str | Path) -> Path:
+        key_tensors, key_meta = self.key.to_parts()
+        tensors = {f"key.{k}": v for k, v in key_tensors.items()}
+        maps_meta = {}
+        for t, layer_map in self.maps.items():
+            m_tensors, m_meta = layer_map.to_tensors_and_meta()
+            tensors.update({f"map.{t}.{k}": v for k, v in m_tensors.items()})
+            maps_meta[str(t)] = m_meta
+        meta = {
+            "key": key_meta,
+            "maps": maps_meta,
+            "target": self.target.to_dict(),
+            "alpha": self.alpha,
+            "normalisation": self.normalisation,
+            "positions": self.positions,
+            "target_format": self.target_format,
+            "alignment": self.alignment,
+        }
+        return save_artifact(path, "CapabilityPack", tensors, meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CapabilityPack:
+        tensors, meta = load_artifact(path, "CapabilityPack")
+        try:
+            key = MasterKey.from_parts(
+                {k.removeprefix("key."): v for k, v in tensors.items() if k.startswith("key.")},
+                meta["key"],
+            )
+            maps = {}
+            for t, m_meta in meta["maps"].items():
+                prefix = f"map.{t}."
+                m_tensors = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+                maps[int(t)] = LayerMap.from_tensors(m_tensors, m_meta)
+            return cls(
+                key=key,
+                maps=maps,
+                target=ModelInfo.from_dict(meta["target"]),
+                alpha=float(meta["alpha"]),
+                normalisation=meta["normalisation"],
+                positions=meta["positions"],
+                target_format=meta.get("target_format"),
+                alignment=dict(meta.get("alignment", {})),
+            )
+        except KeyError as err:
+            raise ArtifactError(f"{path}: pack lacks the field {err}; re-create it") from None
+
+
+@dataclass
+class Unlock:
+    """The pipeline on live models: ``extract`` → ``align`` → ``pack`` / ``generate``.
+
+    ``source_unlocked`` given → a model-driven key (post-trained vs base, both with the
+    unlocked format); otherwise a prompt-driven key on ``source`` (locked vs unlocked format).
+    The target is always run with its locked format: UNLOCK must induce the behaviour unasked.
+    """
+
+    source: Any
+    target: Any
+    source_unlocked: Any = None
+    locked_format: PromptFormat | str | None = None
+    unlocked_format: PromptFormat | str | None = None
+    target_format: PromptFormat | str | None = None
+    aggregator: Aggregator = "mean"
+    method: str = "svd"
+    rank: int = 16
+    alpha: float = 0.1
+    normalisation: Normalisation = "rotate"
+    positions: Positions = "last_prompt"
+    batch_size: int = 16
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        src_locked, src_unlocked = default_formats(self.source.tokenizer)
+        self.locked_format = get_format(self.locked_format or src_locked)
+        self.unlocked_format = get_format(self.unlocked_format or src_unlocked)
+        self.target_format = get_format(self.target_format or default_formats(self.target.tokenizer)[0])
+
+    @property
+    def locked(self) -> Variant:
+        fmt = self.unlocked_format if self.source_unlocked is not None else self.locked_format
+        return Variant(self.source, fmt)
+
+    @property
+    def unlocked(self) -> Variant:
+        return Variant(self.source_unlocked or self.source, self.unlocked_format)
+
+    @property
+    def target_variant(self) -> Variant:
+        return Variant(self.target, self.target_format)
+
+    def extract(self, questions: Sequence[str], **kwargs: Any) -> MasterKey:
+        return extract_masterkey(
+            self.locked, self.unlocked, questions, aggregator=self.aggregator,
+            batch_size=self.batch_size, progress=self.progress, **kwargs,
+        )
+
+    def align(self, key: MasterKey, questions: Sequence[str], **kwargs: Any) -> CapabilityPack:
+        kwargs.setdefault("method", self.method)
+        kwargs.setdefault("rank", self.rank)
+        maps = align_key(key, self.locked, self.target_variant, questions,
+                         batch_size=self.batch_size, progress=self.progress, **kwargs)
+        return CapabilityPack(
+            key=key,
+            maps=maps,
+            target=ModelInfo.of(self.target),
+            alpha=self.alpha,
+            normalisation=self.normalisation,
+            positions=self.positions,
+            target_format=self.target_format.to_dict(),
+            alignment={
+                "method": kwargs["method"],
+                "rank": kwargs["rank"],
+                "n_prompts": len(questions),
+                "prompt_hash": prompt_set_hash(self.locked.prompts(questions)),
+                "source_format": self.locked.format.to_dict(),
+            },
+        )
+
+    def run(self, key_questions: Sequence[str], align_questions: Sequence[str]) -> CapabilityPack:
+        """Extract on ``key_questions``, align on ``align_questions``; they must be disjoint."""
+        overlap = set(key_questions) & set(align_questions)
+        if overlap and key_questions is not align_questions:
+            raise UnlockLensError(
+                f"{len(overlap)} questions are in both the key and the alignment sets: keep them "
+                "disjoint (split_problems does this)"
+            )
+        return self.align(self.extract(key_questions), align_questions)
+
+    def generate(
+        self,
+        questions: Sequence[str],
+        pack: CapabilityPack | None = None,
+        *,
+        alpha: float | None = None,
+        max_new_tokens: int = 256,
+        stop_strings: Sequence[str] = (),
+    ) -> list[Generation]:
+        """Greedy target completions in the locked format, steered by ``pack`` if given."""
+        steering = None
+        if pack is not None:
+            pack.check_model(self.target)
+            steering = pack.steering(alpha)
+        return generate(
+            self.target, self.target_variant.prompts(questions), steering=steering,
+            max_new_tokens=max_new_tokens, stop_strings=stop_strings, batch_size=self.batch_size,
+            progress=self.progress,
+        )
