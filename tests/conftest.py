@@ -10,8 +10,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-DATA_DIR = Path(os.environ.get("UNLOCK_LENS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
 QUESTIONS = [
     "Tom has 3 apples and buys 5 more. How many apples does he have?",
     "There are 12 birds on a tree and 4 fly away. How many are left?",

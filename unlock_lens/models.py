@@ -212,6 +212,9 @@ def _atomic_build(target: Path, build: Callable[[Path], None]) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; give the cache ordinary permissions
     try:
         build(tmp)
         try:
@@ -455,8 +458,9 @@ def load_gguf(
     path = Path(text).expanduser()
     if path.is_file():
         hf_dir, mid = _convert_gguf_file(path, cache_dir)
-        return _boot(str(hf_dir), mid=mid, origin=f"gguf:{path}", device=device, dtype=dtype,
-                     device_map=None)
+        return _boot(
+            str(hf_dir), mid=mid, origin=f"gguf:{path}", device=device, dtype=dtype, device_map=None
+        )
     module = text.replace("-", "_")
     for entry in MODEL_REGISTRY.values():
         if text.lower() == entry.name or module in {m for m, _ in entry.gguf_parts} | {
@@ -467,8 +471,14 @@ def load_gguf(
                 raise _not_available(entry, "its GGUF packages are not installed")
             target = _models_cache(cache_dir) / entry.name
             _atomic_build(target, lambda tmp, e=entry, p=parts: _build_registry_cache(e, p, tmp))
-            return _boot(str(target), mid=entry.name, origin=f"gguf:{entry.gguf_name}",
-                         device=device, dtype=dtype, device_map=None)
+            return _boot(
+                str(target),
+                mid=entry.name,
+                origin=f"gguf:{entry.gguf_name}",
+                device=device,
+                dtype=dtype,
+                device_map=None,
+            )
     mdir = _module_dir(module)
     if mdir is None:
         raise UnlockLensError(
@@ -506,8 +516,14 @@ def load_model(
                 f"{path} is a directory but not a Hugging Face model (no config.json)."
             )
         resolved = str(path.resolve())
-        return _boot(resolved, mid=resolved, origin=f"dir:{resolved}", device=device,
-                     dtype=dtype, device_map=device_map)
+        return _boot(
+            resolved,
+            mid=resolved,
+            origin=f"dir:{resolved}",
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+        )
     if text.lower().endswith(".gguf"):
         if not path.is_file():
             raise UnlockLensError(f"GGUF file {path} does not exist.")
@@ -518,8 +534,14 @@ def load_model(
     if entry is not None:
         where, source = _resolve_registry(entry)
         try:
-            return _boot(where, mid=entry.name, origin=f"{source}:{where}", device=device,
-                         dtype=dtype, device_map=device_map)
+            return _boot(
+                where,
+                mid=entry.name,
+                origin=f"{source}:{where}",
+                device=device,
+                dtype=dtype,
+                device_map=device_map,
+            )
         except OSError as err:
             if source != "hub":
                 raise
@@ -541,8 +563,9 @@ def load_model(
             f"HF_HUB_OFFLINE.{hint}"
         )
     try:
-        return _boot(text, mid=text, origin=f"hub:{text}", device=device, dtype=dtype,
-                     device_map=device_map)
+        return _boot(
+            text, mid=text, origin=f"hub:{text}", device=device, dtype=dtype, device_map=device_map
+        )
     except OSError as err:
         raise UnlockLensError(
             f"could not load {text!r} from the Hugging Face hub ({err}). If you are offline, "

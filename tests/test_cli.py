@@ -1,0 +1,45 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from unlock_lens.cli import app
+from unlock_lens.masterkey import MasterKey
+from unlock_lens.unlock import CapabilityPack
+
+from unlock_lens.evaluate.datasets import default_data_dir
+
+DATA_DIR = default_data_dir()
+
+pytestmark = pytest.mark.skipif(DATA_DIR is None, reason="needs ../shared/data")
+runner = CliRunner()
+
+
+def test_extract_align_steer_generate(tiny_dirs, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNLOCK_LENS_DATA", str(DATA_DIR))
+    src, tgt = str(tiny_dirs["qwen2"]), str(tiny_dirs["llama"])
+    key_path, pack_path = tmp_path / "key.safetensors", tmp_path / "pack.safetensors"
+    r = runner.invoke(app, ["extract", "--model", src, "--out", str(key_path), "--n", "8"])
+    assert r.exit_code == 0, r.output
+    key = MasterKey.load(key_path)
+    assert key.n_prompts == 8 and key.directions.shape == (3, 64)
+    r = runner.invoke(app, ["align", "--key", str(key_path), "--source", src, "--target", tgt,
+                            "--out", str(pack_path), "--n", "12", "--rank", "4", "--alpha", "0.3"])
+    assert r.exit_code == 0, r.output
+    pack = CapabilityPack.load(pack_path)
+    assert pack.alpha == 0.3 and len(pack.maps) == 3
+    assert pack.alignment["prompt_hash"] != key.prompt_hash  # disjoint question sets
+    r = runner.invoke(app, ["steer", "--pack", str(pack_path), "--target", tgt,
+                            "--question", "What is 2 + 3?", "--max-new-tokens", "4"])
+    assert r.exit_code == 0, r.output
+    assert "--- steered (alpha=0.3)" in r.output
+    out = tmp_path / "gen.jsonl"
+    r = runner.invoke(app, ["generate", "--target", tgt, "--pack", str(pack_path), "--out", str(out),
+                            "--dataset", "svamp", "--n", "3", "--max-new-tokens", "4"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["id"] for row in rows] == ["svamp-test-0000", "svamp-test-0001", "svamp-test-0002"]
+    # a pack applied to the wrong model is refused with a clear message
+    r = runner.invoke(app, ["steer", "--pack", str(pack_path), "--target", str(tiny_dirs["qwen2-deep"]),
+                            "--question", "x"])
+    assert r.exit_code != 0 and "made for" in str(r.exception)
