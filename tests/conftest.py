@@ -10,6 +10,17 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models run fastest on one thread (thread hand-off dominates their matmuls)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 QUESTIONS = [
     "Tom has 3 apples and buys 5 more. How many apples does he have?",
     "There are 12 birds on a tree and 4 fly away. How many are left?",
@@ -49,3 +60,14 @@ def qwen(tiny_models):
 @pytest.fixture()
 def questions() -> list[str]:
     return list(QUESTIONS)
+
+
+@pytest.fixture()
+def all_threads():
+    """Real models: use every core for the duration of the test."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(before)

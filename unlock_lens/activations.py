@@ -4,6 +4,20 @@ Works on any model exposing TransformerLens hook points and a ``hooks(fwd_hooks=
 context manager (a TransformerLens 4 ``TransformerBridge``, a TL 3 ``HookedTransformer``).
 Prompts are tokenised with left padding so index -1 is the last real token of every row, and
 sorted by length so batches carry little padding; only the requested hooks are attached.
+
+Every call leaves the model as it found it: hooks (capture hooks and a ``steering``'s) are
+attached per batch through the model's ``hooks()`` context and removed on return and on any
+exception, ``KeyboardInterrupt`` included. For prompt sets too large for memory, see
+:func:`unlock_lens.streaming.capture_to_disk` (per-batch shards on disk, resumable).
+
+Determinism: on CPU the same model, prompts, batch size and settings give bit-identical
+activations (and so identical keys, maps and tables) from run to run; the batch plan is a
+pure function of the token lengths. Changing ``batch_size`` changes the padding and the
+kernels' reduction order, so results then agree only to float32 rounding (~1e-6 relative).
+On GPU, cuBLAS / attention kernels may pick different algorithms between runs: expect
+agreement to ~1e-5 relative in float32 and ~1e-2 in float16 / bfloat16 unless
+``torch.use_deterministic_algorithms(True)`` is set (with ``CUBLAS_WORKSPACE_CONFIG=:4096:8``),
+which makes repeated runs on the same GPU and software stack bit-identical.
 """
 
 from __future__ import annotations
@@ -127,6 +141,13 @@ def _token_lengths(model: Any, prompts: Sequence[str]) -> list[int]:
     return [len(model.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
 
 
+def plan_batches(model: Any, prompts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """The batch plan :func:`forward_batches` uses: prompt indices per batch, longest first."""
+    if len(prompts) == 0:
+        raise UnlockLensError("the prompt list is empty: pass at least one prompt")
+    return list(length_sorted_batches(_token_lengths(model, prompts), batch_size))
+
+
 def forward_batches(
     model: Any,
     prompts: Sequence[str],
@@ -135,20 +156,27 @@ def forward_batches(
     batch_size: int = 16,
     progress: bool | str = False,
     return_logits: bool = False,
+    steering: Any = None,
+    batches: Sequence[list[int]] | None = None,
 ) -> Iterator[tuple[list[int], Tensor | None]]:
     """Run prompts in length-sorted, left-padded batches with per-batch hooks.
 
     Yields ``(indices, final-position logits or None)``; hooks see the batch in that order.
+    ``steering`` is entered afresh for every batch (each batch is its own prefill), and all
+    hooks are off the model whenever control is back with the caller. ``batches`` runs
+    only those index batches (default: :func:`plan_batches`).
     """
     if len(prompts) == 0:
         raise UnlockLensError("the prompt list is empty: pass at least one prompt")
     device = model_device(model)
-    batches = list(length_sorted_batches(_token_lengths(model, prompts), batch_size))
+    if batches is None:
+        batches = plan_batches(model, prompts, batch_size)
     desc = progress if isinstance(progress, str) else "forward"
     for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
         ids, mask = encode(model, [prompts[i] for i in idx])
         ids, mask = ids.to(device), mask.to(device)
-        with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks(idx)):
+        ctx = steering.applied(model) if steering is not None else nullcontext()
+        with torch.inference_mode(), ctx, model.hooks(fwd_hooks=fwd_hooks(idx)):
             out = model(
                 ids,
                 attention_mask=mask,
@@ -156,6 +184,58 @@ def forward_batches(
                 return_type="logits" if return_logits else None,
             )
         yield idx, (out[:, -1].float() if return_logits else None)
+
+
+def iter_capture(
+    model: Any,
+    prompts: Sequence[str],
+    layers: Sequence[int] | None = None,
+    *,
+    hook: HookKind = "resid_post",
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    progress: bool | str = False,
+    steering: Any = None,
+    batches: Sequence[list[int]] | None = None,
+) -> Iterator[tuple[list[int], Float[Tensor, "b n_layers d_model"]]]:
+    """Per batch: ``(prompt indices, final-token states [b, L, d] float32)``.
+
+    Only one batch of rows is held at a time; :func:`capture` and
+    :func:`unlock_lens.streaming.capture_to_disk` are built on it. Raises on NaN/inf.
+    """
+    layers = check_layers(model, layers)
+    d = int(model.cfg.d_model)
+    current: dict[str, Tensor] = {}
+
+    def make_hook(j: int) -> Callable:
+        def save(x: Tensor, hook: Any) -> Tensor:
+            current["buf"][:, j] = x[:, -1].detach().to(device=device, dtype=torch.float32)
+            return x
+
+        return save
+
+    hooks = [(hook_name(layer, hook), make_hook(j)) for j, layer in enumerate(layers)]
+
+    def hooks_for(idx: list[int]) -> list[tuple[str, Callable]]:
+        current["buf"] = new_rows(len(idx), len(layers), d, device)
+        return hooks
+
+    for idx, _ in forward_batches(model, prompts, hooks_for, batch_size=batch_size,
+                                  progress=progress, steering=steering, batches=batches):
+        rows = current.pop("buf")
+        if not torch.isfinite(rows).all():
+            bad = (~torch.isfinite(rows)).sum().item()
+            raise UnlockLensError(
+                f"{bad} captured activation entries are NaN/inf: the model overflowed in its "
+                "dtype; load it in float32"
+            )
+        yield idx, rows
+        del rows
+
+
+def new_rows(n: int, n_layers: int, d: int, device: str | torch.device) -> Tensor:
+    """The per-batch activation buffer (one place to allocate it: tests instrument this)."""
+    return torch.empty((n, n_layers, d), dtype=torch.float32, device=device)
 
 
 def capture(
@@ -172,35 +252,17 @@ def capture(
     """Final-token residual stream at ``layers`` (default: all), float32, shape [n, L, d].
 
     ``steering`` (a :class:`unlock_lens.steer.Steering`) is applied during capture if given.
+    Holds all n rows in memory; for large prompt sets stream them to disk with
+    :func:`unlock_lens.streaming.capture_to_disk`.
     """
     layers = check_layers(model, layers)
-    d = int(model.cfg.d_model)
-    out = torch.empty((len(prompts), len(layers), d), dtype=torch.float32, device=device)
-    current: dict[str, list[int]] = {}
-
-    def make_hook(j: int) -> Callable:
-        def save(x: Tensor, hook: Any) -> Tensor:
-            out[current["idx"], j] = x[:, -1].detach().to(device=device, dtype=torch.float32)
-            return x
-
-        return save
-
-    hooks = [(hook_name(layer, hook), make_hook(j)) for j, layer in enumerate(layers)]
-
-    def hooks_for(idx: list[int]) -> list[tuple[str, Callable]]:
-        current["idx"] = idx
-        return hooks
-
-    ctx = steering.applied(model) if steering is not None else nullcontext()
-    with ctx:
-        for _ in forward_batches(model, prompts, hooks_for, batch_size=batch_size, progress=progress):
-            pass
-    if not torch.isfinite(out).all():
-        bad = (~torch.isfinite(out)).sum().item()
-        raise UnlockLensError(
-            f"{bad} captured activation entries are NaN/inf: the model overflowed in its dtype; "
-            "load it in float32"
-        )
+    if len(prompts) == 0:
+        raise UnlockLensError("the prompt list is empty: pass at least one prompt")
+    out = torch.empty((len(prompts), len(layers), int(model.cfg.d_model)), dtype=torch.float32,
+                      device=device)
+    for idx, rows in iter_capture(model, prompts, layers, hook=hook, batch_size=batch_size,
+                                  device=device, progress=progress, steering=steering):
+        out[idx] = rows
     return out
 
 
@@ -214,13 +276,11 @@ def final_logits(
 ) -> Float[Tensor, "n d_vocab"]:
     """Logits for the next token after each prompt (float32, CPU), optionally steered."""
     rows: dict[int, Tensor] = {}
-    ctx = steering.applied(model) if steering is not None else nullcontext()
-    with ctx:
-        for idx, logits in forward_batches(
-            model, prompts, lambda idx: [], batch_size=batch_size, progress=progress,
-            return_logits=True,
-        ):
-            assert logits is not None
-            for k, i in enumerate(idx):
-                rows[i] = logits[k].cpu()
+    for idx, logits in forward_batches(
+        model, prompts, lambda idx: [], batch_size=batch_size, progress=progress,
+        return_logits=True, steering=steering,
+    ):
+        assert logits is not None
+        for k, i in enumerate(idx):
+            rows[i] = logits[k].cpu()
     return torch.stack([rows[i] for i in range(len(prompts))])

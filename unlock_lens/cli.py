@@ -1,4 +1,4 @@
-"""``unlock-lens`` command line: extract | align | steer | generate | run.
+"""``unlock-lens`` command line: extract | align | steer | generate | eval | run.
 
 Models are hub names, local HF directories, ``.gguf`` files or registry short names
 (``smollm2-135m-instruct``, ``gemma-3-270m``). Key and alignment questions come from disjoint
@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from unlock_lens.activations import Variant
+from unlock_lens.prompts import get_format
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -30,7 +33,7 @@ def _questions(dataset: str, split: str, role: str, n: int, seed: int) -> list[s
     return [p.question for p in chosen]
 
 
-def _load(name: str, device: str):
+def _load(name: str, device: str):  # noqa: ANN202
     from unlock_lens.models import load_model
 
     return load_model(name, device=device)
@@ -168,6 +171,67 @@ def generate(
     typer.echo(f"{len(gens)} completions -> {out}")
 
 
+def _floats(text: str, what: str) -> list[float]:
+    from unlock_lens.errors import UnlockLensError
+
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UnlockLensError(f"--{what} must be comma-separated numbers, got {text!r}") from None
+
+
+SUMMARY_COLUMNS = ["condition", "alpha", "seed", "n", "accuracy", "acc_lo", "acc_hi", "cot_rate",
+                   "mean_tokens", "diff", "diff_lo", "diff_hi", "mcnemar_p"]
+
+
+@app.command("eval")
+def eval_(
+    pack: Annotated[Path, typer.Option(help="CapabilityPack file")],
+    target: Model,
+    out: Annotated[Path, typer.Option(help="output folder (results.jsonl/.parquet/.meta.json, summary)")],
+    dataset: str = "svamp",
+    split: str = "test",
+    data_path: Annotated[Path | None, typer.Option(help="JSONL file or data folder")] = None,
+    conditions: Annotated[str, typer.Option(help="comma list of direct,cot-prompt,steered,native-key,random")] = "direct,cot-prompt,steered,random",
+    alphas: Annotated[str | None, typer.Option(help="comma list (default: the pack's alpha)")] = None,
+    seeds: Annotated[str, typer.Option(help="random-control seeds, comma list")] = "0,1,2",
+    limit: Annotated[int | None, typer.Option(help="first N problems of the split")] = 200,
+    n_key: Annotated[int, typer.Option(help="native-key questions (GSM8K-train key split)")] = 128,
+    prompt_format: Annotated[str | None, typer.Option(help="locked format (default: the pack's)")] = None,
+    max_new_tokens: int = 512,
+    batch_size: int = 16,
+    n_boot: int = 2000,
+    seed: int = 0,
+    device: str = "cpu",
+) -> None:
+    """Evaluate conditions on a dataset; write results and print the summary table."""
+    from unlock_lens.artifacts import atomic_write_bytes
+    from unlock_lens.evaluate.datasets import load_dataset
+    from unlock_lens.evaluate.results import markdown_table
+    from unlock_lens.evaluate.runner import Decoding, evaluate, parse_conditions
+    from unlock_lens.unlock import CapabilityPack
+
+    conds = parse_conditions(conditions)
+    alpha_list = _floats(alphas, "alphas") if alphas else None
+    seed_list = [int(x) for x in _floats(seeds, "seeds")]
+    problems = load_dataset(dataset, split, path=data_path, limit=limit)
+    cp = CapabilityPack.load(pack)
+    key_q = _questions("gsm8k", "train", "key", n_key, seed) if "native-key" in conds else None
+    model = _load(target, device)
+    results = evaluate(
+        model, problems, conditions=conds, pack=cp, alphas=alpha_list, seeds=seed_list,
+        key_questions=key_q, locked_format=prompt_format,
+        decoding=Decoding(max_new_tokens=max_new_tokens, batch_size=batch_size), progress=True,
+    )
+    results.metadata.update(pack_path=str(pack), target_arg=target)
+    paths = results.save(out)
+    table = results.summary(n_boot=n_boot, seed=seed)[SUMMARY_COLUMNS]
+    atomic_write_bytes(out / "summary.csv", table.to_csv(index=False).encode())
+    atomic_write_bytes(out / "summary.md", markdown_table(table).encode())
+    typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    typer.echo(f"rows -> {paths['jsonl']}; summary -> {out / 'summary.csv'}")
+
+
 @app.command()
 def run(
     source: Model = "smollm2-135m-instruct",
@@ -178,28 +242,74 @@ def run(
     n_eval: int = 64,
     method: str = "svd",
     rank: int = 16,
-    alpha: float = 0.1,
+    alphas: str = "0.05,0.1,0.2,0.5",
     seed: int = 0,
     device: str = "cpu",
 ) -> None:
     """The main job: extract a CoT key, align it to the target, measure the steered target.
 
-    Reports the shift of the target's first-token distribution toward its own CoT-prompted
-    distribution (KL) for steered, unsteered and random-direction conditions.
+    Key, alignment and measurement questions are disjoint GSM8K-train splits. For each alpha
+    it reports how far the target's next-token distribution under the direct prompt moves
+    toward its own CoT-prompted distribution: unsteered, steered by the transferred key, by
+    the target's native key (the ceiling), and by random controls (isotropic, and random
+    source directions carried through the same maps).
     """
-    from unlock_lens.diagnostics.distribution_shift import first_token_shift
+    import pandas as pd
+
+    from unlock_lens.diagnostics.distribution_shift import control_conditions, first_token_shift
+    from unlock_lens.masterkey import extract_masterkey
+    from unlock_lens.steer import Steering
     from unlock_lens.unlock import Unlock
 
     src, tgt = _load(source, device), _load(target, device)
-    pipe = Unlock(source=src, target=tgt, method=method, rank=rank, alpha=alpha, progress=True)
-    key = pipe.extract(_questions("gsm8k", "train", "key", n_key, seed))
+    pipe = Unlock(source=src, target=tgt, method=method, rank=rank, progress=True)
+    key_q = _questions("gsm8k", "train", "key", n_key, seed)
+    key = pipe.extract(key_q)
     pack = pipe.align(key, _questions("gsm8k", "train", "align", n_align, seed))
     out.mkdir(parents=True, exist_ok=True)
     key.save(out / "key.safetensors")
     pack.save(out / "pack.safetensors")
-    report = first_token_shift(pack, tgt, _questions("gsm8k", "train", "dev", n_eval, seed), seed=seed)
-    (out / "first_token_shift.json").write_text(json.dumps(report, indent=2))
-    typer.echo(json.dumps(report, indent=2))
+    target_locked = pipe.target_variant.format
+    target_unlocked = get_format("cot").as_chat(target_locked.chat)
+    native = extract_masterkey(pipe.target_variant, Variant(tgt, target_unlocked), key_q)
+    conditions: dict = {"direct": None}
+    for a in (float(x) for x in alphas.split(",")):
+        conditions[f"native a={a}"] = Steering(native.directions, a)
+        conditions.update(control_conditions(pack, a, seeds=(seed, seed + 1, seed + 2)))
+    rows = first_token_shift(tgt, _questions("gsm8k", "train", "dev", n_eval, seed),
+                             target_locked, target_unlocked, conditions)
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "first_token_shift.csv", index=False)
+    with pd.option_context("display.width", 160, "display.max_rows", 200):
+        typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    typer.echo(f"\nkey, pack and table written to {out}/")
+
+
+@app.command()
+def export(
+    pack: Annotated[Path, typer.Option(help="CapabilityPack file")],
+    format: Annotated[str, typer.Option("--format", help="gguf | vllm | safetensors")],
+    out: Annotated[Path, typer.Option(help="file to write")],
+    alpha: float | None = None,
+    target: Annotated[str | None, typer.Option(help="target model: measure mean ||h|| for rotate/resid packs")] = None,
+    norms: Annotated[Path | None, typer.Option(help="JSON {layer: mean ||h||}")] = None,
+    dataset: str = "gsm8k",
+    split: str = "train",
+    n: int = 64,
+    seed: int = 0,
+    model_hint: str | None = None,
+    prompt_length: int | None = None,
+    strict: bool = False,
+    device: str = "cpu",
+) -> None:
+    """Write the pack's transferred key for llama.cpp (gguf), TransformerLens-vLLM or other libraries."""
+    from unlock_lens.export import export_pack
+
+    model = _load(target, device) if target else None
+    prompts = _questions(dataset, split, "dev", n, seed) if target else None
+    path = export_pack(pack, format, out, alpha=alpha, norms=norms, model=model, prompts=prompts,  # type: ignore[arg-type]
+                       model_hint=model_hint, prompt_length=prompt_length, strict=strict)
+    typer.echo(f"{format} export -> {path}")
 
 
 if __name__ == "__main__":

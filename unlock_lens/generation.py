@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from unlock_lens.activations import _token_lengths, encode, length_sorted_batches, model_device
+from unlock_lens.errors import UnlockLensError
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,14 @@ def generate(
     """Greedy completions for ``prompts`` (in order); steered inside ``steering.applied``.
 
     Completions are cut at the first stop string; ``n_tokens`` counts generated tokens up to
-    the model's stop (EOS or a stop string) or ``max_new_tokens``.
+    the model's stop (EOS or a stop string) or ``max_new_tokens``. Steering hooks are
+    attached per batch and removed on return and on any exception (``KeyboardInterrupt``
+    included). Greedy decoding: the same inputs give the same texts on CPU.
     """
+    if len(prompts) == 0:
+        raise UnlockLensError("the prompt list is empty: pass at least one prompt")
+    if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
+        raise UnlockLensError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     device = model_device(model)
     tok = model.tokenizer
     eos = tok.eos_token_id

@@ -34,7 +34,14 @@ Aggregator = Literal["mean", "pca"]
 def aggregate_differences(
     diffs: Float[Tensor, "n n_layers d"], aggregator: Aggregator = "mean"
 ) -> Float[Tensor, "n_layers d"]:
-    """Collapse per-prompt differences (unlocked - locked) into one direction per layer."""
+    """Collapse per-prompt differences (unlocked - locked) into one direction per layer.
+
+    Float32 result for any float input (float16 / bfloat16 are upcast first). Refuses a
+    non-3-D or empty input and NaN/inf. ``mean`` of all-equal differences is that difference
+    (all-zero differences give a zero direction, which :class:`~unlock_lens.steer.Steering`
+    refuses); ``pca`` needs n >= 2 and some spread at every layer, and returns unit vectors.
+    Deterministic: the same input gives the same output bit for bit on CPU.
+    """
     if diffs.ndim != 3:
         raise UnlockLensError(f"differences must be [n, layers, d], got {tuple(diffs.shape)}")
     if diffs.shape[0] == 0:
@@ -50,7 +57,15 @@ def aggregate_differences(
             raise UnlockLensError("the pca aggregator needs at least 2 prompts; use 'mean'")
         centred = diffs - mean
         # per layer: first right singular vector of the centred [n, d] matrix
-        _, _, vh = torch.linalg.svd(centred.transpose(0, 1), full_matrices=False)
+        _, s, vh = torch.linalg.svd(centred.transpose(0, 1), full_matrices=False)
+        # no spread at a layer (all differences equal): the first component is arbitrary
+        scale = diffs.transpose(0, 1).flatten(1).norm(dim=-1).clamp_min(1e-30)
+        flat = (s[:, 0] <= 1e-6 * scale).nonzero().flatten().tolist()
+        if flat:
+            raise UnlockLensError(
+                f"the differences do not vary across prompts at layer index(es) {flat}: the "
+                "pca direction is undefined there; use the 'mean' aggregator or more varied prompts"
+            )
         first = vh[:, 0, :]
         sign = torch.sign((first * mean).sum(-1, keepdim=True))
         return first * torch.where(sign == 0, torch.ones_like(sign), sign)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from unlock_lens.errors import UnlockLensError
+from unlock_lens.model_info import model_id  # noqa: F401  (re-exported: the id load_model records)
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -189,17 +190,6 @@ def depth_match(n_src: int, n_tgt: int) -> list[int]:
 def model_shape(bridge: TransformerBridge) -> tuple[int, int]:
     """``(n_layers, d_model)`` of a loaded bridge."""
     return int(bridge.cfg.n_layers), int(bridge.cfg.d_model)
-
-
-def model_id(bridge: TransformerBridge) -> str:
-    """The stable id ``load_model`` recorded (registry name, hub id, directory or GGUF id).
-
-    Falls back to ``bridge.cfg.model_name`` for bridges booted elsewhere.
-    """
-    recorded = getattr(bridge, MODEL_ID_ATTR, None)
-    if isinstance(recorded, str) and recorded:
-        return recorded
-    return str(bridge.cfg.model_name)
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,11 +11,19 @@ at every target layer, at the last prompt token, in the prefill pass only
 Position rules are decided per forward call: a call whose input has more than one position
 is a prefill; a one-position call is a decode step once a prefill has been seen inside the
 context (``reset()`` starts a new generation). Hooks are attached with the model's own
-``hooks()`` context manager, so they are removed on exit, also after an exception.
+``hooks()`` context manager, so they are removed on exit, also after an exception
+(``KeyboardInterrupt`` included); :func:`attached_hooks` lists what is attached.
+
+Nested ``applied`` contexts compose: the inner context's hooks run after the outer's on the
+same hook point, so the edits chain (for the additive ``unit`` / ``raw`` normalisations the
+result is the sum of the edits); each context removes only its own hooks on exit, innermost
+first. A Steering built with ``target=ModelInfo`` refuses any other model (id, shape or
+weight mode), so a key cannot be applied to a model it was not mapped for.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,19 +40,10 @@ Normalisation = Literal["rotate", "unit", "resid", "raw"]
 Positions = Literal["last_prompt", "prompt", "final", "all"]
 
 
-def edit_residual(
-    h: Float[Tensor, "... d"],
-    direction: Float[Tensor, " d"],
-    alpha: float,
-    normalisation: Normalisation = "rotate",
-) -> Float[Tensor, "... d"]:
-    """The steering edit of residual states ``h`` along ``direction`` (pure function).
-
-    ``rotate``: norm-preserving turn toward r (the paper's); ``unit``: h + a r_hat;
-    ``resid``: h + a ||h|| r_hat; ``raw``: h + a r. Computed in float32, returned in h's dtype.
-    """
+def _edit(h: Tensor, r: Tensor, alpha: float, normalisation: str) -> Tensor:
+    """The edit without input checks (the hook's fast path: no host-device syncs)."""
     h32 = h.float()
-    r = direction.to(device=h.device, dtype=torch.float32)
+    r = r.to(device=h.device, dtype=torch.float32)
     if normalisation == "raw":
         return (h32 + alpha * r).to(h.dtype)
     r_hat = r / r.norm().clamp_min(1e-12)
@@ -61,6 +60,70 @@ def edit_residual(
             f"unknown normalisation {normalisation!r}; choose one of {get_args(Normalisation)}"
         )
     return out.to(h.dtype)
+
+
+def edit_residual(
+    h: Float[Tensor, "... d"],
+    direction: Float[Tensor, " d"],
+    alpha: float,
+    normalisation: Normalisation = "rotate",
+) -> Float[Tensor, "... d"]:
+    """The steering edit of residual states ``h`` along ``direction`` (pure function).
+
+    ``rotate``: norm-preserving turn toward r (the paper's); ``unit``: h + a r_hat;
+    ``resid``: h + a ||h|| r_hat; ``raw``: h + a r. Computed in float32, returned in h's dtype
+    (float16 / bfloat16 states stay in their dtype).
+
+    - ``alpha = 0`` is an exact no-op: a bit-exact copy of ``h`` is returned.
+    - ``alpha < 0`` turns *away* from the direction (``rotate``) or subtracts it (the others):
+      it removes / suppresses the capability rather than inducing it. With ``rotate`` and
+      ``alpha <= -1`` a state parallel to r can be turned to zero (``h_hat + alpha r_hat = 0``);
+      the result is then 0, never NaN.
+    - A zero state ``h`` stays zero under ``rotate`` (it has no norm to keep).
+    - ``direction`` must be a finite 1-D vector of h's width, non-zero unless ``raw``;
+      ``alpha`` must be finite. Violations raise :class:`UnlockLensError`. Non-finite ``h``
+      propagates (the hook does not inspect states, to avoid a device sync per call;
+      :func:`~unlock_lens.activations.capture` refuses non-finite activations).
+    """
+    alpha = float(alpha)
+    if not math.isfinite(alpha):
+        raise UnlockLensError(f"alpha must be finite, got {alpha}")
+    if normalisation not in get_args(Normalisation):
+        raise UnlockLensError(
+            f"unknown normalisation {normalisation!r}; choose one of {get_args(Normalisation)}"
+        )
+    direction = torch.as_tensor(direction)
+    if direction.ndim != 1 or h.ndim == 0 or direction.shape[0] != h.shape[-1]:
+        raise UnlockLensError(
+            f"direction of shape {tuple(direction.shape)} does not fit states of shape "
+            f"{tuple(h.shape)}: it must be a 1-D vector of the states' width"
+        )
+    if not torch.isfinite(direction).all():
+        raise UnlockLensError("direction has NaN/inf entries: it must be finite")
+    if normalisation != "raw" and float(direction.float().norm()) == 0.0:
+        raise UnlockLensError("direction is zero: it has no direction to steer along")
+    if alpha == 0.0:
+        return h.clone()
+    return _edit(h, direction, alpha, normalisation)
+
+
+def attached_hooks(model: Any) -> dict[str, int]:
+    """Hook point name -> number of hooks attached (forward + backward); empty when clean.
+
+    Every public call of unlock_lens leaves a model as it found it; use this to check.
+    """
+    out: dict[str, int] = {}
+    seen: set[int] = set()
+    for name, hp in model.hook_dict.items():
+        if id(hp) in seen:  # a TransformerBridge lists one hook point under several aliases
+            continue
+        seen.add(id(hp))
+        name = getattr(hp, "name", None) or name
+        n = len(hp._forward_hooks) + len(hp._forward_pre_hooks) + len(hp._backward_hooks)
+        n += len(getattr(hp, "_backward_pre_hooks", {}))
+        if n:
+            out[name] = n
+    return out
 
 
 @dataclass
@@ -85,6 +148,11 @@ class Steering:
     ``directions`` maps a layer index to a ``Float[d_model]`` vector (or is a
     ``Float[n_layers, d_model]`` tensor: one row per layer). ``layers`` restricts which are
     used (default: all given). Use as ``with steering.applied(model): ...``.
+    ``target`` (a :class:`~unlock_lens.model_info.ModelInfo`) pins the model the directions
+    were mapped into: any other model is refused with ModelMismatchError.
+
+    ``alpha = 0`` attaches nothing (bit-exact unsteered outputs); ``alpha < 0`` turns the
+    states away from the direction, i.e. removes the capability (see :func:`edit_residual`).
     """
 
     directions: Mapping[int, Tensor] | Tensor
@@ -93,6 +161,7 @@ class Steering:
     positions: Positions = "last_prompt"
     layers: Sequence[int] | None = None
     hook: HookKind = "resid_post"
+    target: Any = None
     _state: _CallState = field(default_factory=_CallState, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -146,18 +215,20 @@ class Steering:
                 cache[key] = direction.to(device=x.device, dtype=torch.float32)
             r = cache[key]
             if positions == "all" or (positions == "final" and not prefill):
-                return edit_residual(x, r, alpha, norm)
+                return _edit(x, r, alpha, norm)
             if not prefill:
                 return x
             if positions == "prompt":
-                return edit_residual(x, r, alpha, norm)
+                return _edit(x, r, alpha, norm)
             x = x.clone()
-            x[:, -1] = edit_residual(x[:, -1], r, alpha, norm)
+            x[:, -1] = _edit(x[:, -1], r, alpha, norm)
             return x
 
         return steer_hook
 
     def fwd_hooks(self, model: Any) -> list[tuple[str, Any]]:
+        if self.target is not None:
+            self.target.check(model, "this Steering", strict_id=True)
         layers = self.active_layers
         check_layers(model, layers)
         d_model = int(model.cfg.d_model)
@@ -184,5 +255,6 @@ class Steering:
     def scaled(self, alpha: float) -> Steering:
         """A copy with another alpha."""
         return Steering(
-            dict(self.directions), alpha, self.normalisation, self.positions, self.layers, self.hook
+            dict(self.directions), alpha, self.normalisation, self.positions, self.layers, self.hook,
+            self.target,
         )

@@ -19,9 +19,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from unlock_lens.activations import Variant, capture, check_layers
+from unlock_lens.activations import Variant, capture, check_layers, hook_name
 from unlock_lens.align import LayerMap, fit_alignment
-from unlock_lens.artifacts import load_artifact, save_artifact
+from unlock_lens.artifacts import library_version, load_artifact, save_artifact
 from unlock_lens.errors import ArtifactError, UnlockLensError
 from unlock_lens.generation import Generation, generate
 from unlock_lens.masterkey import Aggregator, MasterKey, extract_masterkey
@@ -82,6 +82,50 @@ def align_key(
     return maps
 
 
+def build_pack(
+    key: MasterKey,
+    source: Variant,
+    target: Variant,
+    questions: Sequence[str],
+    *,
+    method: str = "svd",
+    rank: int = 16,
+    centered: bool | None = None,
+    holdout: float = 0.0,
+    alpha: float = 0.1,
+    normalisation: Normalisation = "rotate",
+    positions: Positions = "last_prompt",
+    batch_size: int = 16,
+    progress: bool = False,
+    **fit_kwargs: Any,
+) -> CapabilityPack:
+    """``align_key`` + a CapabilityPack that records how the maps were fitted."""
+    centered = key.aggregator == "pca" if centered is None else centered
+    maps = align_key(key, source, target, questions, method=method, rank=rank, centered=centered,
+                     holdout=holdout, batch_size=batch_size, progress=progress, **fit_kwargs)
+    return CapabilityPack(
+        key=key,
+        maps=maps,
+        target=ModelInfo.of(target.model),
+        alpha=alpha,
+        normalisation=normalisation,
+        positions=positions,
+        target_format=target.format.to_dict(),
+        alignment={
+            "method": method,
+            "rank": rank,
+            "centered": centered,
+            "holdout": holdout,
+            "n_prompts": len(questions),
+            "prompt_hash": prompt_set_hash(source.prompts(questions)),
+            "target_prompt_hash": prompt_set_hash(target.prompts(questions)),
+            "source_format": source.format.to_dict(),
+            "hook_names": {str(t): hook_name(t, key.hook) for t in sorted(maps)},
+            "fit_kwargs": {k: v for k, v in fit_kwargs.items() if isinstance(v, int | float | str | bool)},
+        },
+    )
+
+
 @dataclass
 class CapabilityPack:
     """A MasterKey, its maps into one target model, and the steering settings to use there."""
@@ -94,6 +138,7 @@ class CapabilityPack:
     positions: Positions = "last_prompt"
     target_format: dict[str, Any] | None = None
     alignment: dict[str, Any] = field(default_factory=dict)
+    library_version: str = field(default_factory=library_version)
 
     def target_directions(self) -> dict[int, Float[Tensor, " d_tgt"]]:
         """r^(t) = m^(s(t)) W_t for every mapped target layer."""
@@ -152,6 +197,7 @@ class CapabilityPack:
             "positions": self.positions,
             "target_format": self.target_format,
             "alignment": self.alignment,
+            "created_with": self.library_version,
         }
         return save_artifact(path, "CapabilityPack", tensors, meta)
 
@@ -177,6 +223,7 @@ class CapabilityPack:
                 positions=meta["positions"],
                 target_format=meta.get("target_format"),
                 alignment=dict(meta.get("alignment", {})),
+                library_version=meta.get("created_with", meta.get("library_version", "")),
             )
         except KeyError as err:
             raise ArtifactError(f"{path}: pack lacks the field {err}; re-create it") from None
@@ -232,26 +279,11 @@ class Unlock:
         )
 
     def align(self, key: MasterKey, questions: Sequence[str], **kwargs: Any) -> CapabilityPack:
-        kwargs.setdefault("method", self.method)
-        kwargs.setdefault("rank", self.rank)
-        maps = align_key(key, self.locked, self.target_variant, questions,
-                         batch_size=self.batch_size, progress=self.progress, **kwargs)
-        return CapabilityPack(
-            key=key,
-            maps=maps,
-            target=ModelInfo.of(self.target),
-            alpha=self.alpha,
-            normalisation=self.normalisation,
-            positions=self.positions,
-            target_format=self.target_format.to_dict(),
-            alignment={
-                "method": kwargs["method"],
-                "rank": kwargs["rank"],
-                "n_prompts": len(questions),
-                "prompt_hash": prompt_set_hash(self.locked.prompts(questions)),
-                "source_format": self.locked.format.to_dict(),
-            },
-        )
+        """Fit the maps into the target (``method``/``rank`` default to the pipeline's)."""
+        settings = {"method": self.method, "rank": self.rank, "alpha": self.alpha,
+                    "normalisation": self.normalisation, "positions": self.positions, **kwargs}
+        return build_pack(key, self.locked, self.target_variant, questions,
+                          batch_size=self.batch_size, progress=self.progress, **settings)
 
     def run(self, key_questions: Sequence[str], align_questions: Sequence[str]) -> CapabilityPack:
         """Extract on ``key_questions``, align on ``align_questions``; they must be disjoint."""

@@ -28,3 +28,15 @@ __all__ = [
     "procrustes_rotation",
     "register_method",
 ]
+
+# scikit-learn estimators (SVDAlignment, ...), imported lazily so the core stays torch-only
+_ESTIMATORS = ("CCAAlignment", "LinearAlignment", "ProcrustesAlignment", "RidgeAlignment", "SVDAlignment")
+__all__ += list(_ESTIMATORS)
+
+
+def __getattr__(name: str):
+    if name in _ESTIMATORS:
+        from unlock_lens.align import estimators
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'unlock_lens.align' has no attribute {name!r}")

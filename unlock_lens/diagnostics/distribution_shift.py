@@ -1,13 +1,15 @@
 """Does steering move the target's next-token distribution toward its unlocked behaviour?
 
-A cheap proxy measured without generation: the KL divergence from the target's own
-CoT-prompted next-token distribution to its direct-prompt distribution, unsteered, steered by
-the transferred key, and steered by random directions with the same per-layer norms.
+A cheap proxy measured without generation. The reference is the target's own next-token
+distribution under the unlocked (CoT) prompt; each condition runs the locked (direct) prompt,
+unsteered or steered. Per condition: KL(reference || condition), the probability mass the
+condition puts on the reference's top-k tokens, and the entropy. Lower KL / higher mass =
+closer to the unlocked behaviour.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -16,7 +18,7 @@ from torch import Tensor
 
 from unlock_lens.activations import final_logits
 from unlock_lens.controls import random_like
-from unlock_lens.prompts import COT, PromptFormat
+from unlock_lens.prompts import PromptFormat
 from unlock_lens.steer import Steering
 
 
@@ -35,51 +37,67 @@ def entropy(logits: Float[Tensor, "n vocab"]) -> Float[Tensor, " n"]:
     return -(log_p.exp() * log_p).sum(-1)
 
 
+def top_k_mass(
+    reference: Float[Tensor, "n vocab"], logits: Float[Tensor, "n vocab"], k: int = 5
+) -> Float[Tensor, " n"]:
+    """Probability mass ``logits`` puts on the ``k`` most likely tokens of ``reference``."""
+    top = reference.topk(k, dim=-1).indices
+    return torch.softmax(logits.float(), -1).gather(-1, top).sum(-1)
+
+
+def shift_row(reference: Tensor, logits: Tensor, k: int = 5) -> dict[str, float]:
+    """Summary numbers of one condition against the reference distribution."""
+    return {
+        "kl_to_unlocked": float(kl_divergence(reference, logits).mean()),
+        f"top{k}_unlocked_mass": float(top_k_mass(reference, logits, k).mean()),
+        "entropy": float(entropy(logits).mean()),
+    }
+
+
+def mapped_random_like(pack: Any, seed: int) -> dict[int, Tensor]:
+    """A random *source* direction per layer (the key's norms) carried through the pack's maps.
+
+    The control that shares the transferred key's target subspace: if it moves the target as
+    much as the key, the effect comes from the subspace, not from the key.
+    """
+    src = random_like({layer: pack.key.direction(layer) for layer in pack.key.layers}, seed)
+    return {t: m.transform(src[m.source_layer]) for t, m in sorted(pack.maps.items())}
+
+
 def first_token_shift(
-    pack: Any,
     target: Any,
     questions: Sequence[str],
+    locked: PromptFormat,
+    unlocked: PromptFormat,
+    conditions: Mapping[str, Steering | None],
     *,
-    alpha: float | None = None,
-    unlocked_format: PromptFormat | None = None,
-    seeds: Sequence[int] = (0, 1, 2),
-    seed: int | None = None,
+    k: int = 5,
     batch_size: int = 16,
-) -> dict[str, Any]:
-    """KL(target+CoT-prompt || condition) for direct, steered and random-direction conditions.
+) -> list[dict[str, Any]]:
+    """One row per condition: its shift toward the target's own unlocked-prompt distribution.
 
-    Lower is closer to the unlocked behaviour. ``unlocked_format`` defaults to the CoT version
-    of the pack's target format.
+    ``conditions`` maps a name to a Steering (or None: the unsteered locked prompt).
     """
-    pack.check_model(target)
-    locked = PromptFormat.from_dict(pack.target_format) if pack.target_format else COT
-    unlocked = unlocked_format or PromptFormat(
-        locked.name.replace("direct", "cot"), COT.instruction, COT.answer_prefix, locked.chat
-    )
-    if seed is not None:
-        seeds = [seed + s for s in seeds]
     tok = target.tokenizer
-    direct_prompts = locked.render_all(questions, tok)
-    ref = final_logits(target, unlocked.render_all(questions, tok), batch_size=batch_size)
-    direct = final_logits(target, direct_prompts, batch_size=batch_size)
+    locked_prompts = locked.render_all(questions, tok)
+    reference = final_logits(target, unlocked.render_all(questions, tok), batch_size=batch_size)
+    rows = [{"condition": "unlocked-prompt", **shift_row(reference, reference, k)}]
+    for name, steering in conditions.items():
+        logits = final_logits(target, locked_prompts, batch_size=batch_size, steering=steering)
+        rows.append({"condition": name, "alpha": getattr(steering, "alpha", 0.0),
+                     **shift_row(reference, logits, k)})
+    return rows
+
+
+def control_conditions(pack: Any, alpha: float, seeds: Sequence[int] = (0, 1, 2)) -> dict[str, Steering]:
+    """The transferred key and its controls at one alpha, with the pack's other settings."""
     steering = pack.steering(alpha)
-    steered = final_logits(target, direct_prompts, batch_size=batch_size, steering=steering)
-    random_kl = []
+
+    def like(directions: dict[int, Tensor]) -> Steering:
+        return Steering(directions, alpha, steering.normalisation, steering.positions, None, steering.hook)
+
+    out = {f"steered a={alpha}": steering}
     for s in seeds:
-        control = Steering(random_like(steering.directions, s), steering.alpha, steering.normalisation,
-                           steering.positions, steering.layers, steering.hook)
-        logits = final_logits(target, direct_prompts, batch_size=batch_size, steering=control)
-        random_kl.append(float(kl_divergence(ref, logits).mean()))
-    kl_direct = float(kl_divergence(ref, direct).mean())
-    kl_steered = float(kl_divergence(ref, steered).mean())
-    return {
-        "n_questions": len(questions),
-        "alpha": steering.alpha,
-        "kl_to_cot_direct": kl_direct,
-        "kl_to_cot_steered": kl_steered,
-        "kl_to_cot_random": random_kl,
-        "kl_to_cot_random_mean": sum(random_kl) / len(random_kl),
-        "entropy_direct": float(entropy(direct).mean()),
-        "entropy_steered": float(entropy(steered).mean()),
-        "entropy_cot": float(entropy(ref).mean()),
-    }
+        out[f"random a={alpha} seed={s}"] = like(random_like(steering.directions, s))
+        out[f"random-mapped a={alpha} seed={s}"] = like(mapped_random_like(pack, s))
+    return out

@@ -1,0 +1,426 @@
+"""Ablation sweeps over where and how the transferred key is applied, on a cheap proxy.
+
+Each cell steers the target on the direct prompts of the same evaluation questions and scores
+its next-token distribution against the target's own CoT-prompted one:
+
+- ``kl``: KL(target + CoT prompt || steered target + direct prompt), per question (lower =
+  closer to the unlocked behaviour; 0 = identical);
+- ``logp``: log of the probability the steered distribution puts on the unlocked behaviour's
+  first tokens, the top-``m`` tokens under the CoT prompt (higher = closer).
+
+Sweeps: one layer at a time, all layers but one, contiguous bands, rank (per alignment method),
+alpha, alignment method. Every sweep adds a random-direction control per cell (the cell's key
+replaced by :func:`unlock_lens.controls.random_like`: same per-layer norms, one run per seed)
+and a ``direct`` row (unsteered).
+
+What is cached (in :class:`AblationSetup`, built once by :func:`prepare_ablation`): source and
+target activations for the alignment questions (one ``capture`` each), the CoT reference and
+unsteered logits (one ``final_logits`` each), and fitted maps per (method, rank) refitted from
+the cached activations. Only the steered forward passes repeat per cell: ``1 + len(seeds)``
+calls of ``final_logits`` per cell.
+
+Frame columns: ``sweep, cell, condition`` (``key`` / ``random`` / ``direct``), the cell's
+parameters (``layers, layer, band_start, band_end, alpha, method, rank``), ``kl_mean, kl_std,
+kl_sem, logp_mean, logp_std, logp_sem, n_questions, n_seeds`` and, for rank / method sweeps,
+mean ``train_r2`` / ``heldout_r2`` over layers. For ``key`` and ``direct`` rows std / sem are
+over questions; for ``random`` rows they are over the seeds' means.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from unlock_lens.activations import Variant, capture, check_layers, final_logits
+from unlock_lens.align import ALIGNMENT_METHODS, LayerMap, fit_alignment
+from unlock_lens.align.base import _RANK_FREE
+from unlock_lens.controls import random_like
+from unlock_lens.diagnostics.distribution_shift import kl_divergence
+from unlock_lens.errors import UnlockLensError
+from unlock_lens.masterkey import MasterKey
+from unlock_lens.models import depth_match
+from unlock_lens.prompts import COT, PromptFormat
+from unlock_lens.steer import Normalisation, Positions, Steering
+
+DEFAULT_RANKS = (1, 2, 4, 8, 16, 32, 64)
+DEFAULT_ALPHAS = (0.05, 0.1, 0.2, 0.5)
+DEFAULT_SEEDS = (0, 1, 2)
+
+
+# ---- pure scoring -------------------------------------------------------------------------
+
+
+def unlocked_tokens(ref_logits: Float[Tensor, "n vocab"], m: int) -> Int[Tensor, "n m"]:
+    """The top-``m`` next tokens of each question under the CoT (unlocked) prompt."""
+    if not 1 <= m <= ref_logits.shape[-1]:
+        raise UnlockLensError(f"top_m must be in [1, vocab={ref_logits.shape[-1]}], got {m}")
+    return ref_logits.topk(m, dim=-1).indices
+
+
+def proxy_scores(
+    ref_logits: Float[Tensor, "n vocab"],
+    logits: Float[Tensor, "n vocab"],
+    tokens: Int[Tensor, "n m"],
+) -> tuple[Float[Tensor, " n"], Float[Tensor, " n"]]:
+    """Per question: ``KL(ref || logits)`` and ``log sum_{j in tokens} p(j)`` under ``logits``."""
+    if ref_logits.shape != logits.shape:
+        raise UnlockLensError(f"logit shapes differ: {tuple(ref_logits.shape)} vs {tuple(logits.shape)}")
+    kl = kl_divergence(ref_logits, logits)
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, tokens).logsumexp(-1)
+    return kl, logp
+
+
+def _stats(prefix: str, values: Tensor) -> dict[str, float]:
+    n = values.numel()
+    std = float(values.std()) if n > 1 else 0.0
+    return {f"{prefix}_mean": float(values.mean()), f"{prefix}_std": std,
+            f"{prefix}_sem": std / math.sqrt(n)}
+
+
+def _score_row(condition: str, kl: Tensor, logp: Tensor, n_questions: int, n_seeds: int) -> dict:
+    return {"condition": condition, **_stats("kl", kl), **_stats("logp", logp),
+            "n_questions": n_questions, "n_seeds": n_seeds}
+
+
+# ---- the cache ----------------------------------------------------------------------------
+
+
+@dataclass
+class AblationSetup:
+    """What every sweep cell reuses; build it with :func:`prepare_ablation` (or from tensors).
+
+    ``H_src[:, j]`` holds source layer ``source_layers[j]``, ``H_tgt[:, j]`` target layer
+    ``target_layers[j]``; ``matched[t]`` is the source layer read by target layer ``t``.
+    ``ref_logits`` / ``direct_logits``: the target's next-token logits after the CoT /
+    direct prompt of each evaluation question; ``direct_prompts`` are what gets steered.
+    Fitted maps are memoised per (method, rank) on this object.
+    """
+
+    key: MasterKey
+    target: Any
+    H_src: Float[Tensor, "n_align Ls d_s"]
+    H_tgt: Float[Tensor, "n_align Lt d_t"]
+    source_layers: list[int]
+    target_layers: list[int]
+    matched: dict[int, int]
+    direct_prompts: list[str]
+    ref_logits: Float[Tensor, "n vocab"]
+    direct_logits: Float[Tensor, "n vocab"]
+    method: str = "svd"
+    rank: int = 16
+    centered: bool = False
+    holdout: float = 0.0
+    alpha: float = 0.1
+    normalisation: Normalisation = "rotate"
+    positions: Positions = "last_prompt"
+    top_m: int = 5
+    batch_size: int = 16
+    _maps: dict[tuple[str, int | None], dict[int, LayerMap]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        self.tokens = unlocked_tokens(self.ref_logits, self.top_m)
+
+    @property
+    def rank_limit(self) -> int:
+        """Largest rank the rank-k methods accept: min(n_train, d_s, d_t)."""
+        n = self.H_src.shape[0]
+        n_train = n - max(1, round(self.holdout * n)) if self.holdout > 0 else n
+        return min(n_train, self.H_src.shape[-1], self.H_tgt.shape[-1])
+
+    def maps(self, method: str | None = None, rank: int | None = None) -> dict[int, LayerMap]:
+        """One LayerMap per target layer, fitted from the cached activations (memoised)."""
+        method = method or self.method
+        rank = self.rank if rank is None else rank
+        if method not in ALIGNMENT_METHODS:
+            raise UnlockLensError(f"unknown alignment method {method!r}; known: {sorted(ALIGNMENT_METHODS)}")
+        cache_key = (method, None if method in _RANK_FREE else rank)
+        if cache_key not in self._maps:
+            maps = {}
+            for j, t in enumerate(self.target_layers):
+                s = self.matched[t]
+                maps[t] = fit_alignment(
+                    self.H_src[:, self.source_layers.index(s)], self.H_tgt[:, j], method=method,
+                    rank=rank, centered=self.centered, holdout=self.holdout,
+                    source_layer=s, target_layer=t,
+                )
+            self._maps[cache_key] = maps
+        return self._maps[cache_key]
+
+    def directions(self, method: str | None = None, rank: int | None = None) -> dict[int, Tensor]:
+        """The key in the target's space, r^(t) = m^(s(t)) W_t, per target layer."""
+        out = {}
+        for t, layer_map in self.maps(method, rank).items():
+            r = layer_map.transform(self.key.direction(layer_map.source_layer).float())
+            if not torch.isfinite(r).all() or float(r.norm()) == 0.0:
+                raise UnlockLensError(
+                    f"the key maps to a zero or non-finite direction at target layer {t} "
+                    f"(method {method or self.method}, rank {rank or self.rank}): the alignment "
+                    "subspace misses the key; use a larger rank"
+                )
+            out[t] = r
+        return out
+
+    def steered_logits(
+        self, directions: dict[int, Tensor], layers: Sequence[int], alpha: float
+    ) -> Float[Tensor, "n vocab"]:
+        """One steered forward pass over the direct prompts (the only per-cell model call)."""
+        steering = Steering(directions, alpha=alpha, normalisation=self.normalisation,
+                            positions=self.positions, layers=list(layers), hook=self.key.hook)
+        return final_logits(self.target, self.direct_prompts, batch_size=self.batch_size,
+                            steering=steering)
+
+    def score(self, logits: Float[Tensor, "n vocab"]) -> tuple[Tensor, Tensor]:
+        return proxy_scores(self.ref_logits, logits, self.tokens)
+
+
+def _cot_version(locked: PromptFormat) -> PromptFormat:
+    name = locked.name.replace("direct", "cot")
+    return PromptFormat(name if name != locked.name else f"{name}-cot", COT.instruction,
+                        COT.answer_prefix, locked.chat)
+
+
+def prepare_ablation(
+    key: MasterKey,
+    source: Variant,
+    target: Variant,
+    align_questions: Sequence[str],
+    eval_questions: Sequence[str],
+    *,
+    unlocked_format: PromptFormat | None = None,
+    target_layers: Sequence[int] | None = None,
+    method: str = "svd",
+    rank: int = 16,
+    centered: bool | None = None,
+    holdout: float = 0.0,
+    alpha: float = 0.1,
+    normalisation: Normalisation = "rotate",
+    positions: Positions = "last_prompt",
+    top_m: int = 5,
+    batch_size: int = 16,
+) -> AblationSetup:
+    """Run every cacheable forward pass once: 2 captures + 2 ``final_logits`` calls.
+
+    ``source``: the source-locked variant (the key's model, locked format); ``target``: the
+    target in its locked format. ``unlocked_format`` (the target's CoT prompt) defaults to
+    the CoT version of the target's format. ``centered`` defaults to the authors' choice
+    (centred for a PCA key). ``method`` / ``rank`` / ``alpha`` are the defaults the sweeps
+    hold fixed while varying something else.
+    """
+    key.check_model(source.model)
+    if len(align_questions) < 2:
+        raise UnlockLensError("alignment needs at least 2 questions")
+    if len(eval_questions) == 0:
+        raise UnlockLensError("the evaluation question list is empty")
+    t_layers = check_layers(target.model, target_layers)
+    matched_all = depth_match(key.source.n_layers, int(target.model.cfg.n_layers))
+    matched = {t: matched_all[t] for t in t_layers}
+    s_layers = sorted(set(matched.values()))
+    missing = [s for s in s_layers if s not in key.layers]
+    if missing:
+        raise UnlockLensError(f"target layers need source layers {missing}, not in the key ({key.layers})")
+    H_src = capture(source.model, source.prompts(align_questions), s_layers, hook=key.hook,
+                    batch_size=batch_size)
+    H_tgt = capture(target.model, target.prompts(align_questions), t_layers, hook=key.hook,
+                    batch_size=batch_size)
+    unlocked = unlocked_format or _cot_version(target.format)
+    tok = target.model.tokenizer
+    direct_prompts = target.prompts(eval_questions)
+    ref = final_logits(target.model, unlocked.render_all(eval_questions, tok), batch_size=batch_size)
+    direct = final_logits(target.model, direct_prompts, batch_size=batch_size)
+    return AblationSetup(
+        key=key, target=target.model, H_src=H_src, H_tgt=H_tgt, source_layers=s_layers,
+        target_layers=t_layers, matched=matched, direct_prompts=direct_prompts, ref_logits=ref,
+        direct_logits=direct, method=method, rank=rank,
+        centered=key.aggregator == "pca" if centered is None else centered, holdout=holdout,
+        alpha=alpha, normalisation=normalisation, positions=positions, top_m=top_m,
+        batch_size=batch_size,
+    )
+
+
+# ---- running cells ------------------------------------------------------------------------
+
+
+@dataclass
+class _Cell:
+    params: dict[str, Any]
+    directions: dict[int, Tensor]
+    layers: list[int]
+    alpha: float
+
+
+def _layers_label(layers: Sequence[int]) -> str:
+    return ",".join(str(x) for x in layers)
+
+
+def _fit_metrics(maps: dict[int, LayerMap]) -> dict[str, float]:
+    out = {}
+    for name in ("train_r2", "heldout_r2"):
+        vals = [m.metrics.get(name, math.nan) for m in maps.values()]
+        out[name] = sum(vals) / len(vals) if vals else math.nan
+    return out
+
+
+def _run_cells(
+    setup: AblationSetup, sweep: str, cells: list[_Cell], seeds: Sequence[int], *,
+    with_direct: bool = True,
+) -> pd.DataFrame:
+    if not cells:
+        raise UnlockLensError(f"the {sweep} sweep has no cells")
+    n = len(setup.direct_prompts)
+    rows = []
+    for i, cell in enumerate(cells):
+        base = {"sweep": sweep, "cell": i, "layers": _layers_label(cell.layers),
+                "alpha": cell.alpha, **cell.params}
+        kl, logp = setup.score(setup.steered_logits(cell.directions, cell.layers, cell.alpha))
+        rows.append({**base, **_score_row("key", kl, logp, n, 0)})
+        if seeds:
+            per_seed = []
+            for s in seeds:
+                rnd = random_like(cell.directions, s)
+                kl_r, logp_r = setup.score(setup.steered_logits(rnd, cell.layers, cell.alpha))
+                per_seed.append((kl_r.mean(), logp_r.mean()))
+            kl_s = torch.stack([k for k, _ in per_seed])
+            logp_s = torch.stack([lp for _, lp in per_seed])
+            rows.append({**base, **_score_row("random", kl_s, logp_s, n, len(seeds))})
+    frame = pd.DataFrame(rows)
+    if with_direct:
+        frame = pd.concat([frame, _direct_row(setup, sweep)], ignore_index=True)
+    front = ["sweep", "cell", "condition", "layers", "layer", "band_start", "band_end", "alpha",
+             "method", "rank"]
+    cols = [c for c in front if c in frame.columns]
+    return frame[cols + [c for c in frame.columns if c not in cols]]
+
+
+def _check_seeds(seeds: Sequence[int]) -> list[int]:
+    seeds = [int(s) for s in seeds]
+    if len(set(seeds)) != len(seeds):
+        raise UnlockLensError(f"seeds repeat: {seeds}")
+    return seeds
+
+
+def _base(setup: AblationSetup, alpha: float | None) -> tuple[dict[int, Tensor], float, dict]:
+    alpha = setup.alpha if alpha is None else alpha
+    return setup.directions(), alpha, {"method": setup.method, "rank": setup.rank}
+
+
+def single_layer_sweep(
+    setup: AblationSetup, *, layers: Sequence[int] | None = None, alpha: float | None = None,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+) -> pd.DataFrame:
+    """Steer one target layer at a time (column ``layer``)."""
+    dirs, alpha, params = _base(setup, alpha)
+    cells = [_Cell({**params, "layer": t}, dirs, [t], alpha)
+             for t in (setup.target_layers if layers is None else layers)]
+    return _run_cells(setup, "single_layer", cells, _check_seeds(seeds))
+
+
+def leave_one_out_sweep(
+    setup: AblationSetup, *, alpha: float | None = None, seeds: Sequence[int] = DEFAULT_SEEDS,
+) -> pd.DataFrame:
+    """Steer every target layer but one (column ``layer`` = the one left out)."""
+    if len(setup.target_layers) < 2:
+        raise UnlockLensError("leave-one-out needs at least 2 target layers")
+    dirs, alpha, params = _base(setup, alpha)
+    cells = [_Cell({**params, "layer": t}, dirs, [u for u in setup.target_layers if u != t], alpha)
+             for t in setup.target_layers]
+    return _run_cells(setup, "leave_one_out", cells, _check_seeds(seeds))
+
+
+def band_sweep(
+    setup: AblationSetup, *, width: int = 3, stride: int = 1, alpha: float | None = None,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+) -> pd.DataFrame:
+    """Steer contiguous bands of ``width`` target layers, starting every ``stride`` layers.
+
+    Columns ``band_start`` / ``band_end`` (inclusive) and ``layer`` (the band's centre).
+    """
+    t = setup.target_layers
+    if not 1 <= width <= len(t) or stride < 1:
+        raise UnlockLensError(f"need 1 <= width <= {len(t)} and stride >= 1, got {width}, {stride}")
+    dirs, alpha, params = _base(setup, alpha)
+    cells = []
+    for start in range(0, len(t) - width + 1, stride):
+        band = t[start : start + width]
+        cells.append(_Cell({**params, "band_start": band[0], "band_end": band[-1],
+                            "layer": (band[0] + band[-1]) / 2}, dirs, band, alpha))
+    return _run_cells(setup, "band", cells, _check_seeds(seeds))
+
+
+def alpha_sweep(
+    setup: AblationSetup, *, alphas: Sequence[float] = DEFAULT_ALPHAS,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+) -> pd.DataFrame:
+    """Steer all target layers at each alpha (same maps and directions throughout)."""
+    dirs = setup.directions()
+    params = {"method": setup.method, "rank": setup.rank}
+    cells = [_Cell(dict(params), dirs, list(setup.target_layers), float(a)) for a in alphas]
+    return _run_cells(setup, "alpha", cells, _check_seeds(seeds))
+
+
+def _method_cell(setup: AblationSetup, method: str, rank: int, alpha: float) -> _Cell:
+    maps = setup.maps(method, rank)
+    eff_rank = rank if method not in _RANK_FREE else next(iter(maps.values())).rank
+    return _Cell({"method": method, "rank": eff_rank, **_fit_metrics(maps)},
+                 setup.directions(method, rank), list(setup.target_layers), alpha)
+
+
+def rank_sweep(
+    setup: AblationSetup, *, ranks: Sequence[int] = DEFAULT_RANKS, methods: Sequence[str] = ("svd",),
+    alpha: float | None = None, seeds: Sequence[int] = DEFAULT_SEEDS,
+) -> pd.DataFrame:
+    """Refit the maps at each rank (capped at :attr:`AblationSetup.rank_limit`) per method.
+
+    Ranks above the cap are dropped (the cap itself is added if any were). Methods that
+    ignore rank (``ridge``, ``identity``) are fitted and run once; their row is repeated at
+    every rank (a flat line), with ``rank`` still naming the sweep's rank.
+    """
+    alpha = setup.alpha if alpha is None else alpha
+    cap = setup.rank_limit
+    kept = sorted({min(int(r), cap) for r in ranks if int(r) >= 1})
+    if not kept:
+        raise UnlockLensError(f"no valid rank in {list(ranks)}")
+    seeds = _check_seeds(seeds)
+    frames = []
+    for method in methods:
+        if method in _RANK_FREE:
+            cell = _method_cell(setup, method, kept[0], alpha)
+            once = _run_cells(setup, "rank", [cell], seeds, with_direct=False)
+            frames += [once.assign(rank=r) for r in kept]
+        else:
+            cells = [_method_cell(setup, method, r, alpha) for r in kept]
+            frames.append(_run_cells(setup, "rank", cells, seeds, with_direct=False))
+    frame = pd.concat(frames, ignore_index=True)
+    frame["cell"] = frame.groupby(["method", "rank"], sort=False).ngroup()
+    return pd.concat([frame, _direct_row(setup, "rank")], ignore_index=True)
+
+
+def _direct_row(setup: AblationSetup, sweep: str) -> pd.DataFrame:
+    kl, logp = setup.score(setup.direct_logits)
+    n = len(setup.direct_prompts)
+    return pd.DataFrame([{"sweep": sweep, "cell": -1, "layers": "",
+                          **_score_row("direct", kl, logp, n, 0)}])
+
+
+def method_sweep(
+    setup: AblationSetup, *, methods: Sequence[str] | None = None, rank: int | None = None,
+    alpha: float | None = None, seeds: Sequence[int] = DEFAULT_SEEDS,
+) -> pd.DataFrame:
+    """Compare alignment methods at one rank (default: ``svd``, ``procrustes``, ``cca``,
+    ``ridge``, plus ``identity`` when source and target widths agree)."""
+    if methods is None:
+        methods = ["svd", "procrustes", "cca", "ridge"]
+        if setup.H_src.shape[-1] == setup.H_tgt.shape[-1]:
+            methods.append("identity")
+    rank = min(setup.rank if rank is None else rank, setup.rank_limit)
+    alpha = setup.alpha if alpha is None else alpha
+    cells = [_method_cell(setup, m, rank, alpha) for m in methods]
+    return _run_cells(setup, "method", cells, _check_seeds(seeds))

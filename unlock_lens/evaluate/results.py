@@ -1,0 +1,284 @@
+"""Evaluation results: one row per (problem, condition, alpha, seed), files, summary table.
+
+A row is a flat dict with the fields in ``ROW_FIELDS``::
+
+    problem_id, condition, alpha, seed, prompt, output, answer, gold, correct, n_tokens, cot_format
+
+``alpha`` is None for unsteered conditions; ``seed`` is None except for the ``random`` control.
+``EvalResults.save(dir)`` writes ``results.jsonl`` (+ ``results.parquet`` when pyarrow is
+installed) and a ``results.meta.json`` sidecar (models, pack hash, dataset, decoding, version).
+
+The summary has one row per (condition, alpha, seed); the random control has a pooled row
+(``seed`` missing, ``n_seeds`` > 1) plus one row per seed. Columns: accuracy with a 95% Wilson
+interval, CoT-format rate, mean output tokens, and the paired difference against ``direct``
+(per-problem accuracy, averaged over seeds for a pooled row) with a paired-bootstrap 95%
+interval over problems and an exact McNemar p-value. For a pooled row the Wilson interval and
+McNemar test treat every (problem, seed) as an independent trial (approximate); its bootstrap
+resamples problems and is the interval to trust.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unlock_lens.artifacts import atomic_write_bytes
+from unlock_lens.errors import ArtifactError, UnlockLensError
+from unlock_lens.evaluate.stats import mcnemar_exact, paired_bootstrap_diff, wilson_interval
+
+__all__ = [
+    "CONDITIONS",
+    "ROW_FIELDS",
+    "EvalResults",
+    "markdown_table",
+    "shows_working",
+    "summarize",
+]
+
+CONDITIONS = ("direct", "cot-prompt", "steered", "native-key", "random")
+ROW_FIELDS = (
+    "problem_id", "condition", "alpha", "seed", "prompt", "output", "answer", "gold",
+    "correct", "n_tokens", "cot_format",
+)
+RESULTS_FORMAT_VERSION = 1
+
+_FINAL_MARKER_RE = re.compile(r"final\s+answer|the\s+answer\s+is", re.IGNORECASE)
+_EQUATION_RE = re.compile(r"\d\s*[-+*/×÷x]\s*\(?\s*\$?\d[^=\n]*=\s*\$?-?\d")
+_STEP_SPLIT_RE = re.compile(r"(?<=[.!?:])\s+|\n+")
+_WORD_RE = re.compile(r"[A-Za-z0-9]+")
+
+
+def shows_working(text: str) -> bool:
+    """Whether an output shows multi-step working before its final answer (``cot_format``).
+
+    Heuristic, on the text before the first final-answer marker ("final answer" / "the
+    answer is"; the whole text if none): True if it holds an arithmetic step ``a op b = c``
+    (e.g. ``3 + 5 = 8``, ``<<48/2=24>>``), or at least 2 steps, a step being a line or sentence
+    with >= 3 words. ``"The final answer is 8."`` → False; ``"3 + 5 = 8. The final answer
+    is 8."`` → True.
+    """
+    marker = _FINAL_MARKER_RE.search(text)
+    body = text[: marker.start()] if marker else text
+    if _EQUATION_RE.search(body):
+        return True
+    steps = [s for s in _STEP_SPLIT_RE.split(body) if len(_WORD_RE.findall(s)) >= 3]
+    return len(steps) >= 2
+
+
+# --------------------------------------------------------------------------------------------
+# summary
+# --------------------------------------------------------------------------------------------
+
+GroupKey = tuple[str, float | None, int | None]
+
+
+def _condition_rank(condition: str) -> int:
+    return CONDITIONS.index(condition) if condition in CONDITIONS else len(CONDITIONS)
+
+
+def _group_rows(rows: Iterable[dict[str, Any]]) -> dict[GroupKey, list[dict[str, Any]]]:
+    groups: dict[GroupKey, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["condition"], row["alpha"], row["seed"]), []).append(row)
+    return groups
+
+
+def _sort_key(key: tuple[str, float | None, int | None, bool]) -> tuple:
+    condition, alpha, seed, pooled = key
+    return (_condition_rank(condition), condition, -1.0 if alpha is None else alpha,
+            0 if pooled else 1, -1 if seed is None else seed)
+
+
+def _per_problem(rows: Sequence[dict[str, Any]]) -> dict[str, list[bool]]:
+    out: dict[str, list[bool]] = {}
+    for row in rows:
+        out.setdefault(row["problem_id"], []).append(bool(row["correct"]))
+    return out
+
+
+def _paired_stats(
+    rows: Sequence[dict[str, Any]], base: dict[str, bool], n_boot: int, seed: int
+) -> dict[str, float]:
+    per = _per_problem(rows)
+    if set(per) != set(base):
+        raise UnlockLensError(
+            f"condition {rows[0]['condition']!r} (alpha={rows[0]['alpha']}) covers "
+            f"{len(per)} problems but 'direct' covers {len(base)}: rows are not paired by id; "
+            "run every condition on the same problems"
+        )
+    ids = sorted(base)
+    mean_cond = [sum(per[i]) / len(per[i]) for i in ids]
+    ci = paired_bootstrap_diff(mean_cond, [float(base[i]) for i in ids], n_boot=n_boot, seed=seed)
+    stacked_a = [c for i in ids for c in per[i]]
+    stacked_b = [base[i] for i in ids for _ in per[i]]
+    return {"diff": ci.diff, "diff_lo": ci.lo, "diff_hi": ci.hi,
+            "mcnemar_p": mcnemar_exact(stacked_a, stacked_b)}
+
+
+def _summary_row(
+    key: tuple[str, float | None, int | None, bool],
+    rows: Sequence[dict[str, Any]],
+    base: dict[str, bool] | None,
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    condition, alpha, row_seed, _ = key
+    n = len(rows)
+    k = sum(bool(r["correct"]) for r in rows)
+    lo, hi = wilson_interval(k, n)
+    nan = float("nan")
+    paired = {"diff": nan, "diff_lo": nan, "diff_hi": nan, "mcnemar_p": nan}
+    if base is not None:
+        paired = _paired_stats(rows, base, n_boot, seed)
+    return {
+        "condition": condition,
+        "alpha": alpha,
+        "seed": row_seed,
+        "n_seeds": len({r["seed"] for r in rows}),
+        "n": n,
+        "k": k,
+        "accuracy": k / n,
+        "acc_lo": lo,
+        "acc_hi": hi,
+        "cot_rate": sum(bool(r["cot_format"]) for r in rows) / n,
+        "mean_tokens": sum(int(r["n_tokens"]) for r in rows) / n,
+        **paired,
+    }
+
+
+def summary_records(
+    rows: Sequence[dict[str, Any]], *, baseline: str = "direct", n_boot: int = 2000, seed: int = 0
+) -> list[dict[str, Any]]:
+    """The summary as a list of dicts (see the module docstring); ``summarize`` wraps it."""
+    if not rows:
+        raise UnlockLensError("no result rows to summarise")
+    groups = _group_rows(rows)
+    keyed: dict[tuple[str, float | None, int | None, bool], list[dict[str, Any]]] = {}
+    for (condition, alpha, s), members in groups.items():
+        keyed[(condition, alpha, s, False)] = members
+    for condition, alpha in {(c, a) for c, a, s in groups if s is not None}:
+        pooled = [r for (c, a, s), m in groups.items() if (c, a) == (condition, alpha) and s is not None
+                  for r in m]
+        keyed[(condition, alpha, None, True)] = pooled
+    base_rows = groups.get((baseline, None, None))
+    base = None
+    if base_rows is not None:
+        base = {r["problem_id"]: bool(r["correct"]) for r in base_rows}
+        if len(base) != len(base_rows):
+            raise UnlockLensError(f"the {baseline!r} condition lists a problem id twice")
+    return [_summary_row(key, keyed[key], base, n_boot, seed) for key in sorted(keyed, key=_sort_key)]
+
+
+def summarize(
+    rows: Sequence[dict[str, Any]], *, baseline: str = "direct", n_boot: int = 2000, seed: int = 0
+):
+    """Summary table (pandas DataFrame): accuracy + Wilson CI, CoT rate, length, paired diff."""
+    import pandas as pd
+
+    frame = pd.DataFrame(summary_records(rows, baseline=baseline, n_boot=n_boot, seed=seed))
+    frame["seed"] = frame["seed"].astype("Int64")
+    frame["alpha"] = frame["alpha"].astype(float)
+    return frame
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-3 and value != 0 else f"{value:.3f}"
+    text = str(value)
+    return "" if text == "<NA>" else text
+
+
+def markdown_table(frame: Any) -> str:
+    """A DataFrame as a GitHub markdown table (no extra dependency)."""
+    cols = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for record in frame.to_dict("records"):
+        lines.append("| " + " | ".join(_cell(record[c]) for c in frame.columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# files
+# --------------------------------------------------------------------------------------------
+
+
+def _jsonl_bytes(rows: Sequence[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+
+
+def _parquet_bytes(rows: Sequence[dict[str, Any]], metadata: dict[str, Any]) -> bytes | None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return None
+    table = pa.Table.from_pylist(list(rows))
+    table = table.replace_schema_metadata({"unlock_lens": json.dumps(metadata, sort_keys=True)})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+@dataclass
+class EvalResults:
+    """Rows of one evaluation run plus its metadata (models, pack hash, data, decoding)."""
+
+    rows: list[dict[str, Any]]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def frame(self):
+        """The rows as a pandas DataFrame (``alpha`` float, ``seed`` nullable Int64)."""
+        import pandas as pd
+
+        frame = pd.DataFrame(self.rows, columns=list(ROW_FIELDS))
+        frame["alpha"] = frame["alpha"].astype(float)
+        frame["seed"] = frame["seed"].astype("Int64")
+        return frame
+
+    def summary(self, *, n_boot: int = 2000, seed: int = 0):
+        """See :func:`summarize`."""
+        return summarize(self.rows, n_boot=n_boot, seed=seed)
+
+    def save(self, out_dir: str | Path, stem: str = "results") -> dict[str, Path]:
+        """Write ``{stem}.jsonl``, ``{stem}.meta.json``, ``{stem}.parquet`` (pyarrow) atomically."""
+        out = Path(out_dir)
+        meta = {"format_version": RESULTS_FORMAT_VERSION, **self.metadata}
+        paths = {"jsonl": out / f"{stem}.jsonl", "meta": out / f"{stem}.meta.json"}
+        atomic_write_bytes(paths["jsonl"], _jsonl_bytes(self.rows))
+        atomic_write_bytes(paths["meta"], json.dumps(meta, indent=2, sort_keys=True).encode())
+        parquet = _parquet_bytes(self.rows, meta)
+        if parquet is not None:
+            paths["parquet"] = out / f"{stem}.parquet"
+            atomic_write_bytes(paths["parquet"], parquet)
+        return paths
+
+    @classmethod
+    def load(cls, path: str | Path) -> EvalResults:
+        """Read ``results.jsonl`` (a file, or a folder holding it) and its ``.meta.json``."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "results.jsonl"
+        meta_path = path.with_name(path.name.removesuffix(".jsonl") + ".meta.json")
+        if not path.is_file() or not meta_path.is_file():
+            raise ArtifactError(
+                f"no results at {path} (+ {meta_path.name}): pass the folder or .jsonl that "
+                "EvalResults.save wrote"
+            )
+        try:
+            rows = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+            meta = json.loads(meta_path.read_text("utf-8"))
+        except json.JSONDecodeError as err:
+            raise ArtifactError(f"{path}: damaged results file ({err}); re-run the evaluation") from err
+        if int(meta.pop("format_version", 0)) > RESULTS_FORMAT_VERSION:
+            raise ArtifactError(f"{meta_path}: newer results format; upgrade unlock-lens")
+        missing = [f for f in ROW_FIELDS if rows and f not in rows[0]]
+        if missing:
+            raise ArtifactError(f"{path}: rows lack the fields {missing}; re-run the evaluation")
+        return cls(rows, meta)
