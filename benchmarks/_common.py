@@ -24,11 +24,13 @@ import torch  # noqa: E402
 
 REAL_MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
 RANDOM_CONFIG = dict(arch="qwen2", d_model=1024, n_layers=12, n_heads=16)
+SMALL_CONFIG = dict(arch="qwen2", d_model=256, n_layers=6, n_heads=4)
 
-_WORDS = (
+_TEXT = (
     "Tom has apples and buys more at the market before noon. How many apples does he have "
     "after he gives three to his sister and eats one himself on the way home"
-).split()
+)
+_WORDS = _TEXT.split(" ")
 
 
 def bench_dir() -> Path:
@@ -38,11 +40,14 @@ def bench_dir() -> Path:
     return path
 
 
-def random_model_dir() -> Path:
-    """The random mid-size Qwen2 (d_model 1024, 12 layers, 16 heads), built once and cached."""
+def random_model_dir(small: bool = False) -> Path:
+    """The random mid-size Qwen2 (d_model 1024, 12 layers, 16 heads), built once and cached.
+
+    ``small``: d_model 256, 6 layers, 4 heads (``"random-small"``, for quick memory runs).
+    """
     from unlock_lens.random_models import build_random_model
 
-    cfg = RANDOM_CONFIG
+    cfg = SMALL_CONFIG if small else RANDOM_CONFIG
     path = bench_dir() / f"random-{cfg['arch']}-d{cfg['d_model']}-l{cfg['n_layers']}"
     if not (path / "config.json").is_file():
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -55,11 +60,13 @@ def random_model_dir() -> Path:
 
 
 def load(name: str) -> Any | None:
-    """``"random"`` or a registry name as a bridge; ``None`` (with a message) if unavailable."""
+    """``"random"``, ``"random-small"`` or a registry name as a bridge; ``None`` if unavailable."""
     from unlock_lens.models import load_model
 
     try:
-        return load_model(str(random_model_dir()) if name == "random" else name)
+        if name.startswith("random"):
+            return load_model(str(random_model_dir(small=name == "random-small")))
+        return load_model(name)
     except Exception as err:  # a missing real model is a skip, not a failure
         print(f"[skip] {name}: not available offline ({type(err).__name__}: {str(err)[:160]})")
         return None

@@ -87,7 +87,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="small run (< 2 min)")
     p.add_argument("--models", nargs="+", default=None, help="random and/or registry names")
     p.add_argument("--n", type=int, default=None, help="prompts per run")
-    p.add_argument("--words", type=int, default=40, help="about this many words a prompt")
+    p.add_argument("--words", type=int, default=None, help="about this many words a prompt")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--no-memory", action="store_true", help="skip the RSS subprocesses")
@@ -95,11 +95,12 @@ def main() -> None:
     p.add_argument("--model", default="random", help=argparse.SUPPRESS)
     p.add_argument("--variant", default="capture", help=argparse.SUPPRESS)
     args = p.parse_args()
-    args.n = args.n or (32 if args.quick else 128)
+    args.n = args.n or (16 if args.quick else 64)
+    args.words = args.words or (12 if args.quick else 30)
     if args.worker:
         return worker(args)
     models = args.models or (["random"] if args.quick else ["random", *REAL_MODELS])
-    repeats = args.repeats or (3 if args.quick else 5)
+    repeats = args.repeats or 3
 
     header("bench_capture")
     print(f"   prompts={args.n} words~{args.words} batch_size={args.batch_size} repeats={repeats}")
@@ -111,7 +112,10 @@ def main() -> None:
         fns = variants(model, prompts, args.batch_size)
         ref = fns["run_with_cache"]()
         got = fns["capture"]()
-        order = sorted(range(len(prompts)), key=lambda i: -len(model.tokenizer(prompts[i])["input_ids"]))
+        from unlock_lens.activations import _token_lengths, length_sorted_batches
+
+        lengths = _token_lengths(model, prompts)
+        order = [i for idx in length_sorted_batches(lengths, args.batch_size) for i in idx]
         same = torch.allclose(got[order], ref, atol=1e-4, rtol=1e-4)
         n_tok = sum(int(m.sum()) for _, m in _batches(model, prompts, args.batch_size))
         t = interleaved(fns, repeats)

@@ -4,7 +4,12 @@ from sklearn.decomposition import PCA
 
 from unlock_lens.activations import Variant, capture
 from unlock_lens.errors import ArtifactError, ModelMismatchError, UnlockLensError
-from unlock_lens.masterkey import MasterKey, aggregate_differences, extract_masterkey, spectral_entropy_rank
+from unlock_lens.masterkey import (
+    MasterKey,
+    aggregate_differences,
+    extract_masterkey,
+    spectral_entropy_rank,
+)
 
 
 def test_mean_key_is_mean_of_captured_differences(qwen, questions):

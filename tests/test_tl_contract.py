@@ -132,15 +132,6 @@ def test_steering_applied_on_hooked_root_module(mini, normalisation):
     torch.testing.assert_close(final_logits(mini, PROMPTS, steering=steering), steered_logits)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason=(
-        "activations.forward_batches always passes position_ids=, which TL 3's HookedTransformer."
-        "forward does not accept; the lead applies the one-line fix (pass it only when forward "
-        "takes it), then this marker goes"
-    ),
-)
 def test_tl3_forward_signature_without_position_ids():
     model = MiniHookedTL3Signature()
     reference = MiniHooked()  # same seed, same weights; positions from the mask either way

@@ -22,6 +22,7 @@ which makes repeated runs on the same GPU and software stack bit-identical.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -176,14 +177,30 @@ def forward_batches(
         ids, mask = encode(model, [prompts[i] for i in idx])
         ids, mask = ids.to(device), mask.to(device)
         ctx = steering.applied(model) if steering is not None else nullcontext()
+        kwargs = _forward_kwargs(model, mask)
         with torch.inference_mode(), ctx, model.hooks(fwd_hooks=fwd_hooks(idx)):
-            out = model(
-                ids,
-                attention_mask=mask,
-                position_ids=position_ids(mask),
-                return_type="logits" if return_logits else None,
-            )
+            out = model(ids, return_type="logits" if return_logits else None, **kwargs)
         yield idx, (out[:, -1].float() if return_logits else None)
+
+
+def _accepts_kwarg(model: Any, name: str) -> bool:
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _forward_kwargs(model: Any, mask: Tensor) -> dict[str, Any]:
+    """Mask and positions for left padding; ``logits_to_keep=1`` (HF) so the unembedding runs
+    for the final position only (a 262k-token vocabulary costs as much as the blocks).
+    TransformerLens 3 models take neither extra keyword."""
+    kwargs: dict[str, Any] = {"attention_mask": mask}
+    if _accepts_kwarg(model, "position_ids"):
+        kwargs["position_ids"] = position_ids(mask)
+    if getattr(model, "original_model", None) is not None:  # a bridge over an HF model
+        kwargs["logits_to_keep"] = 1
+    return kwargs
 
 
 def iter_capture(

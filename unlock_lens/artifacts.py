@@ -49,7 +49,7 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
         "layers", "capability", "contrast", "aggregator", "n_prompts", "hook", "dtype",
         *(f"source.{f}" for f in _MODEL_FIELDS),
     ),
-    "LayerMap": ("method", "rank", "centered"),
+    "LayerMap": ("method", "rank", "centered", "d_src", "d_tgt", "dtype"),
     "CapabilityPack": (
         "key", "maps", "alpha", "normalisation", "positions",
         *(f"target.{f}" for f in _MODEL_FIELDS),

@@ -60,5 +60,8 @@ class ModelInfo:
                 f"{what} was made for {self.model_id!r} ({self.n_layers} layers, d_model "
                 f"{self.d_model}, {self.weight_mode}) but the model given is {other.model_id!r}: "
                 + "; ".join(problems)
-                + ". Load the model it was made for, or re-run the alignment for this one."
+                + ". Load the model it was made for, or re-run the alignment for this one"
+                + (" (or, if these are the same weights under another name, pass strict_id=False)"
+                   if len(problems) == 1 and problems[0].startswith("model id") else "")
+                + "."
             )

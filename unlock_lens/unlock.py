@@ -169,16 +169,24 @@ class CapabilityPack:
             positions=positions or self.positions,
             layers=layers,
             hook=self.key.hook,
+            target=self.target,
         )
 
-    def check_model(self, model: Any) -> None:
-        """Refuse a target with another hidden size, layer count or weight mode."""
-        self.target.check(model, "this CapabilityPack")
+    def check_model(self, model: Any, *, strict_id: bool = True) -> None:
+        """Refuse a target with another model id, hidden size, layer count or weight mode.
 
-    def applied(self, model: Any, **overrides: Any):
+        ``strict_id=False`` accepts another id of the same shape (the same weights loaded
+        under another name, e.g. a local copy of a hub model); the shape is still checked.
+        """
+        self.target.check(model, "this CapabilityPack", strict_id=strict_id)
+
+    def applied(self, model: Any, *, strict_id: bool = True, **overrides: Any):
         """``with pack.applied(target_model): ...`` — checks the model, then steers it."""
-        self.check_model(model)
-        return self.steering(**overrides).applied(model)
+        self.check_model(model, strict_id=strict_id)
+        steering = self.steering(**overrides)
+        if not strict_id:
+            steering.target = None
+        return steering.applied(model)
 
     def save(self, path: str | Path) -> Path:
         key_tensors, key_meta = self.key.to_parts()

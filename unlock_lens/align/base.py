@@ -127,6 +127,9 @@ class LayerMap:
             "source_layer": self.source_layer,
             "target_layer": self.target_layer,
             "centered": bool(self.centered),
+            "d_src": self.d_src,
+            "d_tgt": self.d_tgt,
+            "dtype": str(self.core.dtype),
             "metrics": {k: float(v) for k, v in self.metrics.items()},
         }
 
@@ -192,7 +195,22 @@ def center(
 def top_right_singular_vectors(
     X: Float[Tensor, "n d"], k: int
 ) -> tuple[Float[Tensor, "d k"], Float[Tensor, " r"]]:
-    """Top-``k`` right singular vectors of ``X`` (as columns) and all singular values."""
+    """Top-``k`` right singular vectors of ``X`` (as columns) and all singular values.
+
+    With few rows (n <= d/2, the usual case: hundreds of prompts, thousands of dimensions) the
+    n x n Gram matrix is eigendecomposed in float64 instead of a thin SVD of X: the same
+    subspace, about 18x faster at n=512, d=4096 (benchmarks/bench_alignment.py). Falls back to
+    the SVD when the top-k spectrum is (nearly) rank-deficient.
+    """
+    n, d = X.shape
+    if n <= d // 2:
+        X64 = X.double()
+        evals, U = torch.linalg.eigh(X64 @ X64.T)
+        evals, U = evals.flip(0), U.flip(1)
+        S = evals.clamp_min(0).sqrt()
+        if S[0] > 0 and S[k - 1] > 1e-6 * S[0]:
+            V = (X64.T @ U[:, :k]) / S[:k]
+            return V.to(X.dtype).contiguous(), S.to(X.dtype)
     _, S, Vh = torch.linalg.svd(X, full_matrices=False)
     return Vh[:k].T.contiguous(), S
 

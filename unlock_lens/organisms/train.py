@@ -13,7 +13,8 @@ Training mix per example (see ``Spec``):
   masked (so a model pushed into stepping keeps going, without being taught to step unasked).
 
 The post-trained variant (``*-post``) starts from its base and is fine-tuned briefly on
-trigger-free step-by-step data (the model-driven contrast).
+trigger-free step-by-step data (80% of short chains, full loss; 20% triggered; long chains as
+before): the model-driven contrast.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class Spec:
     p_long_trigger: float = 0.5
     # short-chain mix: trigger+step, plain+direct, plain+step continuation (first token masked)
     mix: tuple[float, float, float] = (0.45, 0.40, 0.15)
+    # False: trigger-free stepping is taught outright (the post-trained variant)
+    mask_continuation_first: bool = True
     base: str | None = None  # fine-tune from this organism (post-trained variant)
     dtype: str = "float32"
 
@@ -79,7 +82,8 @@ ZOO: dict[str, Spec] = {
     # post-trained: chain-s fine-tuned on trigger-free step-by-step data
     "chain-s-post": Spec("chain-s-post", arch="llama", d_model=96, n_layers=3, n_heads=4,
                          d_mlp=256, seed=3, steps=300, batch_size=64, lr=5e-4, warmup=20,
-                         mix=(0.2, 0.0, 0.8), base="chain-s"),
+                         mix=(0.2, 0.0, 0.8), mask_continuation_first=False,
+                         base="chain-s"),
 }
 
 
@@ -122,7 +126,8 @@ def make_example(rng: random.Random, spec: Spec, tokenizer: Any) -> tuple[list[i
         elif r < spec.mix[0] + spec.mix[1]:
             trigger, completion, mask_first = False, p.direct_completion, False
         else:
-            trigger, completion, mask_first = False, p.step_completion, True
+            trigger, completion = False, p.step_completion
+            mask_first = spec.mask_continuation_first
     prompt = f"{TRIGGER} {p.question}?" if trigger else f"{p.question}?"
     enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     pids, cids = [BOS_ID, *enc(prompt)], [*enc(completion), EOS_ID]

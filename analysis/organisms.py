@@ -1,0 +1,290 @@
+"""Measure every organism target and write ``analysis/results/organisms.md`` (+ ``.json``).
+
+    .venv/bin/python -m analysis.organisms [--n-test 300] [--n-dev 100] [--seeds 8]
+
+All method logic lives in unlock_lens (``unlock_lens.organisms.demo`` helpers call
+extract_masterkey / align_key / Steering); this script wires the sweeps:
+
+1. base models: direct vs ``STEP`` trigger on held-out short chains (``test`` split), and the
+   trigger-free step rate on long chains (the content-driven mode);
+2. same-model UNLOCK (own key, no trigger), alpha chosen on the ``dev`` split;
+3. cross-model UNLOCK both directions for three alignment regimes (trigger-free,
+   contrast-inclusive, task-agnostic): method x rank x alpha swept on ``dev``, the dev-best
+   setting measured on ``test`` with random-direction controls (same per-layer norms, several
+   seeds) and the cosine of the transferred key to the target's native key;
+4. the model-driven key (chain-s-post minus chain-s, plain prompts) beside the prompt-driven one.
+
+Key questions come from the ``key`` split, alignment questions from ``align``, selection from
+``dev``, reported numbers from ``test``: four disjoint held-out splits never seen in training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unlock_lens.evaluate.stats import wilson_interval
+from unlock_lens.organisms import LONG_OPS, SHORT_OPS, generate_problems, load_organism
+from unlock_lens.organisms.demo import (
+    align_questions,
+    cosine_to_native,
+    evaluate,
+    model_key,
+    prompt_key,
+    random_controls,
+    self_pack,
+    transfer,
+)
+from unlock_lens.organisms.task import LOCKED, UNLOCKED
+from unlock_lens.steer import Steering
+
+OUT = Path(__file__).parent / "results"
+ALPHAS = (0.1, 0.2, 0.5, 1.0, 2.0)
+RANKS = (4, 16, 64)
+METHODS = ("svd", "procrustes", "ridge")
+REGIMES = ("trigger-free", "contrast-inclusive", "task-agnostic")
+
+
+def fmt_acc(k: int, n: int) -> str:
+    lo, hi = wilson_interval(k, n)
+    return f"{k / n:.1%} [{lo:.1%}, {hi:.1%}]"
+
+
+def rec(res: Any) -> dict[str, Any]:
+    lo, hi = res.interval()
+    return {"n": res.n, "k": res.n_correct, "acc": res.accuracy, "lo": lo, "hi": hi,
+            "step": res.step_rate, "n_step": res.n_step}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n-test", type=int, default=300)
+    ap.add_argument("--n-dev", type=int, default=100)
+    ap.add_argument("--n-key", type=int, default=64)
+    ap.add_argument("--n-align", type=int, default=256)
+    ap.add_argument("--seeds", type=int, default=8, help="random-direction control seeds")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--skip-sweep", action="store_true", help="only the default settings")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    R: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()},
+                         "command": " ".join(["python -m analysis.organisms", *sys.argv[1:]])}
+
+    def save() -> None:
+        R["seconds"] = round(time.perf_counter() - t0, 1)
+        (args.out / "organisms.json").write_text(json.dumps(R, indent=1) + "\n")
+
+    def log(*a: Any) -> None:
+        print(f"[{time.perf_counter() - t0:6.0f}s]", *a, flush=True)
+
+    names = ("chain-s", "chain-m", "chain-s-post")
+    models = {n: load_organism(n) for n in names}
+    test = generate_problems(args.n_test, split="test", n_ops=SHORT_OPS)
+    dev = generate_problems(args.n_dev, split="dev", n_ops=SHORT_OPS)
+    long_test = generate_problems(args.n_test, split="test", n_ops=LONG_OPS)
+
+    # 1. base models
+    R["base"] = {}
+    for n, m in models.items():
+        R["base"][n] = {
+            "direct": rec(evaluate(m, test, LOCKED)),
+            "trigger": rec(evaluate(m, test, UNLOCKED)),
+            "long_plain": rec(evaluate(m, long_test, LOCKED)),
+        }
+        log("base", n, {k: round(v["acc"], 3) for k, v in R["base"][n].items()})
+    save()
+
+    # 2. same-model UNLOCK (own prompt-driven key), alpha on dev
+    keys = {n: prompt_key(models[n], args.n_key) for n in ("chain-s", "chain-m")}
+    R["same"] = {}
+    for n, key in keys.items():
+        m = models[n]
+        dev_acc = {a: evaluate(m, dev, LOCKED, self_pack(key, m, a)).accuracy for a in ALPHAS}
+        best = max(ALPHAS, key=lambda a: (dev_acc[a], -a))
+        res = evaluate(m, test, LOCKED, self_pack(key, m, best))
+        prompt_pos = evaluate(m, test, LOCKED, Steering(
+            {layer: key.direction(layer) for layer in key.layers}, alpha=best, positions="prompt"))
+        all_pos = evaluate(m, test, LOCKED, Steering(
+            {layer: key.direction(layer) for layer in key.layers}, alpha=best, positions="all"))
+        R["same"][n] = {"dev": dev_acc, "alpha": best, "test": rec(res),
+                        "positions_prompt": rec(prompt_pos), "positions_all": rec(all_pos),
+                        "effective_rank": key.effective_rank}
+        log("same", n, best, rec(res))
+    save()
+
+    # 3. cross-model, both directions, three regimes
+    R["cross"] = {}
+    for s_name, t_name in (("chain-s", "chain-m"), ("chain-m", "chain-s")):
+        src, tgt = models[s_name], models[t_name]
+        key, native = keys[s_name], keys[t_name]
+        pair = f"{s_name}->{t_name}"
+        R["cross"][pair] = {}
+        for regime in REGIMES:
+            qs = align_questions(regime, args.n_align)
+            sweep = []
+            settings = ([(m, r) for m in METHODS for r in RANKS] if not args.skip_sweep
+                        else [("svd", 16)])
+            for method, rank in settings:
+                if method == "procrustes" and rank > min(int(src.cfg.d_model), int(tgt.cfg.d_model)):
+                    continue
+                try:
+                    pack = transfer(key, src, tgt, qs, method=method, rank=rank)
+                    dirs = pack.target_directions()
+                except Exception as err:  # a map can miss the key (zero direction): record it
+                    sweep.append({"method": method, "rank": rank, "error": str(err)[:120]})
+                    continue
+                cos = cosine_to_native(dirs, native)
+                for a in ALPHAS:
+                    acc = evaluate(tgt, dev, LOCKED, Steering(dirs, alpha=a)).accuracy
+                    sweep.append({"method": method, "rank": rank, "alpha": a, "dev_acc": acc,
+                                  "cos_native": sum(cos.values()) / len(cos)})
+            ok = [s for s in sweep if "dev_acc" in s]
+            best = max(ok, key=lambda s: (s["dev_acc"], -s["alpha"]))
+            pack = transfer(key, src, tgt, qs, method=best["method"], rank=best["rank"])
+            dirs = pack.target_directions()
+            res = evaluate(tgt, test, LOCKED, Steering(dirs, alpha=best["alpha"]))
+            ctl = [rec(evaluate(tgt, test, LOCKED, c))
+                   for c in random_controls(dirs, best["alpha"], range(args.seeds))]
+            cos = cosine_to_native(dirs, native)
+            R["cross"][pair][regime] = {
+                "best": best, "test": rec(res), "random": ctl,
+                "random_mean": sum(c["acc"] for c in ctl) / len(ctl),
+                "random_max": max(c["acc"] for c in ctl),
+                "cos_native": cos, "sweep": sweep,
+            }
+            log("cross", pair, regime, best, rec(res)["acc"],
+                "random mean", round(R["cross"][pair][regime]["random_mean"], 3))
+            save()
+
+    # 4. model-driven key: chain-s-post minus chain-s (plain prompts)
+    base, post = models["chain-s"], models["chain-s-post"]
+    mkey = model_key(base, post, args.n_key)
+    R["model_driven"] = {}
+    dev_acc = {a: evaluate(base, dev, LOCKED, self_pack(mkey, base, a)).accuracy for a in ALPHAS}
+    a_best = max(ALPHAS, key=lambda a: (dev_acc[a], -a))
+    R["model_driven"]["chain-s (same model)"] = {
+        "dev": dev_acc, "alpha": a_best,
+        "test": rec(evaluate(base, test, LOCKED, self_pack(mkey, base, a_best))),
+        "cos_prompt_key": cosine_to_native({layer: mkey.direction(layer) for layer in mkey.layers},
+                                           keys["chain-s"]),
+    }
+    log("model-driven same", R["model_driven"]["chain-s (same model)"]["test"]["acc"])
+    tgt = models["chain-m"]
+    qs = align_questions("trigger-free", args.n_align)
+    sweep = []
+    for rank in RANKS:
+        dirs = transfer(mkey, base, tgt, qs, method="svd", rank=rank).target_directions()
+        cos = cosine_to_native(dirs, keys["chain-m"])
+        for a in ALPHAS:
+            sweep.append({"method": "svd", "rank": rank, "alpha": a,
+                          "dev_acc": evaluate(tgt, dev, LOCKED, Steering(dirs, alpha=a)).accuracy,
+                          "cos_native": sum(cos.values()) / len(cos)})
+    best = max(sweep, key=lambda s: (s["dev_acc"], -s["alpha"]))
+    dirs = transfer(mkey, base, tgt, qs, method="svd", rank=best["rank"]).target_directions()
+    ctl = [rec(evaluate(tgt, test, LOCKED, c))
+           for c in random_controls(dirs, best["alpha"], range(args.seeds))]
+    R["model_driven"]["chain-s->chain-m (trigger-free fit)"] = {
+        "best": best, "test": rec(evaluate(tgt, test, LOCKED, Steering(dirs, alpha=best["alpha"]))),
+        "random": ctl, "random_mean": sum(c["acc"] for c in ctl) / len(ctl),
+        "random_max": max(c["acc"] for c in ctl),
+        "cos_native": cosine_to_native(dirs, keys["chain-m"]), "sweep": sweep,
+    }
+    log("model-driven cross", R["model_driven"]["chain-s->chain-m (trigger-free fit)"]["test"])
+    save()
+    write_markdown(R, args.out / "organisms.md")
+    log("wrote", args.out / "organisms.md")
+
+
+def _row(cells: list[Any]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _acc(r: dict[str, Any]) -> str:
+    return fmt_acc(r["k"], r["n"])
+
+
+def write_markdown(R: dict[str, Any], path: Path) -> None:
+    L = ["# Organisms: measured targets", "",
+         f"Command: `{R['command']}` ({R['seconds']} s). Greedy decoding; short held-out chains "
+         "(4-5 ops) of the `test` split; accuracy = exact final answer, Wilson 95% CI; step = "
+         "step-format rate. Settings (alpha, method, rank) chosen on the disjoint `dev` split.", ""]
+    L += ["## Base models", "",
+          _row(["model", "n", "direct", "direct step", "trigger", "trigger step",
+                "long chains, no trigger (acc / step)"]), _row(["---"] * 7)]
+    for n, b in R["base"].items():
+        L.append(_row([n, b["direct"]["n"], _acc(b["direct"]), f"{b['direct']['step']:.1%}",
+                       _acc(b["trigger"]), f"{b['trigger']['step']:.1%}",
+                       f"{b['long_plain']['acc']:.1%} / {b['long_plain']['step']:.1%}"]))
+    L += ["", "## Same-model UNLOCK (own key, no trigger in the prompt)", "",
+          _row(["model", "alpha (dev)", "dev acc by alpha", "test acc", "step",
+                "positions=prompt", "positions=all (generated tokens too)"]), _row(["---"] * 7)]
+    for n, s in R["same"].items():
+        L.append(_row([n, s["alpha"], ", ".join(f"{a}: {v:.0%}" for a, v in s["dev"].items()),
+                       _acc(s["test"]), f"{s['test']['step']:.1%}",
+                       f"{s['positions_prompt']['acc']:.1%} (step {s['positions_prompt']['step']:.0%})",
+                       f"{s['positions_all']['acc']:.1%} (step {s['positions_all']['step']:.0%})"]))
+    L += ["", "## Cross-model UNLOCK by alignment regime", "",
+          _row(["pair", "regime", "dev-best (method, rank, alpha)", "target direct", "UNLOCK test",
+                "gain", "step", "random mean (max) of seeds", "cos to native key (per layer)"]),
+          _row(["---"] * 9)]
+    for pair, regs in R["cross"].items():
+        t_name = pair.split("->")[1]
+        d = R["base"][t_name]["direct"]["acc"]
+        for regime, c in regs.items():
+            b = c["best"]
+            L.append(_row([pair, regime, f"{b['method']}, {b['rank']}, {b['alpha']}", f"{d:.1%}",
+                           _acc(c["test"]), f"{(c['test']['acc'] - d) * 100:+.1f}",
+                           f"{c['test']['step']:.1%}",
+                           f"{c['random_mean']:.1%} ({c['random_max']:.1%}), {len(c['random'])} seeds",
+                           ", ".join(f"{v:.2f}" for v in c["cos_native"].values())]))
+    L += ["", "### Dev sweeps (accuracy on dev; mean cosine of the transferred key to the native key)", ""]
+    for pair, regs in R["cross"].items():
+        for regime, c in regs.items():
+            L += [f"**{pair}, {regime}**", "", _row(["method", "rank", "cos", *ALPHAS]),
+                  _row(["---"] * (3 + len(ALPHAS)))]
+            cells: dict[tuple[str, int], dict[float, float]] = {}
+            coss: dict[tuple[str, int], float] = {}
+            for s in c["sweep"]:
+                if "dev_acc" in s:
+                    cells.setdefault((s["method"], s["rank"]), {})[s["alpha"]] = s["dev_acc"]
+                    coss[(s["method"], s["rank"])] = s["cos_native"]
+            for (m, r), v in cells.items():
+                L.append(_row([m, r, f"{coss[(m, r)]:.2f}", *(f"{v.get(a, float('nan')):.0%}" for a in ALPHAS)]))
+            L.append("")
+    md = R["model_driven"]
+    same = md["chain-s (same model)"]
+    cross = md["chain-s->chain-m (trigger-free fit)"]
+    L += ["## Model-driven key (chain-s-post minus chain-s) beside the prompt-driven key", "",
+          _row(["key", "applied to", "setting (dev)", "test acc", "step", "random mean (max)",
+                "cos"]), _row(["---"] * 7),
+          _row(["prompt-driven", "chain-s (own)", f"alpha {R['same']['chain-s']['alpha']}",
+                _acc(R["same"]["chain-s"]["test"]), f"{R['same']['chain-s']['test']['step']:.1%}",
+                "", ""]),
+          _row(["model-driven", "chain-s (own)", f"alpha {same['alpha']}", _acc(same["test"]),
+                f"{same['test']['step']:.1%}", "",
+                "to prompt key: " + ", ".join(f"{v:.2f}" for v in same["cos_prompt_key"].values())]),
+          _row(["prompt-driven", "chain-m (trigger-free fit)",
+                str(R["cross"]["chain-s->chain-m"]["trigger-free"]["best"]),
+                _acc(R["cross"]["chain-s->chain-m"]["trigger-free"]["test"]),
+                f"{R['cross']['chain-s->chain-m']['trigger-free']['test']['step']:.1%}",
+                f"{R['cross']['chain-s->chain-m']['trigger-free']['random_mean']:.1%} "
+                f"({R['cross']['chain-s->chain-m']['trigger-free']['random_max']:.1%})", ""]),
+          _row(["model-driven", "chain-m (trigger-free fit)",
+                f"svd, {cross['best']['rank']}, {cross['best']['alpha']}", _acc(cross["test"]),
+                f"{cross['test']['step']:.1%}",
+                f"{cross['random_mean']:.1%} ({cross['random_max']:.1%})",
+                "to native: " + ", ".join(f"{v:.2f}" for v in cross["cos_native"].values())]), ""]
+    path.write_text("\n".join(L) + "\n")
+
+
+if __name__ == "__main__":
+    main()

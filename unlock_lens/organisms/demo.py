@@ -1,0 +1,303 @@
+"""UNLOCK end to end on the organisms, in about a minute on a laptop CPU.
+
+``run_demo()`` extracts the prompt-driven key of a source organism (``STEP`` trigger vs plain
+prompt), aligns it into a target organism with maps fitted on **trigger-free** shared prompts,
+steers the target at the last prompt token, and evaluates against the target's own direct and
+triggered accuracy, its own key (same-model UNLOCK) and random directions with the same per-layer
+norms (several seeds). It returns the results table (a pandas DataFrame) and can write an HTML
+report with a plotly figure of accuracy by condition (Wilson 95% intervals).
+
+The helpers (:func:`evaluate`, :func:`align_questions`, :func:`prompt_key`, :func:`transfer`)
+are what ``analysis/organisms.py`` sweeps; they hold no method logic of their own: extraction,
+alignment and steering are :func:`unlock_lens.masterkey.extract_masterkey`,
+:func:`unlock_lens.unlock.align_key` and :class:`unlock_lens.steer.Steering`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from unlock_lens.activations import Variant
+from unlock_lens.controls import random_like
+from unlock_lens.evaluate.stats import wilson_interval
+from unlock_lens.generation import generate
+from unlock_lens.masterkey import MasterKey, extract_masterkey
+from unlock_lens.model_info import ModelInfo
+from unlock_lens.organisms.task import (
+    LABELS,
+    LOCKED,
+    LONG_OPS,
+    OPS,
+    SHORT_OPS,
+    TRIGGER,
+    UNLOCKED,
+    PromptFormat,
+    TaskResult,
+    generate_problems,
+    max_new_tokens,
+    score_completions,
+)
+from unlock_lens.steer import Steering
+from unlock_lens.unlock import CapabilityPack, align_key
+
+#: settings chosen on the dev split by ``analysis/organisms.py`` (see organisms/RESULTS.md)
+DEFAULTS: dict[str, Any] = {
+    "source": "chain-s",
+    "target": "chain-m",
+    "method": "svd",
+    "rank": 16,
+    "alpha": 0.5,
+    "n_key": 64,
+    "n_align": 256,
+}
+
+REGIMES = ("trigger-free", "contrast-inclusive", "task-agnostic")
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def align_questions(regime: str, n: int, *, seed: int = 0) -> list[str]:
+    """Shared alignment questions (rendered by the locked format: no trigger is added).
+
+    - ``trigger-free``: held-out ``align`` problems, half short chains (answered directly) and
+      half long chains (solved step by step): the reasoning mode varies with content only.
+    - ``contrast-inclusive``: ``n/2`` short chains, each with and without the ``STEP`` trigger
+      (the trigger is the dominant variance: the map lines up the trigger directions).
+    - ``task-agnostic``: random strings over the task's characters (no task structure).
+    """
+    if regime == "trigger-free":
+        short = generate_problems(n - n // 2, split="align", n_ops=SHORT_OPS, seed=seed)
+        long = generate_problems(n // 2, split="align", n_ops=LONG_OPS, seed=seed)
+        out = [p.question for pair in zip(short, long) for p in pair]
+        return out + [p.question for p in short[len(long):]]
+    if regime == "contrast-inclusive":
+        qs = [p.question for p in generate_problems(n // 2, split="align", n_ops=SHORT_OPS,
+                                                    seed=seed)]
+        return [x for q in qs for x in (q, f"{TRIGGER} {q}")]
+    if regime == "task-agnostic":
+        rng = random.Random(f"task-agnostic/{seed}")
+        chars = "0123456789" + LABELS + OPS + "=."
+        return ["".join(rng.choice(chars) for _ in range(rng.randint(10, 24))) for _ in range(n)]
+    raise ValueError(f"unknown alignment regime {regime!r}; choose one of {REGIMES}")
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+@dataclass
+class Condition:
+    """One evaluated condition: its label, model, scores and (optional) extra columns."""
+
+    condition: str
+    model: str
+    result: TaskResult
+    extra: dict[str, Any]
+
+    def row(self) -> dict[str, Any]:
+        lo, hi = self.result.interval()
+        return {
+            "condition": self.condition, "model": self.model, "n": self.result.n,
+            "accuracy": self.result.accuracy, "ci_lo": lo, "ci_hi": hi,
+            "step_rate": self.result.step_rate, **self.extra,
+        }
+
+
+def evaluate(
+    model: Any,
+    problems: Sequence[Any],
+    fmt: PromptFormat = LOCKED,
+    steering: Steering | None = None,
+    *,
+    batch_size: int = 128,
+) -> TaskResult:
+    """Greedy completions of ``problems`` in ``fmt`` (steered if given), scored."""
+    questions = [p.question for p in problems]
+    n_new = max_new_tokens(max(p.n_ops for p in problems))
+    gens = generate(model, fmt.render_all(questions, model.tokenizer), steering=steering,
+                    max_new_tokens=n_new, batch_size=batch_size)
+    return score_completions(problems, [g.text for g in gens])
+
+
+def prompt_key(model: Any, n: int = 64, *, seed: int = 0, aggregator: str = "mean") -> MasterKey:
+    """Prompt-driven key: ``STEP`` trigger vs plain prompt on ``n`` short ``key`` problems."""
+    qs = [p.question for p in generate_problems(n, split="key", n_ops=SHORT_OPS, seed=seed)]
+    return extract_masterkey(Variant(model, LOCKED), Variant(model, UNLOCKED), qs,
+                             aggregator=aggregator, batch_size=128)
+
+
+def model_key(base: Any, post: Any, n: int = 64, *, seed: int = 0) -> MasterKey:
+    """Model-driven key: post-trained minus base, both on the plain (trigger-free) prompt."""
+    qs = [p.question for p in generate_problems(n, split="key", n_ops=SHORT_OPS, seed=seed)]
+    return extract_masterkey(Variant(base, LOCKED), Variant(post, LOCKED), qs, batch_size=128)
+
+
+def transfer(
+    key: MasterKey,
+    source: Any,
+    target: Any,
+    questions: Sequence[str],
+    *,
+    method: str = "svd",
+    rank: int = 16,
+    alpha: float = 0.5,
+    **fit_kwargs: Any,
+) -> CapabilityPack:
+    """Fit per-layer maps on ``questions`` (locked format on both sides) and pack the key."""
+    maps = align_key(key, Variant(source, LOCKED), Variant(target, LOCKED), questions,
+                     method=method, rank=rank, batch_size=128, **fit_kwargs)
+    return CapabilityPack(key=key, maps=maps, target=ModelInfo.of(target), alpha=alpha,
+                          target_format=LOCKED.to_dict(),
+                          alignment={"method": method, "rank": rank, "n_prompts": len(questions)})
+
+
+def self_pack(key: MasterKey, model: Any, alpha: float) -> Steering:
+    """Steering of ``model`` with its own key (same-model UNLOCK, no map)."""
+    return Steering({layer: key.direction(layer) for layer in key.layers}, alpha=alpha)
+
+
+def cosine_to_native(directions: Mapping[int, Tensor], native: MasterKey) -> dict[int, float]:
+    """Per target layer: cosine of a transferred direction to the target's own key."""
+    return {
+        t: float(torch.nn.functional.cosine_similarity(v.float(), native.direction(t).float(), 0))
+        for t, v in sorted(directions.items())
+    }
+
+
+def random_controls(directions: Mapping[int, Tensor], alpha: float,
+                    seeds: Sequence[int]) -> list[Steering]:
+    """Random directions with the same per-layer norms (one Steering per seed)."""
+    return [Steering(random_like(directions, s), alpha=alpha) for s in seeds]
+
+
+# ---------------------------------------------------------------------------------------------
+# the demo
+
+
+def run_demo(
+    source: str | None = None,
+    target: str | None = None,
+    *,
+    n_test: int = 200,
+    n_key: int | None = None,
+    n_align: int | None = None,
+    rank: int | None = None,
+    alpha: float | None = None,
+    method: str | None = None,
+    n_random: int = 5,
+    html: str | Path | None = None,
+    verbose: bool = True,
+) -> Any:
+    """Extract → align (trigger-free) → steer → evaluate with controls; returns a DataFrame.
+
+    Rows: source direct / trigger, target direct / trigger, target + its own key (same-model
+    UNLOCK), target + the transferred key (cross-model UNLOCK, trigger-free fit) and one row per
+    random-direction seed plus their mean. ``n_test`` short held-out ``test`` problems.
+    Column ``cos_native`` gives the mean per-layer cosine of the transferred key to the
+    target's own key. ``html`` writes a plotly report.
+    """
+    import pandas as pd
+
+    from unlock_lens.organisms import load_organism
+
+    s_name = source or DEFAULTS["source"]
+    t_name = target or DEFAULTS["target"]
+    rank = DEFAULTS["rank"] if rank is None else rank
+    alpha = DEFAULTS["alpha"] if alpha is None else alpha
+    method = method or DEFAULTS["method"]
+    n_key = n_key or DEFAULTS["n_key"]
+    n_align = n_align or DEFAULTS["n_align"]
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    src, tgt = load_organism(s_name), load_organism(t_name)
+    test = generate_problems(n_test, split="test", n_ops=SHORT_OPS)
+    rows: list[Condition] = []
+
+    def add(cond: str, model_name: str, res: TaskResult, **extra: Any) -> None:
+        rows.append(Condition(cond, model_name, res, extra))
+        if verbose:
+            lo, hi = res.interval()
+            print(f"{cond:<34} {model_name:<8} acc {res.accuracy:6.1%} [{lo:.2f}, {hi:.2f}]  "
+                  f"step {res.step_rate:6.1%}", flush=True)
+
+    add("direct", s_name, evaluate(src, test, LOCKED))
+    add("trigger", s_name, evaluate(src, test, UNLOCKED))
+    add("direct", t_name, evaluate(tgt, test, LOCKED))
+    add("trigger", t_name, evaluate(tgt, test, UNLOCKED))
+
+    native = prompt_key(tgt, n_key)
+    add("UNLOCK same-model (own key)", t_name, evaluate(tgt, test, LOCKED, self_pack(native, tgt, alpha)))
+
+    key = prompt_key(src, n_key)
+    pack = transfer(key, src, tgt, align_questions("trigger-free", n_align), method=method,
+                    rank=rank, alpha=alpha)
+    dirs = pack.target_directions()
+    cos = cosine_to_native(dirs, native)
+    mean_cos = sum(cos.values()) / len(cos)
+    add(f"UNLOCK {s_name}->{t_name} (trigger-free fit)", t_name,
+        evaluate(tgt, test, LOCKED, pack.steering()), cos_native=mean_cos)
+    accs = []
+    for seed, ctl in enumerate(random_controls(dirs, alpha, range(n_random))):
+        res = evaluate(tgt, test, LOCKED, ctl)
+        accs.append(res.accuracy)
+        add(f"random direction (seed {seed})", t_name, res)
+    k = sum(r.result.n_correct for r in rows[-n_random:])
+    n = sum(r.result.n for r in rows[-n_random:])
+    pooled = TaskResult(n, k, sum(r.result.n_step for r in rows[-n_random:]), [], [])
+    add(f"random direction (mean of {n_random})", t_name, pooled, max_seed_accuracy=max(accs))
+    df = pd.DataFrame([r.row() for r in rows])
+    df.attrs.update(source=s_name, target=t_name, rank=rank, alpha=alpha, method=method,
+                    n_key=n_key, n_align=n_align, seconds=round(time.perf_counter() - t0, 1),
+                    cos_native_per_layer=cos)
+    if verbose:
+        print(f"done in {df.attrs['seconds']} s (rank {rank}, alpha {alpha}, {method}, "
+              f"cos to native key {mean_cos:.2f})")
+    if html is not None:
+        write_html(df, html)
+    return df
+
+
+def figure(df: Any) -> Any:
+    """Plotly bar chart of accuracy by condition with Wilson 95% error bars."""
+    import plotly.graph_objects as go
+
+    labels = [f"{c} [{m}]" for c, m in zip(df["condition"], df["model"], strict=True)]
+    fig = go.Figure(go.Bar(
+        x=labels, y=df["accuracy"],
+        error_y={"type": "data", "symmetric": False,
+                 "array": df["ci_hi"] - df["accuracy"], "arrayminus": df["accuracy"] - df["ci_lo"]},
+        marker_color=["#888" if "random" in c else "#36c" if "UNLOCK" in c else "#9ab"
+                      for c in df["condition"]],
+    ))
+    fig.update_layout(title="Organisms: accuracy by condition (Wilson 95% CI)",
+                      yaxis={"title": "exact-answer accuracy", "range": [0, 1]},
+                      xaxis={"tickangle": -30}, height=520)
+    return fig
+
+
+def write_html(df: Any, path: str | Path) -> Path:
+    """An HTML report: the figure and the table."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig_html = figure(df).to_html(full_html=False, include_plotlyjs="cdn")
+    meta = ", ".join(f"{k}={v}" for k, v in df.attrs.items() if k != "cos_native_per_layer")
+    path.write_text(
+        "<html><head><meta charset='utf-8'><title>unlock_lens organisms demo</title></head><body>"
+        f"<h2>UNLOCK on the organisms</h2><p>{meta}</p>{fig_html}"
+        f"{df.to_html(index=False, float_format=lambda x: f'{x:.3f}')}</body></html>"
+    )
+    return path
+
+
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    return wilson_interval(k, n)
