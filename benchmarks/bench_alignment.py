@@ -59,7 +59,12 @@ def main() -> None:
     p.add_argument("--d-tgt", type=int, default=4096)
     p.add_argument("--ranks", type=int, nargs="+", default=[8, 64])
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (on a shared machine MKL's LAPACK with >1 thread "
+                        "can slow down 100x from oversubscription: compare --threads 1)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if args.quick else 7)
     header("bench_alignment")
     Xs = activations(args.n, args.d_src, 0)

@@ -23,7 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from unlock_lens.activations import HookKind, Variant, capture, check_layers
-from unlock_lens.artifacts import load_artifact, save_artifact
+from unlock_lens.artifacts import library_version, load_artifact, save_artifact
 from unlock_lens.errors import ArtifactError, UnlockLensError
 from unlock_lens.model_info import ModelInfo
 from unlock_lens.prompts import prompt_set_hash
@@ -97,6 +97,7 @@ class MasterKey:
     unlocked_format: dict[str, Any] | None = None
     prompt_hash: str = ""
     effective_rank: list[float] = field(default_factory=list)
+    library_version: str = field(default_factory=library_version)
 
     def __post_init__(self) -> None:
         if self.directions.ndim != 2 or self.directions.shape[0] != len(self.layers):
@@ -128,6 +129,7 @@ class MasterKey:
             "unlocked_format": self.unlocked_format,
             "prompt_hash": self.prompt_hash,
             "effective_rank": self.effective_rank,
+            "created_with": self.library_version,
             "dtype": str(self.directions.dtype),
         }
         return {"directions": self.directions}, meta
@@ -149,6 +151,7 @@ class MasterKey:
                 unlocked_format=meta.get("unlocked_format"),
                 prompt_hash=meta.get("prompt_hash", ""),
                 effective_rank=list(meta.get("effective_rank", [])),
+                library_version=meta.get("created_with", meta.get("library_version", "")),
             )
         except KeyError as err:
             raise ArtifactError(f"MasterKey data lacks the field {err}; re-create it") from None

@@ -1,0 +1,159 @@
+"""Scripts that regenerate every figure and table from the command line (see README.md).
+
+Shared wiring for the sweep scripts (no method logic: extraction, alignment, steering and
+scoring are library calls). A model argument is an organism name (``chain-s``, ``chain-m``,
+``chain-s-post``), a registry name (``smollm2-135m-instruct``, ``gemma-3-270m``), a local
+Hugging Face directory or a hub id.
+
+- organisms: key questions from the ``key`` split (short chains), trigger-free alignment
+  questions from ``align`` (:func:`unlock_lens.organisms.demo.align_questions`), evaluation
+  questions from ``dev``; locked = plain prompt, unlocked = ``STEP`` trigger;
+- other models: GSM8K-train split into disjoint key / align / dev parts (seeded), each model
+  with its default direct / CoT formats (chat formats when it has a chat template).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from unlock_lens.activations import Variant
+from unlock_lens.diagnostics.ablations import AblationSetup, prepare_ablation
+from unlock_lens.masterkey import MasterKey, extract_masterkey
+from unlock_lens.plots import save_figure
+from unlock_lens.prompts import PromptFormat, default_formats
+
+
+def is_organism(name: str) -> bool:
+    from unlock_lens.organisms import ORGANISMS
+
+    return name in ORGANISMS
+
+
+def load_any(name: str) -> Any:
+    """A TransformerBridge for an organism name, a registry name, a local dir or a hub id."""
+    if is_organism(name):
+        from unlock_lens.organisms import load_organism
+
+        return load_organism(name)
+    from unlock_lens.models import load_model
+
+    return load_model(name)
+
+
+def formats_for(name: str, model: Any) -> tuple[PromptFormat, PromptFormat]:
+    """(locked, unlocked) prompt formats of a model."""
+    if is_organism(name):
+        from unlock_lens.organisms import LOCKED, UNLOCKED
+
+        return LOCKED, UNLOCKED
+    return default_formats(model.tokenizer)
+
+
+def question_sets(organisms: bool, n_key: int, n_align: int, n_eval: int,
+                  seed: int = 0) -> dict[str, list[str]]:
+    """Disjoint ``key`` / ``align`` / ``eval`` question lists (see the module docstring)."""
+    if organisms:
+        from unlock_lens.organisms import SHORT_OPS, generate_questions
+        from unlock_lens.organisms.demo import align_questions
+
+        return {"key": generate_questions(n_key, split="key", n_ops=SHORT_OPS, seed=seed),
+                "align": align_questions("trigger-free", n_align, seed=seed),
+                "eval": generate_questions(n_eval, split="dev", n_ops=SHORT_OPS, seed=seed)}
+    from unlock_lens.evaluate import load_dataset, split_problems
+
+    parts = split_problems(load_dataset("gsm8k", "train"), {"key": .4, "align": .4, "dev": .2},
+                           seed=seed)
+    return {"key": [p.question for p in parts["key"][:n_key]],
+            "align": [p.question for p in parts["align"][:n_align]],
+            "eval": [p.question for p in parts["dev"][:n_eval]]}
+
+
+@dataclass
+class Pair:
+    """A source and a target with their formats, questions, and the source's key."""
+
+    source_name: str
+    target_name: str
+    source: Any
+    target: Any
+    source_formats: tuple[PromptFormat, PromptFormat]
+    target_formats: tuple[PromptFormat, PromptFormat]
+    questions: dict[str, list[str]]
+    key: MasterKey
+
+    def native_key(self) -> MasterKey:
+        """The target's own key (same contrast, same key questions): the transfer's reference."""
+        locked, unlocked = self.target_formats
+        return extract_masterkey(Variant(self.target, locked), Variant(self.target, unlocked),
+                                 self.questions["key"])
+
+    def ablation(self, **kwargs: Any) -> AblationSetup:
+        """:func:`prepare_ablation` on this pair (target's unlocked format as reference)."""
+        return prepare_ablation(
+            self.key, Variant(self.source, self.source_formats[0]),
+            Variant(self.target, self.target_formats[0]), self.questions["align"],
+            self.questions["eval"], unlocked_format=self.target_formats[1], **kwargs)
+
+
+def load_pair(source: str, target: str, n_key: int, n_align: int, n_eval: int,
+              seed: int = 0) -> Pair:
+    """Boot both models, draw the questions, extract the source's prompt-driven key."""
+    src, tgt = load_any(source), load_any(target)
+    both = is_organism(source) and is_organism(target)
+    if is_organism(source) != is_organism(target):
+        raise SystemExit("pair organisms with organisms (their task and prompts are their own)")
+    qs = question_sets(both, n_key, n_align, n_eval, seed)
+    s_fmt, t_fmt = formats_for(source, src), formats_for(target, tgt)
+    key = extract_masterkey(Variant(src, s_fmt[0]), Variant(src, s_fmt[1]), qs["key"])
+    return Pair(source, target, src, tgt, s_fmt, t_fmt, qs, key)
+
+
+def common_args(description: str, default_out: str) -> argparse.ArgumentParser:
+    """The arguments every sweep script takes."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--source", default="chain-s", help="organism / registry name / local dir")
+    p.add_argument("--target", default="chain-m", help="organism / registry name / local dir")
+    p.add_argument("--n-key", type=int, default=64, help="key-extraction questions")
+    p.add_argument("--n-align", type=int, default=256, help="alignment questions")
+    p.add_argument("--n-eval", type=int, default=64, help="evaluation (dev) questions")
+    p.add_argument("--seed", type=int, default=0, help="question splits")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on "
+                   "small models and on a busy machine)")
+    p.add_argument("--no-png", action="store_true", help="write HTML figures only")
+    p.add_argument("--out", type=Path, default=Path(default_out))
+    return p
+
+
+def start(args: argparse.Namespace, module: str) -> float:
+    """Set threads, create ``--out``, record the command; returns the start time."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = " ".join(["python -m", module, *map(shlex.quote, sys.argv[1:])])
+    (args.out / "command.txt").write_text(command + "\n")
+    return time.perf_counter()
+
+
+def write(frame: pd.DataFrame | None, fig: Any, out: Path, stem: str, *,
+          png: bool = True) -> list[Path]:
+    """``<stem>.csv`` (a figure's data) and/or ``<stem>.html`` / ``.png`` (the figure)."""
+    paths = []
+    if frame is not None:
+        frame.to_csv(out / f"{stem}.csv", index=False)
+        paths.append(out / f"{stem}.csv")
+    if fig is not None:
+        paths += save_figure(fig, out / stem, png=None if png else False)
+    return paths
+
+
+def log(t0: float, *parts: Any) -> None:
+    print(f"[{time.perf_counter() - t0:6.1f}s]", *parts, flush=True)

@@ -1,0 +1,99 @@
+"""How alike are the two models' representations? CKA, principal angles, CCA, key cosines.
+
+    python -m analysis.similarity --source chain-s --target chain-m \\
+        --out analysis/results/similarity/chain-s_to_chain-m
+
+Captures final-token residual streams of both models at every layer on the alignment
+questions (each model in its locked format) and on the held-out evaluation questions, fits
+the maps on the alignment questions (``--method``, ``--rank``), then writes
+(:mod:`unlock_lens.diagnostics.similarity`):
+
+- ``cka.csv`` + ``cka`` heatmap: linear CKA, every source layer x every target layer
+  (``--debiased`` for the unbiased estimator, whose null value is ~0 when n is small vs d);
+- ``principal_angles.csv`` + figure: per fitted map, the angles between the mapped source
+  top-``--k`` subspace and the target's own top-k subspace, measured on the *held-out*
+  questions (on the fitting questions a rank-k svd map has angles ~0 by construction);
+- ``cca.csv``: canonical correlations of the depth-matched layer pairs (top-k PCA coordinates);
+- ``key_cosines.csv``: cosine of the transferred key to the target's native key per layer;
+- ``summary.md`` and ``command.txt``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from analysis import common_args, load_pair, log, start, write
+from unlock_lens.activations import Variant, capture
+from unlock_lens.diagnostics.similarity import (
+    cca_table,
+    cka_matrix,
+    key_cosines,
+    principal_angle_table,
+)
+from unlock_lens.evaluate import markdown_table
+from unlock_lens.model_info import ModelInfo
+from unlock_lens.plots import cka_heatmap, principal_angles_figure
+from unlock_lens.unlock import CapabilityPack, align_key
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = common_args(__doc__.split("\n\n")[0], "analysis/results/similarity")
+    p.add_argument("--method", default="svd")
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--k", type=int, default=8, help="subspace dimension for angles and CCA")
+    p.add_argument("--debiased", action="store_true", help="debiased (unbiased HSIC) CKA")
+    args = p.parse_args(argv)
+    t0 = start(args, "analysis.similarity")
+    pair = load_pair(args.source, args.target, args.n_key, args.n_align, args.n_eval, args.seed)
+    src = Variant(pair.source, pair.source_formats[0])
+    tgt = Variant(pair.target, pair.target_formats[0])
+    n_s, n_t = int(pair.source.cfg.n_layers), int(pair.target.cfg.n_layers)
+    H = {split: (capture(src.model, src.prompts(pair.questions[split]), list(range(n_s))),
+                 capture(tgt.model, tgt.prompts(pair.questions[split]), list(range(n_t))))
+         for split in ("align", "eval")}
+    log(t0, "captured", {k: tuple(v[0].shape) for k, v in H.items()})
+    ids = {"source": args.source, "target": args.target}
+
+    cka = cka_matrix(*H["align"], debiased=args.debiased).assign(**ids)
+    kind = "debiased linear CKA" if args.debiased else "linear CKA"
+    write(cka, cka_heatmap(cka, title=f"{kind} between layers: {args.source} (rows) vs "
+                                      f"{args.target} (columns), {args.n_align} prompts"),
+          args.out, "cka", png=not args.no_png)
+
+    maps = align_key(pair.key, src, tgt, pair.questions["align"], method=args.method,
+                     rank=args.rank)
+    angles = principal_angle_table(*H["eval"], maps, args.k).assign(**ids)
+    fig = principal_angles_figure(angles)
+    fig.update_layout(title=f"Principal angles on held-out prompts: mapped {args.source} "
+                            f"top-{args.k} subspace vs {args.target}'s ({args.method}, rank "
+                            f"{args.rank})")
+    write(angles, fig, args.out, "principal_angles", png=not args.no_png)
+
+    pairs = sorted({(m.source_layer, t) for t, m in maps.items()})
+    cca = cca_table(*H["align"], pairs, args.k).assign(**ids)
+    write(cca, None, args.out, "cca")
+
+    pack = CapabilityPack(key=pair.key, maps=maps, target=ModelInfo.of(pair.target))
+    cos = key_cosines(pack.target_directions(), pair.native_key()).assign(**ids)
+    write(cos, None, args.out, "key_cosines")
+
+    best = cka.loc[cka.groupby("target_layer").cka.idxmax()][["target_layer", "source_layer"]]
+    per_layer = (angles.groupby("target_layer").angle_deg.mean().rename("mean_angle_deg")
+                 .reset_index()
+                 .merge(cca.groupby("target_layer").correlation.mean().rename("mean_cca")
+                        .reset_index(), on="target_layer")
+                 .merge(cos.rename(columns={"layer": "target_layer"})[["target_layer", "cosine"]],
+                        on="target_layer")
+                 .merge(best.rename(columns={"source_layer": "best_cka_source_layer"}),
+                        on="target_layer"))
+    per_layer.insert(1, "source_layer", [maps[t].source_layer for t in per_layer.target_layer])
+    lines = [f"# Similarity: {args.source} → {args.target}", "",
+             f"{args.n_align} alignment / {args.n_eval} held-out prompts, {args.method} rank "
+             f"{args.rank}, k {args.k}, {kind}", "", markdown_table(per_layer),
+             f"wall time {time.perf_counter() - t0:.0f} s"]
+    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
