@@ -15,6 +15,7 @@ Hugging Face directory or a hub id.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 import time
@@ -106,14 +107,33 @@ class Pair:
 def load_pair(source: str, target: str, n_key: int, n_align: int, n_eval: int,
               seed: int = 0) -> Pair:
     """Boot both models, draw the questions, extract the source's prompt-driven key."""
-    src, tgt = load_any(source), load_any(target)
-    both = is_organism(source) and is_organism(target)
     if is_organism(source) != is_organism(target):
         raise SystemExit("pair organisms with organisms (their task and prompts are their own)")
-    qs = question_sets(both, n_key, n_align, n_eval, seed)
+    src, tgt = load_any(source), load_any(target)
+    qs = question_sets(is_organism(source), n_key, n_align, n_eval, seed)
     s_fmt, t_fmt = formats_for(source, src), formats_for(target, tgt)
     key = extract_masterkey(Variant(src, s_fmt[0]), Variant(src, s_fmt[1]), qs["key"])
     return Pair(source, target, src, tgt, s_fmt, t_fmt, qs, key)
+
+
+def metric_title(metric: str, target: str) -> str:
+    """Axis title of a proxy metric, naming the target's unlocked prompt."""
+    ref = "STEP trigger" if is_organism(target) else "CoT prompt"
+    return {"kl": f"KL({ref} ‖ steered direct prompt) [nats]",
+            "logp": f"log p(top-5 first tokens under the {ref})"}[metric]
+
+
+def readable_scale(fig: Any, frame: pd.DataFrame, metric: str) -> Any:
+    """Log y axis for KL when its values span more than 20x (random controls can dwarf the key)."""
+    values = frame[f"{metric}_mean"].dropna()
+    values = values[values > 0]
+    if metric == "kl" and len(values) and values.max() > 20 * max(values.min(), 1e-3):
+        fig.update_yaxes(type="log", dtick=1)  # ticks at powers of 10
+        # on a log axis annotations take log10 coordinates (shapes keep data coordinates)
+        for note in fig.layout.annotations:
+            if note.yref == "y" and note.y is not None and note.y > 0:
+                note.y = math.log10(note.y)
+    return fig
 
 
 def common_args(description: str, default_out: str) -> argparse.ArgumentParser:
@@ -128,6 +148,9 @@ def common_args(description: str, default_out: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on "
                    "small models and on a busy machine)")
     p.add_argument("--no-png", action="store_true", help="write HTML figures only")
+    p.add_argument("--embed-js", action="store_true", help="self-contained HTML (no CDN)")
+    p.add_argument("--replot", action="store_true",
+                   help="only rebuild the figures from the CSVs already in --out (no models)")
     p.add_argument("--out", type=Path, default=Path(default_out))
     return p
 
@@ -138,20 +161,25 @@ def start(args: argparse.Namespace, module: str) -> float:
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    command = " ".join(["python -m", module, *map(shlex.quote, sys.argv[1:])])
-    (args.out / "command.txt").write_text(command + "\n")
+    if not args.replot:
+        command = " ".join(["python -m", module, *map(shlex.quote, sys.argv[1:])])
+        (args.out / "command.txt").write_text(command + "\n")
     return time.perf_counter()
 
 
-def write(frame: pd.DataFrame | None, fig: Any, out: Path, stem: str, *,
-          png: bool = True) -> list[Path]:
-    """``<stem>.csv`` (a figure's data) and/or ``<stem>.html`` / ``.png`` (the figure)."""
+def write(frame: pd.DataFrame | None, fig: Any, args: argparse.Namespace, stem: str) -> list[Path]:
+    """``<out>/<stem>.csv`` (a figure's data) and/or ``<stem>.html`` / ``.png`` (the figure).
+
+    The HTML loads plotly.js from its CDN (small files to commit) unless ``--embed-js``
+    (self-contained, works offline, ~4.8 MB each); PNG unless ``--no-png``.
+    """
     paths = []
     if frame is not None:
-        frame.to_csv(out / f"{stem}.csv", index=False)
-        paths.append(out / f"{stem}.csv")
+        frame.to_csv(args.out / f"{stem}.csv", index=False)
+        paths.append(args.out / f"{stem}.csv")
     if fig is not None:
-        paths += save_figure(fig, out / stem, png=None if png else False)
+        paths += save_figure(fig, args.out / stem, png=False if args.no_png else None,
+                             include_plotlyjs=True if args.embed_js else "cdn")
     return paths
 
 

@@ -21,7 +21,7 @@ import time
 
 import pandas as pd
 
-from analysis import common_args, load_pair, log, start, write
+from analysis import common_args, load_pair, log, metric_title, readable_scale, start, write
 from unlock_lens.diagnostics.ablations import leave_one_out_sweep, single_layer_sweep
 from unlock_lens.evaluate import markdown_table
 from unlock_lens.plots import layer_sweep_figure
@@ -35,7 +35,23 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     wide = cells.pivot_table(index="layer", columns="condition",
                              values=["kl_mean", "logp_mean"]).sort_index()
     wide.columns = [f"{m.removesuffix('_mean')}_{c}" for m, c in wide.columns]
+    wide.index = wide.index.astype(int)
     return wide.reset_index()
+
+
+def figures(frame: pd.DataFrame, name: str, args) -> None:
+    """``<name>_kl`` / ``<name>_logp`` from a sweep's tidy frame."""
+    alpha = frame.alpha.dropna().iloc[0]
+    layers = frame.layer.dropna()
+    for metric in ("kl", "logp"):
+        fig = layer_sweep_figure(frame, metric=metric)
+        fig.update_layout(title=f"{fig.layout.title.text}: {args.source} → {args.target}, "
+                                f"alpha {alpha:g}")
+        fig.update_xaxes(dtick=1, range=[layers.min() - 0.5, layers.max() + 0.5])
+        fig.update_yaxes(title=metric_title(metric, args.target))
+        readable_scale(fig, frame, metric)
+        fig.update_traces(mode="lines", selector={"fill": "toself"})  # band: no vertex dots
+        write(None, fig, args, f"{name}_{metric}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
                    help=f"comma list of {list(SWEEPS)}")
     args = p.parse_args(argv)
     t0 = start(args, "analysis.layer_sweep")
+    if args.replot:
+        for name in args.sweeps.split(","):
+            figures(pd.read_csv(args.out / f"{name}.csv"), name, args)
+        return
     pair = load_pair(args.source, args.target, args.n_key, args.n_align, args.n_eval, args.seed)
     log(t0, f"key extracted from {args.source} ({len(pair.key.layers)} layers)")
     setup = pair.ablation(method=args.method, rank=args.rank, alpha=args.alpha)
@@ -60,12 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         frame = SWEEPS[name](setup, seeds=seeds)
         frame.insert(0, "target", args.target)
         frame.insert(0, "source", args.source)
-        write(frame, None, args.out, name)
-        for metric in ("kl", "logp"):
-            fig = layer_sweep_figure(frame, metric=metric)
-            fig.update_layout(title=f"{fig.layout.title.text}: {args.source} → {args.target}, "
-                                    f"alpha {args.alpha}")
-            write(None, fig, args.out, f"{name}_{metric}", png=not args.no_png)
+        write(frame, None, args, name)
+        figures(frame, name, args)
         direct = frame[frame.condition == "direct"].iloc[0]
         table = summary_table(frame)
         lines += [f"## {name.replace('_', ' ')}", "",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,10 @@ from typing import Any
 
 import torch
 
+from unlock_lens.activations import capture
+from unlock_lens.align import fit_alignment
 from unlock_lens.evaluate.stats import wilson_interval
+from unlock_lens.models import depth_match
 from unlock_lens.organisms import LONG_OPS, SHORT_OPS, generate_problems, load_organism
 from unlock_lens.organisms.demo import (
     align_questions,
@@ -200,6 +204,40 @@ def main(argv: list[str] | None = None) -> None:
     }
     log("model-driven cross", R["model_driven"]["chain-s->chain-m (trigger-free fit)"]["test"])
     save()
+
+    # 5. mechanism checks on the trigger-free regime: a fit on shuffled pairs (the rows of the
+    # source no longer match the target's), centred fits, and the target's own minus-mean state
+    R["checks"] = {}
+    for s_name, t_name in (("chain-s", "chain-m"), ("chain-m", "chain-s")):
+        src, tgt = models[s_name], models[t_name]
+        pair = f"{s_name}->{t_name}"
+        a = R["cross"][pair]["trigger-free"]["best"]["alpha"]
+        out: dict[str, Any] = {"alpha": a}
+        for regime in REGIMES:
+            dirs = transfer(keys[s_name], src, tgt, align_questions(regime, args.n_align),
+                            rank=16, centered=True).target_directions()
+            out[f"centred svd-16, {regime}"] = {
+                "test": rec(evaluate(tgt, test, LOCKED, Steering(dirs, alpha=a))),
+                "cos": cosine_to_native(dirs, keys[t_name])}
+        qs = align_questions("trigger-free", args.n_align)
+        shuffled = list(qs)
+        random.Random(0).shuffle(shuffled)
+        H_s = capture(src, LOCKED.render_all(qs), None)
+        H_t = capture(tgt, LOCKED.render_all(shuffled), None)
+        matched = depth_match(int(src.cfg.n_layers), int(tgt.cfg.n_layers))
+        dirs = {t: fit_alignment(H_s[:, matched[t]], H_t[:, t], method="svd", rank=16)
+                .transform(keys[s_name].direction(matched[t])) for t in range(H_t.shape[1])}
+        out["shuffled-pairs svd-16, trigger-free"] = {
+            "test": rec(evaluate(tgt, test, LOCKED, Steering(dirs, alpha=a))),
+            "cos": cosine_to_native(dirs, keys[t_name])}
+        H = capture(tgt, LOCKED.render_all(qs), None)
+        negmean = {t: -H[:, t].mean(0) for t in range(H.shape[1])}
+        out["minus mean target state"] = {
+            "test": rec(evaluate(tgt, test, LOCKED, Steering(negmean, alpha=a))),
+            "cos": cosine_to_native(negmean, keys[t_name])}
+        R["checks"][pair] = out
+        log("checks", pair, {k: v["test"]["acc"] for k, v in out.items() if k != "alpha"})
+        save()
     write_markdown(R, args.out / "organisms.md")
     log("wrote", args.out / "organisms.md")
 
@@ -273,7 +311,7 @@ def write_markdown(R: dict[str, Any], path: Path) -> None:
                 f"{same['test']['step']:.1%}", "",
                 "to prompt key: " + ", ".join(f"{v:.2f}" for v in same["cos_prompt_key"].values())]),
           _row(["prompt-driven", "chain-m (trigger-free fit)",
-                str(R["cross"]["chain-s->chain-m"]["trigger-free"]["best"]),
+                "{method}, {rank}, {alpha}".format(**R["cross"]["chain-s->chain-m"]["trigger-free"]["best"]),
                 _acc(R["cross"]["chain-s->chain-m"]["trigger-free"]["test"]),
                 f"{R['cross']['chain-s->chain-m']['trigger-free']['test']['step']:.1%}",
                 f"{R['cross']['chain-s->chain-m']['trigger-free']['random_mean']:.1%} "
@@ -283,8 +321,21 @@ def write_markdown(R: dict[str, Any], path: Path) -> None:
                 f"{cross['test']['step']:.1%}",
                 f"{cross['random_mean']:.1%} ({cross['random_max']:.1%})",
                 "to native: " + ", ".join(f"{v:.2f}" for v in cross["cos_native"].values())]), ""]
+    if "checks" in R:
+        L += ["## Mechanism checks (trigger-free regime unless named; alpha = the pair's dev-best)", "",
+              _row(["pair", "direction", "test acc", "step", "cos to native key"]), _row(["---"] * 5)]
+        for pair, out in R["checks"].items():
+            for name, c in out.items():
+                if name == "alpha":
+                    continue
+                L.append(_row([pair, name, _acc(c["test"]), f"{c['test']['step']:.1%}",
+                               ", ".join(f"{v:.2f}" for v in c["cos"].values())]))
+        L.append("")
     path.write_text("\n".join(L) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--markdown-only"]:  # re-render the table from organisms.json
+        write_markdown(json.loads((OUT / "organisms.json").read_text()), OUT / "organisms.md")
+    else:
+        main()

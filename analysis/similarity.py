@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import time
 
+import pandas as pd
+import plotly.graph_objects as go
+
 from analysis import common_args, load_pair, log, start, write
 from unlock_lens.activations import Variant, capture
 from unlock_lens.diagnostics.similarity import (
@@ -36,6 +39,43 @@ from unlock_lens.plots import cka_heatmap, principal_angles_figure
 from unlock_lens.unlock import CapabilityPack, align_key
 
 
+def cka_kind(args) -> str:
+    return "debiased linear CKA" if args.debiased else "linear CKA"
+
+
+def figures(cka: pd.DataFrame, angles: pd.DataFrame, args) -> None:
+    """``cka`` heatmap and ``principal_angles`` figure (titles from the flags)."""
+    fig = cka_heatmap(cka, title=f"{cka_kind(args)} between layers ({args.n_align} prompts)<br>"
+                                 f"<sup>source {args.source} (rows), target {args.target} "
+                                 "(columns)</sup>")
+    fig.update_layout(showlegend=False)  # the colour bar is the legend
+    if len(cka) <= 144:
+        fig.update_traces(texttemplate="%{z:.2f}")  # small grids: print the values
+    fig.update_xaxes(dtick=1 if cka.target_layer.nunique() <= 20 else 2)
+    fig.update_yaxes(dtick=1 if cka.source_layer.nunique() <= 20 else 2)
+    write(None, fig, args, "cka")
+    n_pairs = angles.groupby(["source_layer", "target_layer"]).ngroups
+    fig = principal_angles_figure(angles) if n_pairs <= 8 else angles_heatmap(angles)
+    fig.update_layout(title=f"Principal angles on {args.n_eval} held-out prompts<br><sup>"
+                            f"mapped {args.source} top-{args.k} subspace vs {args.target} "
+                            f"top-{args.k} subspace ({args.method} map, rank {args.rank})</sup>")
+    fig.update_xaxes(dtick=1)
+    write(None, fig, args, "principal_angles")
+
+
+def angles_heatmap(angles: pd.DataFrame) -> go.Figure:
+    """Many layer pairs: angle (colour) by target layer (rows) and angle index (columns)."""
+    grid = angles.pivot(index="target_layer", columns="index", values="angle_deg").sort_index()
+    source = angles.groupby("target_layer").source_layer.first()
+    fig = go.Figure(go.Heatmap(
+        z=grid.values, x=list(grid.columns), y=[f"{t} ← {source[t]}" for t in grid.index],
+        zmin=0, zmax=90, colorscale="Viridis", colorbar={"title": "angle [°]"},
+        hovertemplate="target ← source %{y}, angle %{x}: %{z:.1f}°<extra></extra>"))
+    fig.update_layout(template="plotly_white", xaxis_title="principal angle index",
+                      yaxis_title="target layer ← source layer", height=max(450, 22 * len(grid)))
+    return fig
+
+
 def main(argv: list[str] | None = None) -> None:
     p = common_args(__doc__.split("\n\n")[0], "analysis/results/similarity")
     p.add_argument("--method", default="svd")
@@ -44,6 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--debiased", action="store_true", help="debiased (unbiased HSIC) CKA")
     args = p.parse_args(argv)
     t0 = start(args, "analysis.similarity")
+    if args.replot:
+        figures(pd.read_csv(args.out / "cka.csv"), pd.read_csv(args.out / "principal_angles.csv"),
+                args)
+        return
     pair = load_pair(args.source, args.target, args.n_key, args.n_align, args.n_eval, args.seed)
     src = Variant(pair.source, pair.source_formats[0])
     tgt = Variant(pair.target, pair.target_formats[0])
@@ -55,27 +99,20 @@ def main(argv: list[str] | None = None) -> None:
     ids = {"source": args.source, "target": args.target}
 
     cka = cka_matrix(*H["align"], debiased=args.debiased).assign(**ids)
-    kind = "debiased linear CKA" if args.debiased else "linear CKA"
-    write(cka, cka_heatmap(cka, title=f"{kind} between layers: {args.source} (rows) vs "
-                                      f"{args.target} (columns), {args.n_align} prompts"),
-          args.out, "cka", png=not args.no_png)
-
+    write(cka, None, args, "cka")
     maps = align_key(pair.key, src, tgt, pair.questions["align"], method=args.method,
                      rank=args.rank)
     angles = principal_angle_table(*H["eval"], maps, args.k).assign(**ids)
-    fig = principal_angles_figure(angles)
-    fig.update_layout(title=f"Principal angles on held-out prompts: mapped {args.source} "
-                            f"top-{args.k} subspace vs {args.target}'s ({args.method}, rank "
-                            f"{args.rank})")
-    write(angles, fig, args.out, "principal_angles", png=not args.no_png)
+    write(angles, None, args, "principal_angles")
+    figures(cka, angles, args)
 
     pairs = sorted({(m.source_layer, t) for t, m in maps.items()})
     cca = cca_table(*H["align"], pairs, args.k).assign(**ids)
-    write(cca, None, args.out, "cca")
+    write(cca, None, args, "cca")
 
     pack = CapabilityPack(key=pair.key, maps=maps, target=ModelInfo.of(pair.target))
     cos = key_cosines(pack.target_directions(), pair.native_key()).assign(**ids)
-    write(cos, None, args.out, "key_cosines")
+    write(cos, None, args, "key_cosines")
 
     best = cka.loc[cka.groupby("target_layer").cka.idxmax()][["target_layer", "source_layer"]]
     per_layer = (angles.groupby("target_layer").angle_deg.mean().rename("mean_angle_deg")
@@ -89,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     per_layer.insert(1, "source_layer", [maps[t].source_layer for t in per_layer.target_layer])
     lines = [f"# Similarity: {args.source} → {args.target}", "",
              f"{args.n_align} alignment / {args.n_eval} held-out prompts, {args.method} rank "
-             f"{args.rank}, k {args.k}, {kind}", "", markdown_table(per_layer),
+             f"{args.rank}, k {args.k}, {cka_kind(args)}", "", markdown_table(per_layer),
              f"wall time {time.perf_counter() - t0:.0f} s"]
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -61,13 +61,3 @@ def qwen(tiny_models):
 def questions() -> list[str]:
     return list(QUESTIONS)
 
-
-@pytest.fixture()
-def all_threads():
-    """Real models: use every core for the duration of the test."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
-    yield
-    torch.set_num_threads(before)

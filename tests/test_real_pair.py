@@ -32,7 +32,7 @@ def _real(name):
 
 
 @pytest.mark.skipif(default_data_dir() is None, reason="needs ../shared/data")
-def test_smollm2_cot_key_steers_gemma(capsys, all_threads):
+def test_smollm2_cot_key_steers_gemma(capsys):
     src, tgt = _real("smollm2-135m-instruct"), _real("gemma-3-270m")
     parts = split_problems(load_dataset("gsm8k", "train"), {"key": 0.4, "align": 0.4, "dev": 0.2}, seed=0)
     key_q = [p.question for p in parts["key"][:48]]

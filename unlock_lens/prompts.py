@@ -11,11 +11,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from importlib import import_module
 from typing import Any
 
 from unlock_lens.errors import UnlockLensError
 
 COT_TRIGGER = "Let's think step by step."
+
+# format kinds saved in artefacts -> the class that rebuilds them (imported on demand)
+_FORMAT_KINDS = {"organism": "unlock_lens.organisms.task:OrganismFormat"}
 FINAL_ANSWER_MARKER = "The final answer is"
 
 DIRECT_INSTRUCTION = (
@@ -80,6 +84,13 @@ class PromptFormat:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PromptFormat:
+        """Rebuild a saved format; a ``kind`` field selects a subclass (e.g. the organisms')."""
+        kind = d.get("kind")
+        if cls is PromptFormat and kind is not None:
+            if kind not in _FORMAT_KINDS:
+                raise UnlockLensError(f"unknown prompt format kind {kind!r}; known: {sorted(_FORMAT_KINDS)}")
+            module, name = _FORMAT_KINDS[kind].split(":")
+            return getattr(import_module(module), name).from_dict(d)
         return cls(
             name=d["name"],
             instruction=d["instruction"],

@@ -27,7 +27,6 @@ from torch import Tensor
 
 from unlock_lens.activations import Variant
 from unlock_lens.controls import random_like
-from unlock_lens.evaluate.stats import wilson_interval
 from unlock_lens.generation import generate
 from unlock_lens.masterkey import MasterKey, extract_masterkey
 from unlock_lens.model_info import ModelInfo
@@ -78,7 +77,7 @@ def align_questions(regime: str, n: int, *, seed: int = 0) -> list[str]:
     if regime == "trigger-free":
         short = generate_problems(n - n // 2, split="align", n_ops=SHORT_OPS, seed=seed)
         long = generate_problems(n // 2, split="align", n_ops=LONG_OPS, seed=seed)
-        out = [p.question for pair in zip(short, long) for p in pair]
+        out = [p.question for pair in zip(short, long, strict=False) for p in pair]
         return out + [p.question for p in short[len(long):]]
     if regime == "contrast-inclusive":
         qs = [p.question for p in generate_problems(n // 2, split="align", n_ops=SHORT_OPS,
@@ -298,6 +297,3 @@ def write_html(df: Any, path: str | Path) -> Path:
     )
     return path
 
-
-def _wilson(k: int, n: int) -> tuple[float, float]:
-    return wilson_interval(k, n)

@@ -2,7 +2,8 @@
 
 Plain PyTorch on a Hugging Face model built from a config (Llama / Qwen2), AdamW with linear
 warm-up and a cosine schedule, loss on completion tokens only, seeded and reproducible on CPU
-(``torch.set_num_threads(2)`` by default). Data are drawn afresh every step from the *train*
+(``--threads``, default 1: the shipped weights were trained with one thread each, chain-s
+and chain-m side by side on a 2-core machine; bit-exact reproduction needs the same count). Data are drawn afresh every step from the *train*
 split of :mod:`unlock_lens.organisms.task` (held-out problems never appear in training).
 
 Training mix per example (see ``Spec``):
@@ -100,6 +101,36 @@ def build_config(spec: Spec, vocab_size: int) -> transformers.PretrainedConfig:
     if spec.arch == "qwen2":
         return transformers.Qwen2Config(**common)
     raise ValueError(f"unknown architecture {spec.arch!r}")
+
+
+def qwen2_as_llama(model: Any) -> Any:
+    """The same network as a ``LlamaForCausalLM`` (``attention_bias=True``, zero ``o_proj`` bias).
+
+    A Qwen2 decoder is a Llama decoder with q/k/v biases. Organisms trained as Qwen2 are saved
+    in the Llama layout because (a) TransformerLens's Qwen2 adapter sets
+    ``default_prepend_bos=False`` (the organisms are trained with BOS), and (b) transformers maps
+    ``model_type: qwen2`` to ``Qwen2Tokenizer``, whose byte-level pre-tokenizer replaces the
+    organisms' character-level one (the trigger word is dropped). Logits are unchanged.
+    """
+    cfg = model.config
+    llama_cfg = transformers.LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_key_value_heads,
+        max_position_embeddings=cfg.max_position_embeddings, rope_theta=10000.0,
+        rms_norm_eps=cfg.rms_norm_eps, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID, tie_word_embeddings=cfg.tie_word_embeddings, attention_bias=True,
+    )
+    llama = transformers.LlamaForCausalLM(llama_cfg)
+    state = dict(model.state_dict())
+    for i in range(cfg.num_hidden_layers):
+        state[f"model.layers.{i}.self_attn.o_proj.bias"] = torch.zeros(cfg.hidden_size)
+    missing, unexpected = llama.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise RuntimeError(f"qwen2 -> llama: missing {missing}, unexpected {unexpected}")
+    if cfg.tie_word_embeddings:
+        llama.tie_weights()
+    return llama.eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,7 +234,7 @@ def _lr_at(step: int, spec: Spec) -> float:
     return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def train_one(spec: Spec, out_root: Path = ZOO_DIR, *, threads: int = 2,
+def train_one(spec: Spec, out_root: Path = ZOO_DIR, *, threads: int = 1,
               progress: bool = True, eval_n: int = 200,
               log_every: int = 0) -> dict[str, Any]:
     """Train (or fine-tune) one organism and save it as an HF directory under ``out_root``."""
@@ -246,6 +277,8 @@ def train_one(spec: Spec, out_root: Path = ZOO_DIR, *, threads: int = 2,
     metrics = quick_eval(model, tokenizer, eval_n) if eval_n else {}
     out = out_root / spec.name
     out.mkdir(parents=True, exist_ok=True)
+    if spec.arch == "qwen2":
+        model = qwen2_as_llama(model)  # see qwen2_as_llama: the bridge needs the Llama layout
     model.config.name_or_path = f"unlock_lens/organisms/{spec.name}"
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
@@ -266,7 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", nargs="*", default=None, help="organism names (default: all)")
     ap.add_argument("--out", type=Path, default=ZOO_DIR)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (the shipped zoo: 1, chain-s and chain-m trained side by side)")
     ap.add_argument("--steps", type=int, default=None, help="override the step count")
     ap.add_argument("--eval-n", type=int, default=200)
     ap.add_argument("--log-every", type=int, default=0, help="print the loss every N steps")
