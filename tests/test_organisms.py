@@ -208,6 +208,23 @@ def test_cross_model_trigger_free_unlock_beats_random(zoo, keys, test_problems):
     assert sum(controls) / len(controls) <= direct + 0.08, (direct, controls)
 
 
+def test_pack_with_organism_format_reloads_and_steers_the_same(zoo, keys, test_problems, tmp_path):
+    """A saved pack keeps the organisms' prompt format (not the math-word-problem frame)."""
+    from unlock_lens.organisms.demo import DEFAULTS, align_questions, transfer
+    from unlock_lens.organisms.task import OrganismFormat
+    from unlock_lens.prompts import PromptFormat
+    from unlock_lens.unlock import CapabilityPack
+
+    src, tgt = zoo[DEFAULTS["source"]], zoo[DEFAULTS["target"]]
+    pack = transfer(keys[DEFAULTS["source"]], src, tgt, align_questions("trigger-free", 32),
+                    method="svd", rank=4, alpha=DEFAULTS["alpha"])
+    back = CapabilityPack.load(pack.save(tmp_path / "pack.safetensors"))
+    fmt = PromptFormat.from_dict(back.key.unlocked_format)
+    assert isinstance(fmt, OrganismFormat) and fmt == UNLOCKED
+    q = test_problems[0].question
+    assert fmt.render(q) == UNLOCKED.render(q) and "Question:" not in fmt.render(q)
+
+
 def test_run_demo_table(tmp_path):
     from unlock_lens.organisms import run_demo
 
