@@ -128,7 +128,11 @@ def readable_scale(fig: Any, frame: pd.DataFrame, metric: str) -> Any:
     values = frame[f"{metric}_mean"].dropna()
     values = values[values > 0]
     if metric == "kl" and len(values) and values.max() > 20 * max(values.min(), 1e-3):
-        fig.update_yaxes(type="log", dtick=1)  # ticks at powers of 10
+        lo, hi = math.floor(math.log10(values.min())), math.ceil(math.log10(values.max()))
+        steps = (1, 2, 5) if hi - lo <= 3 else (1,)
+        ticks = [m * 10.0**e for e in range(lo, hi + 1) for m in steps
+                 if values.min() / 2 <= m * 10.0**e <= values.max() * 2]
+        fig.update_yaxes(type="log", tickvals=ticks)
         # on a log axis annotations take log10 coordinates (shapes keep data coordinates)
         for note in fig.layout.annotations:
             if note.yref == "y" and note.y is not None and note.y > 0:

@@ -17,15 +17,6 @@ from unlock_lens.steer import Steering
 SEEDS = (0, 1, 2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run ~10x faster on one intra-op thread on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @contextmanager
 def count_forwards(model):
     """Counts real forward passes through ``model`` (a torch hook on its embedding)."""

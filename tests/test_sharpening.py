@@ -27,15 +27,6 @@ from unlock_lens.steer import Steering
 V = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run ~10x faster on one intra-op thread on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def peaked(n, token, margin=20.0):
     x = torch.zeros(n, V)
     x[:, token] = margin
