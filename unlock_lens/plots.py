@@ -51,7 +51,7 @@ def _band(fig: go.Figure, x, lo, hi, name: str, colour: str, group: str) -> None
     """A filled band from ``lo`` to ``hi`` (one trace: upper edge out, lower edge back)."""
     x = list(x)
     fig.add_trace(go.Scatter(
-        x=x + x[::-1], y=list(hi) + list(lo)[::-1], fill="toself", fillcolor=_rgba(colour, 0.2),
+        x=x + x[::-1], y=list(hi) + list(lo)[::-1], mode="lines", fill="toself", fillcolor=_rgba(colour, 0.2),
         line={"width": 0}, hoverinfo="skip", name=name, legendgroup=group,
     ))
 
@@ -143,7 +143,7 @@ def cka_heatmap(frame: pd.DataFrame, *, title: str = "Linear CKA between layers"
     grid = grid[sorted(grid.columns)]
     fig = go.Figure(go.Heatmap(
         z=grid.values, x=list(grid.columns), y=list(grid.index), zmin=0, zmax=1,
-        colorscale="Viridis", colorbar={"title": "CKA"}, name="CKA", showlegend=True,
+        colorscale="Viridis", colorbar={"title": "CKA"}, name="CKA",
         hovertemplate="source %{y} · target %{x}: %{z:.3f}<extra></extra>",
     ))
     return _layout(fig, title, "target layer", "source layer")
