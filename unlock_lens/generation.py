@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from unlock_lens.activations import _token_lengths, encode, length_sorted_batches, model_device
+from unlock_lens.activations import encode, model_device, plan_batches
 from unlock_lens.errors import UnlockLensError
 
 
@@ -55,7 +55,7 @@ def generate(
     tok = model.tokenizer
     eos = tok.eos_token_id
     results: dict[int, Generation] = {}
-    batches = list(length_sorted_batches(_token_lengths(model, prompts), batch_size))
+    batches = plan_batches(model, prompts, batch_size)
     desc = progress if isinstance(progress, str) else "generate"
     for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
         ids, mask = encode(model, [prompts[i] for i in idx])
