@@ -5,6 +5,9 @@ Same model, prompts, batch size and ``max_new_tokens`` for every variant, timed 
 - ``ours_unsteered``: ``unlock_lens.generation.generate`` (TransformerBridge, KV cache);
 - ``ours_rotate_last``: the paper's edit (``rotate`` at the last prompt token, prefill only);
 - ``ours_raw_all``: ``normalisation="raw"``, ``positions="all"`` (h + alpha r at every token);
+- ``ours_hf_rotate_last`` / ``ours_hf_raw_all``: the same, ``generate(..., engine="hf")``
+  (HF's generate loop over the bridge's modules and hooks: same tokens, prefill logits at the
+  last position only);
 - ``peer_steering_vectors``: ``steering_vectors.SteeringVector(...).apply(hf_model,
   multiplier=alpha)`` on ``bridge.original_model`` + HF ``generate`` (greedy, same batches):
   the same additive edit at the same decoder-block outputs, all tokens;
@@ -56,10 +59,10 @@ def variants(model, prompts: list[str], *, max_new_tokens: int, batch_size: int,
     eos = model.tokenizer.eos_token_id
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else eos
 
-    def ours(steering):
+    def ours(steering, engine="bridge"):
         def run() -> int:
             gens = generate(model, prompts, steering=steering, max_new_tokens=max_new_tokens,
-                            batch_size=batch_size)
+                            batch_size=batch_size, engine=engine)
             return _slots([g.n_tokens for g in gens], prompts, model, batch_size)
         return run
 
@@ -80,6 +83,8 @@ def variants(model, prompts: list[str], *, max_new_tokens: int, batch_size: int,
         "ours_unsteered": ours(None),
         "ours_rotate_last": ours(rotate),
         "ours_raw_all": ours(raw_all),
+        "ours_hf_rotate_last": ours(rotate, "hf"),
+        "ours_hf_raw_all": ours(raw_all, "hf"),
         "hf_unsteered": hf_generate(False),
     }
     if _peer_available():
@@ -187,10 +192,17 @@ def main() -> None:
             print(ratio_line("ours raw/all / steering-vectors peer (HF generate)",
                              rate["ours_raw_all"], rate["peer_steering_vectors"],
                              "(target >= 1.0)"))
+            print(ratio_line("ours raw/all, hf engine / steering-vectors peer",
+                             rate["ours_hf_raw_all"], rate["peer_steering_vectors"],
+                             "(target >= 1.0)"))
             print(ratio_line("peer steered / HF unsteered", rate["peer_steering_vectors"],
                              rate["hf_unsteered"]))
         print(ratio_line("engine: bridge generate / HF generate, both unsteered",
                          rate["ours_unsteered"], rate["hf_unsteered"]))
+        print(ratio_line("steered (rotate, last prompt): hf engine / bridge engine",
+                         rate["ours_hf_rotate_last"], rate["ours_rotate_last"]))
+        print(ratio_line("steered (rotate, last prompt), hf engine / HF unsteered",
+                         rate["ours_hf_rotate_last"], rate["hf_unsteered"], "(target >= 0.95)"))
         if args.profile:
             profile_generation(model, prompts, new, args.batch_size, args.alpha)
 

@@ -69,3 +69,52 @@ def test_smollm2_cot_key_steers_gemma(capsys):
                if isinstance(v, float))
     # the target's own CoT key at its last layer moves it toward its CoT-prompted distribution
     assert rows["native last-layer raw a=1"]["kl_to_unlocked"] < rows["direct"]["kl_to_unlocked"]
+
+
+@pytest.mark.skipif(default_data_dir() is None, reason="needs ../shared/data")
+def test_real_pair_script_end_to_end(tmp_path):
+    """``analysis.real_pair`` at reduced size, SmolLM2 -> Gemma: files, disjoint sets, finite numbers."""
+    import pandas as pd
+
+    from analysis import real_pair
+
+    _real("smollm2-135m-instruct"), _real("gemma-3-270m")
+    argv = ["--source", "smollm2-135m-instruct", "--target", "gemma-3-270m", "--n-key", "24",
+            "--n-align", "48", "--n-dev", "4", "--n-eval", "6", "--ranks", "2,8",
+            "--alphas", "0.05,0.2", "--max-new-tokens", "24", "--threads", "2", "--engine", "hf",
+            "--out", str(tmp_path)]
+    real_pair.main(argv)
+    out = tmp_path / "smollm2-135m-instruct_to_gemma-3-270m"
+    run = json.loads((out / "run.json").read_text())
+    assert run["n"] == {"key": 24, "align": 48, "dev_multiarith": 4, "dev_svamp": 4,
+                        "eval_multiarith": 6, "eval_svamp": 6}
+    qs = real_pair.question_sets(real_pair.parse_args(argv))
+    sets = {"key": set(qs["key"]), "align": set(qs["align"])}
+    for name in ("multiarith", "svamp"):
+        sets[f"dev_{name}"] = {p.question for p in qs["dev"][name]}
+        sets[f"eval_{name}"] = {p.question for p in qs["eval"][name]}
+    names = sorted(sets)
+    assert all(not (sets[a] & sets[b]) for i, a in enumerate(names) for b in names[i + 1 :])
+    assert len(set(run["hashes"].values())) == len(run["hashes"])
+
+    selection = pd.read_csv(out / "selection.csv")
+    keys = selection[selection.condition == "key"]
+    assert set(keys.method) == {"svd", "procrustes", "cca"} and set(keys["rank"]) == {2, 8}
+    assert keys.kl_mean.notna().all() and (keys.kl_mean >= 0).all()
+    assert run["selected"]["alpha"] in (0.05, 0.2) and run["selected"]["native_alpha"] in (0.05, 0.2)
+    # by construction: the native mean shift at the last block moves Gemma toward its CoT prompt
+    sanity = pd.read_csv(out / "dev_sanity.csv").iloc[0]
+    assert sanity.kl_mean < run["dev_direct_kl"]
+
+    for name in ("multiarith", "svamp"):
+        table = pd.read_csv(out / f"summary_{name}.csv")
+        whole = table[table.seed.isna()].set_index("condition")
+        assert set(whole.index) == {"direct", "cot-prompt", "steered", "native-key", "random"}
+        assert (whole.n == 6).all()
+        assert table.accuracy.between(0, 1).all() and table.first_token_entropy.notna().all()
+        assert (table.first_token_entropy > 0).all() and (table.mean_tokens <= 24).all()
+        # the CoT prompt changes the first-token distribution Gemma generates from
+        assert whole.loc["cot-prompt", "first_token_entropy"] != whole.loc["direct", "first_token_entropy"]
+    text = real_pair.report(tmp_path, tmp_path / "real_pair.md", png=False).read_text()
+    assert (out / "rank_sweep_kl.html").is_file()
+    assert "smollm2-135m-instruct → gemma-3-270m" in text and "### svamp: evaluation" in text

@@ -258,3 +258,19 @@ def test_cli_eval(tiny_dirs, pack, tmp_path, monkeypatch):
     assert "Unknown dataset 'svampp'" in str(r.exception)
     r = runner.invoke(app, [*args[:6], "bogus", *args[7:], "--dataset", "svamp"])
     assert r.exit_code != 0 and "unknown condition" in str(r.exception)
+    # --backend bridge: the bridge's loop, the same rows as the default (auto -> HF's generate);
+    # vllm without vllm installed: how to install it
+    assert back.metadata["decoding"]["engine"] == "auto"
+    r = runner.invoke(app, [*args[:-1], str(tmp_path / "ev-b"), "--dataset", "svamp", "--backend", "bridge"])
+    assert r.exit_code == 0, r.output
+    bridge_rows = EvalResults.load(tmp_path / "ev-b").rows
+    assert [x["output"] for x in bridge_rows] == [x["output"] for x in back.rows]
+    assert EvalResults.load(tmp_path / "ev-b").metadata["decoding"]["engine"] == "bridge"
+    r = runner.invoke(app, [*args, "--dataset", "svamp", "--backend", "nope"])
+    assert r.exit_code != 0 and "unknown engine" in str(r.exception)
+    pytest.importorskip("unlock_lens.backends.vllm")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        r = runner.invoke(app, [*args, "--dataset", "svamp", "--backend", "vllm"])
+        assert r.exit_code != 0 and "unlock-lens[vllm]" in str(r.exception)

@@ -192,3 +192,61 @@ def test_generator_without_vllm_says_how_to_install():
             VLLMSteeredGenerator("any-model")
     else:  # pragma: no cover - GPU machines
         pytest.skip("vllm is installed: the refusal path does not apply")
+
+
+class TorchStandIn:
+    """``VLLMSteeredGenerator``'s interface over the torch bridge: plans the steering as the
+    real one does (refusals included), then runs greedy generation on the given token ids."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def generate(self, prompt_token_ids, *, steering=None, max_new_tokens=128, stop_strings=()):
+        from contextlib import nullcontext
+
+        cfg = self.model.cfg
+        if steering is not None:
+            plan_steering(steering, n_layers=int(cfg.n_layers), d_model=int(cfg.d_model), engine="hook")
+        self.calls.append(len(prompt_token_ids))
+        pad = self.model.tokenizer.pad_token_id
+        longest = max(len(r) for r in prompt_token_ids)
+        ids = torch.tensor([[pad] * (longest - len(r)) + r for r in prompt_token_ids])
+        mask = torch.tensor([[0] * (longest - len(r)) + [1] * len(r) for r in prompt_token_ids])
+        ctx = steering.applied(self.model) if steering is not None else nullcontext()
+        with torch.inference_mode(), ctx:
+            out = self.model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                      do_sample=False, stop_at_eos=True,
+                                      stop_strings=list(stop_strings) or None,
+                                      return_type="tokens", verbose=False)
+        return out[:, longest:].tolist()
+
+
+def test_runner_on_the_vllm_engine_matches_the_torch_rows(tiny_models, tmp_path):
+    import json
+
+    from unlock_lens.evaluate import load_jsonl
+    from unlock_lens.evaluate.runner import Decoding, evaluate
+    from unlock_lens.unlock import Unlock
+
+    src, tgt = tiny_models["qwen2"], tiny_models["llama"]
+    questions = [f"Sara reads {a} pages a day for {b} days. How many pages?" for a, b in
+                 [(3, 4), (10, 2), (7, 7), (12, 5), (9, 3), (20, 6), (8, 8), (2, 9)]]
+    pack = Unlock(source=src, target=tgt, rank=3, alpha=0.5).run(questions[:3], questions[3:])
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"id": f"e{i}", "q": f"Ann has {i} cats and {i + 2} dogs. "
+                                        "How many pets?", "a": str(2 * i + 2)}) + "\n" for i in range(4)))
+    problems = load_jsonl(path, question_field="q", answer_field="a", id_field="id", name="toy")
+    kw = dict(conditions=("direct", "steered", "random"), pack=pack, seeds=(0,))
+    torch_rows = evaluate(tgt, problems, decoding=Decoding(max_new_tokens=8, batch_size=8), **kw).rows
+    stand_in = TorchStandIn(tgt)
+    vllm_rows = evaluate(tgt, problems, decoding=Decoding(max_new_tokens=8, batch_size=8, engine="vllm"),
+                         vllm=stand_in, **kw).rows
+    assert stand_in.calls == [4, 4, 4]  # one call per condition, all prompts at once
+    drop = {"first_token_entropy"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in vllm_rows] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in torch_rows]
+    assert all(r["first_token_entropy"] != r["first_token_entropy"] for r in vllm_rows)  # NaN
+    with pytest.raises(UnlockLensError, match="go together"):
+        evaluate(tgt, problems, decoding=Decoding(engine="vllm"), **kw)
+    with pytest.raises(UnlockLensError, match="stop_loops"):
+        Decoding(engine="vllm", stop_loops=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -203,6 +203,9 @@ def eval_(
     n_boot: int = 2000,
     seed: int = 0,
     device: str = "cpu",
+    backend: Annotated[str, typer.Option(help="generation: auto (hf when possible), bridge (TransformerBridge loop), hf (HF generate over the same hooks: same tokens, faster on large vocabularies) or vllm (GPU; pip install 'unlock-lens[vllm]')")] = "auto",
+    tensor_parallel_size: Annotated[int, typer.Option(help="vLLM: GPUs to shard the target over")] = 1,
+    stop_loops: Annotated[bool, typer.Option(help="end outputs that repeat themselves (torch backends)")] = False,
 ) -> None:
     """Evaluate conditions on a dataset; write results and print the summary table."""
     from unlock_lens.artifacts import atomic_write_bytes
@@ -217,12 +220,15 @@ def eval_(
     problems = load_dataset(dataset, split, path=data_path, limit=limit)
     cp = CapabilityPack.load(pack)
     key_q = _questions("gsm8k", "train", "key", n_key, seed) if "native-key" in conds else None
+    decoding = Decoding(max_new_tokens=max_new_tokens, batch_size=batch_size, engine=backend,
+                        stop_loops=stop_loops)
     model = _load(target, device)
-    results = evaluate(
-        model, problems, conditions=conds, pack=cp, alphas=alpha_list, seeds=seed_list,
-        key_questions=key_q, locked_format=prompt_format,
-        decoding=Decoding(max_new_tokens=max_new_tokens, batch_size=batch_size), progress=True,
-    )
+    with _vllm_generator(target, backend, tensor_parallel_size) as vllm:
+        results = evaluate(
+            model, problems, conditions=conds, pack=cp, alphas=alpha_list, seeds=seed_list,
+            key_questions=key_q, locked_format=prompt_format, decoding=decoding, vllm=vllm,
+            progress=True,
+        )
     results.metadata.update(pack_path=str(pack), target_arg=target)
     paths = results.save(out)
     table = results.summary(n_boot=n_boot, seed=seed)[SUMMARY_COLUMNS]
@@ -230,6 +236,18 @@ def eval_(
     atomic_write_bytes(out / "summary.md", markdown_table(table).encode())
     typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     typer.echo(f"rows -> {paths['jsonl']}; summary -> {out / 'summary.csv'}")
+
+
+def _vllm_generator(target: str, backend: str, tensor_parallel_size: int) -> Any:
+    """A VLLMSteeredGenerator over the target's local weights for ``--backend vllm``, else a no-op."""
+    from contextlib import nullcontext
+
+    if backend != "vllm":
+        return nullcontext(None)
+    from unlock_lens.backends.vllm import VLLMSteeredGenerator
+    from unlock_lens.models import resolve_model_dir
+
+    return VLLMSteeredGenerator(str(resolve_model_dir(target)), tensor_parallel_size=tensor_parallel_size)
 
 
 @app.command()

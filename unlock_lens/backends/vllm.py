@@ -14,6 +14,10 @@ Two engines, chosen per :class:`~unlock_lens.steer.Steering` by :func:`plan_stee
   ``prompt`` / ``final`` position rules. Runs eager (``enforce_eager=True``) with prefix
   caching off, so the edit is never skipped by a cache hit.
 
+:func:`generate_on_vllm` gives :func:`unlock_lens.generation.generate`'s contract (same prompt
+token ids, same EOS / stop-string cut and token count) so the evaluation runner can use vLLM
+through ``Decoding(engine="vllm")`` (``unlock-lens eval --backend vllm``).
+
 Everything a backend cannot do exactly is refused with :class:`UnlockLensError` naming the
 alternative, never approximated: TransformerLens's ``pos`` key is not used (it indexes the
 flattened token batch in compiled mode and is ignored in batched mode), and ``resid_pre`` at
@@ -358,7 +362,7 @@ class VLLMSteeredGenerator:
         return [list(o.outputs[0].token_ids) for o in outs]
 
     def close(self) -> None:
-        if self.bridge is not None:
+        if getattr(self, "bridge", None) is not None:
             self.bridge.close()
         self.llm = None  # type: ignore[assignment]
 
@@ -367,3 +371,35 @@ class VLLMSteeredGenerator:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def generate_on_vllm(
+    generator: Any,
+    model: Any,
+    prompts: Sequence[str],
+    *,
+    steering: Any = None,
+    max_new_tokens: int = 128,
+    stop_strings: Sequence[str] = (),
+    stop_loops: bool = False,
+) -> list[Any]:
+    """``generation.generate`` on a :class:`VLLMSteeredGenerator` (or anything with its
+    ``generate(prompt_token_ids, steering=, max_new_tokens=, stop_strings=)``).
+
+    ``model`` (the torch bridge of the same weights) supplies the tokenizer and the prompt
+    encoding, so vLLM sees exactly the torch path's token ids. ``first_token_entropy`` is NaN:
+    vLLM returns top-k logprobs, not the full distribution.
+    """
+    from unlock_lens.activations import encode
+    from unlock_lens.generation import finish
+
+    if stop_loops:
+        raise UnlockLensError("stop_loops is a torch-path stopping criterion; vLLM cannot stop a "
+                              "row on it: pass stop_loops=False with the vllm engine")
+    if steering is not None and steering.target is not None:
+        steering.target.check(model, "this Steering", strict_id=True)
+    ids, mask = encode(model, prompts)
+    rows = [ids[i][mask[i].bool()].tolist() for i in range(len(prompts))]
+    outs = generator.generate(rows, steering=steering, max_new_tokens=max_new_tokens,
+                              stop_strings=stop_strings)
+    return [finish(model.tokenizer, p, list(o), stop_strings) for p, o in zip(prompts, outs, strict=True)]

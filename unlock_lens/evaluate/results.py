@@ -2,7 +2,8 @@
 
 A row is a flat dict with the fields in ``ROW_FIELDS``::
 
-    problem_id, condition, alpha, seed, prompt, output, answer, gold, correct, n_tokens, cot_format
+    problem_id, condition, alpha, seed, prompt, output, answer, gold, correct, n_tokens, cot_format,
+    first_token_entropy   (optional: rows written before it existed lack it)
 
 ``alpha`` is None for unsteered conditions; ``seed`` is None except for the ``random`` control.
 ``EvalResults.save(dir)`` writes ``results.jsonl`` (+ ``results.parquet`` when pyarrow is
@@ -10,11 +11,13 @@ installed) and a ``results.meta.json`` sidecar (models, pack hash, dataset, deco
 
 The summary has one row per (condition, alpha, seed); the random control has a pooled row
 (``seed`` missing, ``n_seeds`` > 1) plus one row per seed. Columns: accuracy with a 95% Wilson
-interval, CoT-format rate, mean output tokens, and the paired difference against ``direct``
+interval, CoT-format rate, mean output tokens, mean first-token entropy (nats), and the paired
+difference against ``direct``
 (per-problem accuracy, averaged over seeds for a pooled row) with a paired-bootstrap 95%
 interval over problems and an exact McNemar p-value. For a pooled row the Wilson interval and
 McNemar test treat every (problem, seed) as an independent trial (approximate); its bootstrap
-resamples problems and is the interval to trust.
+resamples problems and is the interval to trust. A condition run on a subset of the direct
+problems (e.g. one random seed per third of them) is paired on that subset.
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ __all__ = [
 CONDITIONS = ("direct", "cot-prompt", "steered", "native-key", "random")
 ROW_FIELDS = (
     "problem_id", "condition", "alpha", "seed", "prompt", "output", "answer", "gold",
-    "correct", "n_tokens", "cot_format",
+    "correct", "n_tokens", "cot_format", "first_token_entropy",
 )
+OPTIONAL_ROW_FIELDS = ("first_token_entropy",)
 RESULTS_FORMAT_VERSION = 1
 
 _FINAL_MARKER_RE = re.compile(r"final\s+answer|the\s+answer\s+is", re.IGNORECASE)
@@ -105,13 +109,13 @@ def _paired_stats(
     rows: Sequence[dict[str, Any]], base: dict[str, bool], n_boot: int, seed: int
 ) -> dict[str, float]:
     per = _per_problem(rows)
-    if set(per) != set(base):
+    if not set(per) <= set(base):
         raise UnlockLensError(
             f"condition {rows[0]['condition']!r} (alpha={rows[0]['alpha']}) covers "
-            f"{len(per)} problems but 'direct' covers {len(base)}: rows are not paired by id; "
-            "run every condition on the same problems"
+            f"{len(set(per) - set(base))} problems that 'direct' does not: rows are not paired "
+            "by id; run every condition on (a subset of) the direct problems"
         )
-    ids = sorted(base)
+    ids = sorted(per)
     mean_cond = [sum(per[i]) / len(per[i]) for i in ids]
     ci = paired_bootstrap_diff(mean_cond, [float(base[i]) for i in ids], n_boot=n_boot, seed=seed)
     stacked_a = [c for i in ids for c in per[i]]
@@ -147,8 +151,14 @@ def _summary_row(
         "acc_hi": hi,
         "cot_rate": sum(bool(r["cot_format"]) for r in rows) / n,
         "mean_tokens": sum(int(r["n_tokens"]) for r in rows) / n,
+        "first_token_entropy": _nanmean([r.get("first_token_entropy") for r in rows]),
         **paired,
     }
+
+
+def _nanmean(values: Sequence[Any]) -> float:
+    kept = [float(v) for v in values if v is not None and v == v]
+    return sum(kept) / len(kept) if kept else float("nan")
 
 
 def summary_records(
@@ -278,7 +288,7 @@ class EvalResults:
             raise ArtifactError(f"{path}: damaged results file ({err}); re-run the evaluation") from err
         if int(meta.pop("format_version", 0)) > RESULTS_FORMAT_VERSION:
             raise ArtifactError(f"{meta_path}: newer results format; upgrade unlock-lens")
-        missing = [f for f in ROW_FIELDS if rows and f not in rows[0]]
+        missing = [f for f in ROW_FIELDS if rows and f not in rows[0] and f not in OPTIONAL_ROW_FIELDS]
         if missing:
             raise ArtifactError(f"{path}: rows lack the fields {missing}; re-run the evaluation")
         return cls(rows, meta)

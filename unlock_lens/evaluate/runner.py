@@ -30,7 +30,7 @@ from unlock_lens.errors import UnlockLensError
 from unlock_lens.evaluate.answers import REL_TOL, answers_match, extract_answer
 from unlock_lens.evaluate.datasets import Problem, question_fingerprint
 from unlock_lens.evaluate.results import CONDITIONS, EvalResults, shows_working
-from unlock_lens.generation import Generation, generate
+from unlock_lens.generation import ENGINES, Generation, generate
 from unlock_lens.masterkey import extract_masterkey
 from unlock_lens.model_info import ModelInfo
 from unlock_lens.prompts import COT, PromptFormat, default_formats, get_format, prompt_set_hash
@@ -47,6 +47,8 @@ __all__ = [
     "unlocked_counterpart",
 ]
 
+DECODING_ENGINES = (*ENGINES, "vllm")
+
 #: Plain-text prompts end with "Question: ... Answer:"; a model that starts the next problem
 #: or trails off into blank lines is cut there.
 DEFAULT_STOP_STRINGS = ("\nQuestion:", "\n\n\n")
@@ -54,11 +56,20 @@ DEFAULT_STOP_STRINGS = ("\nQuestion:", "\n\n\n")
 
 @dataclass(frozen=True)
 class Decoding:
-    """Greedy decoding settings shared by every condition (the paper: 512 tokens, batch 16)."""
+    """Greedy decoding settings shared by every condition (the paper: 512 tokens, batch 16).
+
+    ``stop_loops``: end an output once it repeats itself (``generation.LoopStop``); off by
+    default, as in the paper. With it, ``n_tokens`` counts up to the detected loop.
+    ``engine``: ``"auto"``, ``"bridge"`` or ``"hf"`` (see ``generation.generate``; the same
+    greedy tokens), or
+    ``"vllm"`` (``backends.vllm.generate_on_vllm``; pass ``vllm=`` to ``evaluate``).
+    """
 
     max_new_tokens: int = 512
     stop_strings: tuple[str, ...] = DEFAULT_STOP_STRINGS
     batch_size: int = 16
+    stop_loops: bool = False
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1:
@@ -66,6 +77,10 @@ class Decoding:
                 f"max_new_tokens and batch_size must be >= 1, got {self.max_new_tokens}, "
                 f"{self.batch_size}"
             )
+        if self.engine not in DECODING_ENGINES:
+            raise UnlockLensError(f"unknown engine {self.engine!r}; choose one of {DECODING_ENGINES}")
+        if self.engine == "vllm" and self.stop_loops:
+            raise UnlockLensError("stop_loops is not available on vLLM: pass stop_loops=False")
 
     def to_dict(self) -> dict[str, Any]:
         return {"greedy": True, **asdict(self), "stop_strings": list(self.stop_strings)}
@@ -251,6 +266,7 @@ def _row(problem: Problem, run: _Run, gen: Generation) -> dict[str, Any]:
         "correct": answers_match(answer, problem.answer),
         "n_tokens": gen.n_tokens,
         "cot_format": shows_working(gen.text),
+        "first_token_entropy": gen.first_token_entropy,
     }
 
 
@@ -309,15 +325,21 @@ def evaluate(
     locked_format: PromptFormat | str | None = None,
     unlocked_format: PromptFormat | str | None = None,
     decoding: Decoding = Decoding(),  # noqa: B008 - frozen dataclass
+    vllm: Any = None,
     progress: bool = False,
 ) -> EvalResults:
     """Generate and score every requested condition on ``problems``; one row per output.
 
     ``locked_format`` defaults to the pack's target format (else the model's default direct
     format, chat if it has a template); ``unlocked_format`` to its CoT counterpart.
-    ``alphas`` defaults to ``[pack.alpha]``.
+    ``alphas`` defaults to ``[pack.alpha]``. ``vllm``: a ``VLLMSteeredGenerator`` of the same
+    weights, used when ``decoding.engine == "vllm"`` (``model`` still encodes the prompts and
+    extracts the native key).
     """
     conds = parse_conditions(conditions)
+    if (decoding.engine == "vllm") != (vllm is not None):
+        raise UnlockLensError("Decoding(engine='vllm') and vllm=VLLMSteeredGenerator(...) go together: "
+                              "pass both or neither")
     _check_problems(problems)
     _check_requests(conds, pack, key_questions, problems)
     if pack is not None:
@@ -340,9 +362,18 @@ def evaluate(
     runs = _plan(conds, locked_prompts, unlocked_prompts, alpha_list, seed_list, pack, native)
     rows: list[dict[str, Any]] = []
     for run in runs:
-        gens = generate(model, run.prompts, steering=run.steering,
-                        max_new_tokens=decoding.max_new_tokens, stop_strings=decoding.stop_strings,
-                        batch_size=decoding.batch_size, progress=run.label if progress else False)
+        if vllm is not None:
+            from unlock_lens.backends.vllm import generate_on_vllm
+
+            gens = generate_on_vllm(vllm, model, run.prompts, steering=run.steering,
+                                    max_new_tokens=decoding.max_new_tokens,
+                                    stop_strings=decoding.stop_strings)
+        else:
+            gens = generate(model, run.prompts, steering=run.steering,
+                            max_new_tokens=decoding.max_new_tokens,
+                            stop_strings=decoding.stop_strings, batch_size=decoding.batch_size,
+                            stop_loops=decoding.stop_loops, engine=decoding.engine,
+                            progress=run.label if progress else False)
         rows.extend(_row(p, run, g) for p, g in zip(problems, gens, strict=True))
     meta = _metadata(
         model, problems, pack, conditions=list(conds), alphas=alpha_list, seeds=seed_list,
@@ -385,6 +416,7 @@ def select_alpha(
     save_to: str | Path | None = None,
     locked_format: PromptFormat | str | None = None,
     decoding: Decoding = Decoding(),  # noqa: B008 - frozen dataclass
+    vllm: Any = None,
     progress: bool = False,
 ) -> AlphaSelection:
     """Pick the steering alpha by steered accuracy on ``dev_problems`` (never the eval split).
@@ -398,7 +430,7 @@ def select_alpha(
         check_disjoint(dev_problems, eval_problems, "dev and eval")
     alpha_list = _check_alphas(alphas)
     results = evaluate(model, dev_problems, conditions=("steered",), pack=pack, alphas=alpha_list,
-                       locked_format=locked_format, decoding=decoding, progress=progress)
+                       locked_format=locked_format, decoding=decoding, vllm=vllm, progress=progress)
     correct: dict[float, list[bool]] = {a: [] for a in alpha_list}
     for row in results.rows:
         correct[row["alpha"]].append(bool(row["correct"]))
