@@ -62,7 +62,7 @@ from unlock_lens.diagnostics.similarity import key_cosines
 from unlock_lens.evaluate import load_dataset, markdown_table, split_problems
 from unlock_lens.evaluate.datasets import Problem, question_fingerprint
 from unlock_lens.evaluate.results import EvalResults, summarize
-from unlock_lens.evaluate.runner import Decoding, check_disjoint, evaluate
+from unlock_lens.evaluate.runner import Decoding, check_disjoint, evaluate, pack_hash
 from unlock_lens.masterkey import extract_masterkey
 from unlock_lens.model_info import ModelInfo
 from unlock_lens.models import load_model
@@ -141,9 +141,14 @@ def _hash(texts: list[str]) -> str:
 # ---- selection on dev (first-token proxy) --------------------------------------------------
 
 
-def contrast_inclusive(setup: AblationSetup, source: Variant, target: Variant,
-                       s_unlocked: Variant, t_unlocked: Variant, questions: list[str],
-                       batch_size: int) -> AblationSetup:
+def sweep_alpha(alphas: list[float]) -> float:
+    """The alpha the method x rank grid runs at: the lower middle of the grid (0.1 of the paper's)."""
+    ordered = sorted(alphas)
+    return ordered[max(len(ordered) // 2 - 1, 0)]
+
+
+def contrast_inclusive(setup: AblationSetup, s_unlocked: Variant, t_unlocked: Variant,
+                       questions: list[str], batch_size: int) -> AblationSetup:
     """The same setup, maps fitted on the locked *and* the unlocked prompts (2n pairs)."""
     H_s = capture(s_unlocked.model, s_unlocked.prompts(questions), setup.source_layers,
                   hook=setup.key.hook, batch_size=batch_size)
@@ -208,7 +213,7 @@ def evaluate_set(args: argparse.Namespace, out: Path, name: str, target: Any,
                         stop_loops=True, engine=args.engine)
     # the engine is left out: all give the same greedy tokens (tests/test_generation.py)
     settings = {k: v for k, v in decoding.to_dict().items() if k != "engine"}
-    base = {"pack": pack.alignment["pack_digest"], "decoding": settings,
+    base = {"pack": pack_hash(pack), "decoding": settings,
             "problems": [p.id for p in problems]}
     common = {"pack": pack, "decoding": decoding, "progress": True}
     parts = [
@@ -251,9 +256,9 @@ def run_direction(args: argparse.Namespace, argv: list[str] | None) -> None:
     dev_q = [p.question for name in qs["dev"] for p in qs["dev"][name]]
     setup = prepare_ablation(key, s_locked, t_locked, qs["align"], dev_q,
                              unlocked_format=t_unlocked.format, batch_size=args.batch_size)
-    alphas, mid = _floats(args.alphas), sorted(_floats(args.alphas))[len(_floats(args.alphas)) // 2 - 1]
-    grid = rank_sweep(setup, ranks=_ints(args.ranks), methods=args.methods.split(","), alpha=mid,
-                      seeds=())
+    alphas = _floats(args.alphas)
+    grid = rank_sweep(setup, ranks=_ints(args.ranks), methods=args.methods.split(","),
+                      alpha=sweep_alpha(alphas), seeds=())
     best = pick(grid)
     method, rank = str(best["method"]), int(best["rank"])
     setup.method, setup.rank = method, rank
@@ -269,8 +274,7 @@ def run_direction(args: argparse.Namespace, argv: list[str] | None) -> None:
     native_alpha = float(pick(native_alpha_tab.assign(condition="key"))["alpha"])
     randoms = pd.concat([direction_scores(setup, random_like(dirs, s), [alpha], f"random seed {s}")
                          for s in _ints(args.seeds)])
-    inclusive = contrast_inclusive(setup, s_locked, t_locked, s_unlocked, t_unlocked, qs["align"],
-                                   args.batch_size)
+    inclusive = contrast_inclusive(setup, s_unlocked, t_unlocked, qs["align"], args.batch_size)
     inc = direction_scores(inclusive, inclusive.directions(method, rank), [alpha],
                            "contrast-inclusive fit")
     direct_kl, _ = setup.score(setup.direct_logits)
@@ -292,9 +296,6 @@ def run_direction(args: argparse.Namespace, argv: list[str] | None) -> None:
                    "target_prompt_hash": prompt_set_hash(t_locked.prompts(qs["align"])),
                    "source_format": s_locked.format.to_dict(),
                    "selection": "min dev first-token KL to the CoT prompt"})
-    pack.alignment["pack_digest"] = hashlib.sha256(
-        torch.cat([d.flatten() for _, d in sorted(pack.target_directions().items())]).numpy().tobytes()
-    ).hexdigest()[:16]
     pack.save(out / "pack.safetensors")
 
     summaries = {}
@@ -355,7 +356,7 @@ def section(args: argparse.Namespace, run: dict[str, Any], selection: pd.DataFra
         + ".\n",
         "### Selection on dev (first-token KL to the CoT prompt; lower is closer)\n",
         f"Unsteered (direct) dev KL: {run['dev_direct_kl']:.3f}. Method × rank at α = "
-        f"{sorted(_floats(args.alphas))[len(_floats(args.alphas)) // 2 - 1]:g}:\n",
+        f"{sweep_alpha(_floats(args.alphas)):g}:\n",
         markdown_table(pivot) + "\n",
         f"Chosen: **{sel['method']} k={sel['rank']}**; alpha sweep at that map:\n",
         _fmt(alpha_rows, ["alpha", "kl_mean", "kl_sem", "logp_mean"]) + "\n",
