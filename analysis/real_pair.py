@@ -18,8 +18,8 @@ One run (all method logic is library calls; this script wires them and writes fi
    middle alpha, then alpha at the best (method, rank); the native key's alpha likewise.
    Dev accuracy is not the criterion: these models sit near 0% on the dev problems.
 4. **Evaluation** on ``--n-eval`` problems per set: direct, cot-prompt, steered, native-key,
-   and random directions (same per-layer norms as the steered key) with 3 seeds, seed ``s``
-   on every third problem (3 seeds at the cost of one condition; pooled over all problems).
+   and random directions (same per-layer norms as the steered key): the i-th of ``--seeds``
+   on every n-th problem (3 seeds at the cost of one condition; pooled over all problems).
    Greedy, ``--max-new-tokens``, stop strings, loops stopped (``Decoding.stop_loops``).
 
 Files in ``--out/<source>_to_<target>/``: ``run.json`` (args, hashes, wall time, machine),
@@ -158,10 +158,16 @@ def contrast_inclusive(setup: AblationSetup, s_unlocked: Variant, t_unlocked: Va
                                H_tgt=torch.cat([setup.H_tgt, H_t]))
 
 
-def pick(frame: pd.DataFrame) -> pd.Series:
-    """The key row with the lowest dev KL (ties: first listed)."""
-    keys = frame[frame.condition == "key"]
-    return keys.loc[keys["kl_mean"].idxmin()]
+def pick(frame: pd.DataFrame, condition: str = "key") -> pd.Series:
+    """The ``condition`` row with the lowest dev KL (ties: first listed)."""
+    rows = frame[frame.condition == condition]
+    return rows.loc[rows["kl_mean"].idxmin()]
+
+
+def proxy_row(label: str, alpha: float, kl: torch.Tensor, logp: torch.Tensor) -> dict[str, Any]:
+    """One row of a dev proxy table: mean KL with its standard error, mean log-mass."""
+    return {"condition": label, "alpha": alpha, "kl_mean": float(kl.mean()),
+            "kl_sem": float(kl.std() / len(kl) ** 0.5), "logp_mean": float(logp.mean())}
 
 
 def last_block_mean_shift(setup: AblationSetup, native: Any) -> pd.DataFrame:
@@ -174,19 +180,15 @@ def last_block_mean_shift(setup: AblationSetup, native: Any) -> pd.DataFrame:
     steering = Steering({last: native.directions[native.layers.index(last)]}, 1.0, "raw")
     kl, logp = setup.score(final_logits(setup.target, setup.direct_prompts,
                                         batch_size=setup.batch_size, steering=steering))
-    return pd.DataFrame([{"condition": f"native mean shift, last block {last} (raw, α=1)",
-                          "alpha": 1.0, "kl_mean": float(kl.mean()),
-                          "kl_sem": float(kl.std() / len(kl) ** 0.5), "logp_mean": float(logp.mean())}])
+    return pd.DataFrame([proxy_row(f"native mean shift, last block {last} (raw, α=1)", 1.0, kl, logp)])
 
 
 def direction_scores(setup: AblationSetup, directions: dict[int, torch.Tensor],
                      alphas: list[float], label: str) -> pd.DataFrame:
-    rows = []
-    for a in alphas:
-        kl, logp = setup.score(setup.steered_logits(directions, setup.target_layers, a))
-        rows.append({"condition": label, "alpha": a, "kl_mean": float(kl.mean()),
-                     "kl_sem": float(kl.std() / len(kl) ** 0.5), "logp_mean": float(logp.mean())})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([
+        proxy_row(label, a, *setup.score(setup.steered_logits(directions, setup.target_layers, a)))
+        for a in alphas
+    ])
 
 
 # ---- evaluation ---------------------------------------------------------------------------
@@ -222,8 +224,9 @@ def evaluate_set(args: argparse.Namespace, out: Path, name: str, target: Any,
         ("native", lambda: evaluate(target, problems, conditions=("native-key",),
                                     alphas=[native_alpha], key_questions=key_q, **common)),
     ]
-    for s in _ints(args.seeds):
-        share = problems[s % 3 :: 3] if len(_ints(args.seeds)) == 3 else problems
+    seeds = _ints(args.seeds)
+    for i, s in enumerate(seeds):  # seed i of n on every n-th problem
+        share = problems[i :: len(seeds)]
         parts.append((f"random{s}", lambda share=share, s=s: evaluate(
             target, share, conditions=("random",), alphas=[pack.alpha], seeds=[s], **common)))
     rows: list[dict[str, Any]] = []
@@ -271,7 +274,7 @@ def run_direction(args: argparse.Namespace, argv: list[str] | None) -> None:
     dirs = setup.directions()
     native_dirs = {layer: native.directions[j] for j, layer in enumerate(native.layers)}
     native_alpha_tab = direction_scores(setup, native_dirs, alphas, "native-key")
-    native_alpha = float(pick(native_alpha_tab.assign(condition="key"))["alpha"])
+    native_alpha = float(pick(native_alpha_tab, "native-key")["alpha"])
     randoms = pd.concat([direction_scores(setup, random_like(dirs, s), [alpha], f"random seed {s}")
                          for s in _ints(args.seeds)])
     inclusive = contrast_inclusive(setup, s_unlocked, t_unlocked, qs["align"], args.batch_size)

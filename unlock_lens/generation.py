@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria
 
 from unlock_lens.activations import encode, model_device, plan_batches
+from unlock_lens.diagnostics.distribution_shift import entropy
 from unlock_lens.errors import UnlockLensError
 
 
@@ -34,11 +35,6 @@ class Generation:
     first_token_entropy: float = float("nan")
 
 
-def _entropy(scores: Float[Tensor, "batch vocab"]) -> list[float]:
-    logp = torch.log_softmax(scores.float(), -1)
-    return (-(logp.exp() * logp).sum(-1)).tolist()
-
-
 class _FirstStepEntropy(StoppingCriteria):
     """Bridge engine: records the entropy of the first step's logits; never stops a row."""
 
@@ -48,7 +44,7 @@ class _FirstStepEntropy(StoppingCriteria):
     def __call__(self, input_ids: Int[Tensor, "batch pos"], scores: Float[Tensor, "batch vocab"],
                  **kwargs: Any) -> Any:
         if self.values is None:
-            self.values = _entropy(scores)
+            self.values = entropy(scores).tolist()
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
@@ -60,7 +56,7 @@ class _FirstStepEntropyProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: Int[Tensor, "batch pos"], scores: Float[Tensor, "batch vocab"]) -> Tensor:
         if self.values is None:
-            self.values = _entropy(scores)
+            self.values = entropy(scores).tolist()
         return scores
 
 

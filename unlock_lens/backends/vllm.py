@@ -381,21 +381,18 @@ def generate_on_vllm(
     steering: Any = None,
     max_new_tokens: int = 128,
     stop_strings: Sequence[str] = (),
-    stop_loops: bool = False,
 ) -> list[Any]:
     """``generation.generate`` on a :class:`VLLMSteeredGenerator` (or anything with its
     ``generate(prompt_token_ids, steering=, max_new_tokens=, stop_strings=)``).
 
     ``model`` (the torch bridge of the same weights) supplies the tokenizer and the prompt
     encoding, so vLLM sees exactly the torch path's token ids. ``first_token_entropy`` is NaN:
-    vLLM returns top-k logprobs, not the full distribution.
+    vLLM returns top-k logprobs, not the full distribution. There is no loop stop on vLLM
+    (``Decoding`` refuses ``stop_loops`` with the vllm engine).
     """
     from unlock_lens.activations import encode
     from unlock_lens.generation import finish
 
-    if stop_loops:
-        raise UnlockLensError("stop_loops is a torch-path stopping criterion; vLLM cannot stop a "
-                              "row on it: pass stop_loops=False with the vllm engine")
     if steering is not None and steering.target is not None:
         steering.target.check(model, "this Steering", strict_id=True)
     ids, mask = encode(model, prompts)

@@ -61,8 +61,8 @@ class Decoding:
     ``stop_loops``: end an output once it repeats itself (``generation.LoopStop``); off by
     default, as in the paper. With it, ``n_tokens`` counts up to the detected loop.
     ``engine``: ``"auto"``, ``"bridge"`` or ``"hf"`` (see ``generation.generate``; the same
-    greedy tokens), or
-    ``"vllm"`` (``backends.vllm.generate_on_vllm``; pass ``vllm=`` to ``evaluate``).
+    greedy tokens), or ``"vllm"`` (``backends.vllm.generate_on_vllm``; pass ``vllm=`` to
+    ``evaluate``).
     """
 
     max_new_tokens: int = 512
