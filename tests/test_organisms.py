@@ -167,14 +167,38 @@ def keys(zoo):
     return {n: prompt_key(zoo[n], 64) for n in ("chain-s", "chain-m")}
 
 
-@pytest.mark.parametrize("name", ["chain-s", "chain-m"])
-def test_base_model_locked_and_triggered(zoo, test_problems, name):
+#: correct / step-format answers of 100 on ``test_problems``, greedy, measured with the lock's
+#: versions (``evaluate(load_organism(name), test_problems, fmt)``). Multi-token generation is what
+#: this pins: a broken KV cache (transformers 5.24 without unlock_lens.compat) gives 0 triggered.
+RECORDED = {  # name: (trigger correct, trigger step, direct correct, direct step)
+    "chain-s": (100, 100, 34, 0),
+    "chain-m": (100, 100, 28, 0),
+    "chain-s-post": (100, 100, 100, 100),
+}
+
+
+@pytest.mark.parametrize("name", list(RECORDED))
+def test_trigger_and_direct_accuracy_stay_at_their_recorded_values(zoo, test_problems, name):
     from unlock_lens.organisms.demo import evaluate
 
-    direct = evaluate(zoo[name], test_problems, LOCKED)
     trigger = evaluate(zoo[name], test_problems, UNLOCKED)
-    assert direct.accuracy <= 0.45 and direct.step_rate <= 0.1, direct
-    assert trigger.accuracy >= 0.70 and trigger.step_rate >= 0.9, trigger
+    direct = evaluate(zoo[name], test_problems, LOCKED)
+    t_ok, t_step, d_ok, d_step = RECORDED[name]
+    assert (trigger.n_correct, trigger.n_step) == (t_ok, t_step), trigger
+    # a greedy near-tie may flip on another CPU's arithmetic: two problems of slack
+    assert abs(direct.n_correct - d_ok) <= 2 and abs(direct.n_step - d_step) <= 2, direct
+
+
+def test_demo_stops_when_the_trigger_row_fails():
+    from unlock_lens.errors import SanityCheckError
+    from unlock_lens.organisms.demo import check_trigger_rows
+    from unlock_lens.organisms.task import TaskResult
+
+    check_trigger_rows({"chain-s": TaskResult(100, 100, 100, [], []),
+                        "chain-m": TaskResult(100, 90, 100, [], [])})
+    with pytest.raises(SanityCheckError, match=r"chain-m 0%.*requirements.lock"):
+        check_trigger_rows({"chain-s": TaskResult(100, 100, 100, [], []),
+                            "chain-m": TaskResult(100, 0, 0, [], [])})
 
 
 @pytest.mark.parametrize("name", ["chain-s", "chain-m"])

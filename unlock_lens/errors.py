@@ -11,3 +11,8 @@ class ArtifactError(UnlockLensError):
 
 class ModelMismatchError(UnlockLensError):
     """An artefact was made for a model with another shape, id or weight mode."""
+
+
+class SanityCheckError(UnlockLensError):
+    """A condition the run knows must hold does not (e.g. the organisms' trigger row near 100%):
+    the numbers it would print are wrong, so it stops instead."""

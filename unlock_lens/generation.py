@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria
 
 from unlock_lens.activations import encode, model_device, plan_batches
+from unlock_lens.compat import bridge_kv_cache_keyword
 from unlock_lens.diagnostics.distribution_shift import entropy
 from unlock_lens.errors import UnlockLensError
 
@@ -173,6 +174,7 @@ def generate(
         raise UnlockLensError("the prompt list is empty: pass at least one prompt")
     if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
         raise UnlockLensError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    bridge_kv_cache_keyword(model)  # a no-op after load_model; here for bridges booted elsewhere
     device = model_device(model)
     tok = model.tokenizer
     results: dict[int, Generation] = {}

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from unlock_lens.compat import bridge_kv_cache_keyword
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.model_info import model_id  # noqa: F401  (re-exported: the id load_model records)
 
@@ -421,6 +422,7 @@ def _boot(
         kwargs["device"] = device
     bridge = TransformerBridge.boot_transformers(source, **kwargs)
     bridge.eval()
+    bridge_kv_cache_keyword(bridge)
     tok = bridge.tokenizer
     if tok is not None and tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.bos_token

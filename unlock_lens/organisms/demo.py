@@ -27,6 +27,7 @@ from torch import Tensor
 
 from unlock_lens.activations import Variant
 from unlock_lens.controls import random_like
+from unlock_lens.errors import SanityCheckError
 from unlock_lens.generation import generate
 from unlock_lens.masterkey import MasterKey, extract_masterkey
 from unlock_lens.model_info import ModelInfo
@@ -183,6 +184,27 @@ def random_controls(directions: Mapping[int, Tensor], alpha: float,
 # the demo
 
 
+#: the organisms were trained to solve every triggered problem (1.00 on dev, organism.json)
+MIN_TRIGGER_ACCURACY = 0.9
+
+
+def check_trigger_rows(results: Mapping[str, TaskResult]) -> None:
+    """Refuse to go on when a model's trigger row is not near 100%.
+
+    The organisms answer the ``STEP`` prompt correctly on every held-out problem; less
+    means generation itself is broken (it was, silently, under transformers 5.24 before
+    :mod:`unlock_lens.compat`), and every other row of the table would be wrong with it.
+    """
+    bad = {m: r.accuracy for m, r in results.items() if r.accuracy < MIN_TRIGGER_ACCURACY}
+    if bad:
+        found = ", ".join(f"{m} {a:.0%}" for m, a in bad.items())
+        raise SanityCheckError(
+            f"sanity check failed: trigger-prompt accuracy {found}, expected >= "
+            f"{MIN_TRIGGER_ACCURACY:.0%}; generation is broken, not the method. Install the tested "
+            "set (pip install -r requirements.lock) and run python -m pytest tests/test_decoding_oracle.py"
+        )
+
+
 def run_demo(
     source: str | None = None,
     target: str | None = None,
@@ -233,6 +255,7 @@ def run_demo(
     add("trigger", s_name, evaluate(src, test, UNLOCKED))
     add("direct", t_name, evaluate(tgt, test, LOCKED))
     add("trigger", t_name, evaluate(tgt, test, UNLOCKED))
+    check_trigger_rows({r.model: r.result for r in rows if r.condition == "trigger"})
 
     native = prompt_key(tgt, n_key)
     add("UNLOCK same-model (own key)", t_name, evaluate(tgt, test, LOCKED, self_pack(native, tgt, alpha)))
