@@ -31,9 +31,8 @@ from typing import Any
 import torch
 
 from unlock_lens.activations import capture
-from unlock_lens.align import fit_alignment
+from unlock_lens.align.layers import AlignSpec, LayerPairing, fit_layer_maps, map_directions
 from unlock_lens.evaluate.stats import wilson_interval
-from unlock_lens.models import depth_match
 from unlock_lens.organisms import LONG_OPS, SHORT_OPS, generate_problems, load_organism
 from unlock_lens.organisms.demo import (
     align_questions,
@@ -224,9 +223,9 @@ def main(argv: list[str] | None = None) -> None:
         random.Random(0).shuffle(shuffled)
         H_s = capture(src, LOCKED.render_all(qs), None)
         H_t = capture(tgt, LOCKED.render_all(shuffled), None)
-        matched = depth_match(int(src.cfg.n_layers), int(tgt.cfg.n_layers))
-        dirs = {t: fit_alignment(H_s[:, matched[t]], H_t[:, t], method="svd", rank=16)
-                .transform(keys[s_name].direction(matched[t])) for t in range(H_t.shape[1])}
+        pairing = LayerPairing.by_depth(int(src.cfg.n_layers), int(tgt.cfg.n_layers))
+        maps = fit_layer_maps(H_s[:, pairing.source_layers], H_t, pairing, AlignSpec("svd", rank=16))
+        dirs = map_directions(keys[s_name], maps)
         out["shuffled-pairs svd-16, trigger-free"] = {
             "test": rec(evaluate(tgt, test, LOCKED, Steering(dirs, alpha=a))),
             "cos": cosine_to_native(dirs, keys[t_name])}

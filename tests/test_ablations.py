@@ -71,9 +71,13 @@ def test_sweeps_reuse_every_cacheable_pass(pair, key, questions, monkeypatch):
             return fn(*args, **kwargs)
         return wrapped
 
-    monkeypatch.setattr(abl, "capture", spy("capture", abl.capture))
+    from unlock_lens import activations
+
+    monkeypatch.setattr(activations, "capture", spy("capture", activations.capture))
     monkeypatch.setattr(abl, "final_logits", spy("final_logits", abl.final_logits))
-    monkeypatch.setattr(abl, "fit_alignment", spy("fit", abl.fit_alignment))
+    from unlock_lens.align import layers
+
+    monkeypatch.setattr(layers, "fit_alignment", spy("fit", layers.fit_alignment))
     n_t = tgt.cfg.n_layers
     per_cell = 1 + len(SEEDS)
     with count_forwards(src) as fs, count_forwards(tgt) as ft:

@@ -1,4 +1,4 @@
-"""Tests for unlock_lens.models: loading, registry resolution, depth matching."""
+"""Tests for unlock_lens.models: loading and registry resolution."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from unlock_lens import models
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.models import (
     MODEL_REGISTRY,
-    depth_match,
     load_model,
     model_id,
     model_shape,
@@ -71,42 +70,6 @@ def test_local_dir_without_config_errors(tmp_path: Path) -> None:
 def test_missing_gguf_file_errors(tmp_path: Path) -> None:
     with pytest.raises(UnlockLensError, match="does not exist"):
         load_model(tmp_path / "nope.gguf")
-
-
-# ---------------------------------------------------------------------------- depth_match
-
-
-@pytest.mark.parametrize(
-    ("n_src", "n_tgt"), [(30, 18), (18, 30), (1, 1), (1, 5), (5, 1), (7, 7), (2, 9), (28, 24)]
-)
-def test_depth_match_properties(n_src: int, n_tgt: int) -> None:
-    m = depth_match(n_src, n_tgt)
-    assert len(m) == n_tgt
-    assert m[0] == 0
-    assert m[-1] == (n_src - 1 if n_tgt > 1 else 0)
-    assert all(a <= b for a, b in zip(m, m[1:], strict=False))
-    assert all(0 <= s < n_src for s in m)
-
-
-def test_depth_match_exact_cases() -> None:
-    assert depth_match(7, 7) == list(range(7))
-    # 29 * t // 17 by hand: t=1 -> 1, t=2 -> 3, t=3 -> 5, t=9 -> 15, t=16 -> 27
-    assert depth_match(30, 18) == [0, 1, 3, 5, 6, 8, 10, 11, 13, 15, 17, 18, 20, 22, 23, 25, 27, 29]
-    # 17 * t // 29: t=2 -> 1, t=15 -> 8, t=17 -> 9 (289 < 290), t=18 -> 10, t=28 -> 16
-    # fmt: off
-    assert depth_match(18, 30) == [
-        0, 0, 1, 1, 2, 2, 3, 4, 4, 5, 5, 6, 7, 7, 8, 8, 9, 9, 10, 11, 11, 12, 12, 13, 14, 14,
-        15, 15, 16, 17,
-    ]
-    # fmt: on
-    assert depth_match(3, 5) == [0, 0, 1, 1, 2]
-    assert depth_match(4, 1) == [0]
-
-
-@pytest.mark.parametrize(("n_src", "n_tgt"), [(0, 3), (3, 0), (-1, 2), (2.0, 3), (True, 3)])
-def test_depth_match_bad_input(n_src: object, n_tgt: object) -> None:
-    with pytest.raises(UnlockLensError, match=">= 1"):
-        depth_match(n_src, n_tgt)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------- offline errors

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from unlock_lens.activations import final_logits
+from unlock_lens.align.layers import depth_match
 from unlock_lens.errors import ArtifactError, ModelMismatchError, UnlockLensError
-from unlock_lens.models import depth_match
 from unlock_lens.unlock import CapabilityPack, Unlock
 
 KEY_Q = [

@@ -11,7 +11,7 @@ from typing import Any
 _EXPORTS = {
     "load_model": "unlock_lens.models",
     "load_gguf": "unlock_lens.models",
-    "depth_match": "unlock_lens.models",
+    "depth_match": "unlock_lens.align.layers",
     "PromptFormat": "unlock_lens.prompts",
     "get_format": "unlock_lens.prompts",
     "Variant": "unlock_lens.activations",

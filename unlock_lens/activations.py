@@ -283,6 +283,28 @@ def capture(
     return out
 
 
+def capture_pair(
+    source: Variant,
+    target: Variant,
+    questions: Sequence[str],
+    source_layers: Sequence[int],
+    target_layers: Sequence[int],
+    *,
+    hook: HookKind = "resid_post",
+    batch_size: int = 16,
+    progress: bool = False,
+) -> tuple[Float[Tensor, "n n_src_layers d_src"], Float[Tensor, "n n_tgt_layers d_tgt"]]:
+    """The same questions through both sides, each in its own format and tokenizer: the
+    paired captures an alignment is fitted on (row i of both = question i)."""
+    if len(questions) < 2:
+        raise UnlockLensError("alignment needs at least 2 shared questions (the paper uses hundreds)")
+    H_s = capture(source.model, source.prompts(questions), source_layers, hook=hook,
+                  batch_size=batch_size, progress="capture source" if progress else False)
+    H_t = capture(target.model, target.prompts(questions), target_layers, hook=hook,
+                  batch_size=batch_size, progress="capture target" if progress else False)
+    return H_s, H_t
+
+
 def final_logits(
     model: Any,
     prompts: Sequence[str],

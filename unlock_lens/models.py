@@ -45,7 +45,6 @@ __all__ = [
     "MODEL_REGISTRY",
     "RegistryEntry",
     "cache_root",
-    "depth_match",
     "load_gguf",
     "load_model",
     "model_id",
@@ -167,25 +166,6 @@ def _module_dir(module: str) -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations)))
-
-
-def depth_match(n_src: int, n_tgt: int) -> list[int]:
-    """Source layer paired with each target layer by relative depth (UNLOCK authors' rule).
-
-    Target layer ``t`` maps to ``min(floor((n_src - 1) * t / (n_tgt - 1)), n_src - 1)``; a
-    one-layer target maps to ``[0]``. First maps to first, last to last, monotone.
-
-    >>> depth_match(30, 18)[:6], depth_match(30, 18)[-1]
-    ([0, 1, 3, 5, 6, 8], 29)
-    >>> depth_match(3, 5)
-    [0, 0, 1, 1, 2]
-    """
-    for label, value in (("n_src", n_src), ("n_tgt", n_tgt)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UnlockLensError(f"depth_match: {label} must be an int >= 1, got {value!r}")
-    if n_tgt == 1:
-        return [0]
-    return [min((n_src - 1) * t // (n_tgt - 1), n_src - 1) for t in range(n_tgt)]
 
 
 def model_shape(bridge: TransformerBridge) -> tuple[int, int]:

@@ -15,18 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from unlock_lens.activations import Variant, capture, check_layers, hook_name
-from unlock_lens.align import LayerMap, fit_alignment
+from unlock_lens.activations import Variant, capture_pair, check_layers, hook_name
+from unlock_lens.align import LayerMap
+from unlock_lens.align.layers import AlignSpec, LayerPairing, fit_layer_maps, map_directions
 from unlock_lens.artifacts import library_version, load_artifact, save_artifact
 from unlock_lens.errors import ArtifactError, UnlockLensError
 from unlock_lens.generation import Generation, generate
 from unlock_lens.masterkey import Aggregator, MasterKey, extract_masterkey
 from unlock_lens.model_info import ModelInfo
-from unlock_lens.models import depth_match
 from unlock_lens.prompts import PromptFormat, default_formats, get_format, prompt_set_hash
 from unlock_lens.steer import Normalisation, Positions, Steering
 
@@ -53,33 +52,13 @@ def align_key(
     centred for a PCA key.
     """
     key.check_model(source.model)
-    if len(questions) < 2:
-        raise UnlockLensError("alignment needs at least 2 shared questions (the paper uses hundreds)")
-    centered = key.aggregator == "pca" if centered is None else centered
-    n_tgt = int(target.model.cfg.n_layers)
+    spec = AlignSpec(method, rank, centered, holdout, fit_kwargs).for_key(key)
     t_layers = check_layers(target.model, target_layers)
-    matched = depth_match(key.source.n_layers, n_tgt)
-    s_layers = sorted({matched[t] for t in t_layers})
-    missing = [s for s in s_layers if s not in key.layers]
-    if missing:
-        raise UnlockLensError(
-            f"target layers need source layers {missing}, which the key does not cover "
-            f"(it has {key.layers}); extract the key at all layers"
-        )
-    H_s = capture(source.model, source.prompts(questions), s_layers, hook=key.hook,
-                  batch_size=batch_size, progress="capture source" if progress else False)
-    H_t = capture(target.model, target.prompts(questions), t_layers, hook=key.hook,
-                  batch_size=batch_size, progress="capture target" if progress else False)
-    maps: dict[int, LayerMap] = {}
-    for j, t in enumerate(t_layers):
-        s = matched[t]
-        layer_map = fit_alignment(
-            H_s[:, s_layers.index(s)], H_t[:, j], method=method, rank=rank, centered=centered,
-            holdout=holdout, **fit_kwargs,
-        )
-        layer_map.source_layer, layer_map.target_layer = s, t
-        maps[t] = layer_map
-    return maps
+    pairing = LayerPairing.by_depth(key.source.n_layers, int(target.model.cfg.n_layers), t_layers)
+    pairing.require_source(key.layers)
+    H_s, H_t = capture_pair(source, target, questions, pairing.source_layers, pairing.target_layers,
+                            hook=key.hook, batch_size=batch_size, progress=progress)
+    return fit_layer_maps(H_s, H_t, pairing, spec)
 
 
 def build_pack(
@@ -100,8 +79,8 @@ def build_pack(
     **fit_kwargs: Any,
 ) -> CapabilityPack:
     """``align_key`` + a CapabilityPack that records how the maps were fitted."""
-    centered = key.aggregator == "pca" if centered is None else centered
-    maps = align_key(key, source, target, questions, method=method, rank=rank, centered=centered,
+    spec = AlignSpec(method, rank, centered, holdout, fit_kwargs).for_key(key)
+    maps = align_key(key, source, target, questions, method=method, rank=rank, centered=spec.centered,
                      holdout=holdout, batch_size=batch_size, progress=progress, **fit_kwargs)
     return CapabilityPack(
         key=key,
@@ -112,16 +91,12 @@ def build_pack(
         positions=positions,
         target_format=target.format.to_dict(),
         alignment={
-            "method": method,
-            "rank": rank,
-            "centered": centered,
-            "holdout": holdout,
+            **spec.record(),
             "n_prompts": len(questions),
             "prompt_hash": prompt_set_hash(source.prompts(questions)),
             "target_prompt_hash": prompt_set_hash(target.prompts(questions)),
             "source_format": source.format.to_dict(),
             "hook_names": {str(t): hook_name(t, key.hook) for t in sorted(maps)},
-            "fit_kwargs": {k: v for k, v in fit_kwargs.items() if isinstance(v, int | float | str | bool)},
         },
     )
 
@@ -142,16 +117,7 @@ class CapabilityPack:
 
     def target_directions(self) -> dict[int, Float[Tensor, " d_tgt"]]:
         """r^(t) = m^(s(t)) W_t for every mapped target layer."""
-        out = {}
-        for t, layer_map in sorted(self.maps.items()):
-            r = layer_map.transform(self.key.direction(layer_map.source_layer).float())
-            if not torch.isfinite(r).all() or float(r.norm()) == 0.0:
-                raise UnlockLensError(
-                    f"the key maps to a zero or non-finite direction at target layer {t}: the "
-                    "alignment subspace misses the key; try a larger rank"
-                )
-            out[t] = r
-        return out
+        return map_directions(self.key, self.maps)
 
     def steering(
         self,

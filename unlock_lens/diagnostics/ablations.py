@@ -38,14 +38,14 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from unlock_lens.activations import Variant, capture, check_layers, final_logits
-from unlock_lens.align import ALIGNMENT_METHODS, LayerMap, fit_alignment
+from unlock_lens.activations import Variant, capture_pair, check_layers, final_logits
+from unlock_lens.align import ALIGNMENT_METHODS, LayerMap
 from unlock_lens.align.base import _RANK_FREE
+from unlock_lens.align.layers import AlignSpec, LayerPairing, fit_layer_maps, map_directions
 from unlock_lens.controls import random_like
 from unlock_lens.diagnostics.distribution_shift import kl_divergence
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.masterkey import MasterKey
-from unlock_lens.models import depth_match
 from unlock_lens.prompts import COT, PromptFormat
 from unlock_lens.steer import Normalisation, Positions, Steering
 
@@ -96,8 +96,9 @@ def _score_row(condition: str, kl: Tensor, logp: Tensor, n_questions: int, n_see
 class AblationSetup:
     """What every sweep cell reuses; build it with :func:`prepare_ablation` (or from tensors).
 
-    ``H_src[:, j]`` holds source layer ``source_layers[j]``, ``H_tgt[:, j]`` target layer
-    ``target_layers[j]``; ``matched[t]`` is the source layer read by target layer ``t``.
+    ``H_src[:, j]`` holds source layer ``pairing.source_layers[j]``, ``H_tgt[:, j]`` target
+    layer ``pairing.target_layers[j]``; ``matched[t]`` is the source layer read by target
+    layer ``t``.
     ``ref_logits`` / ``direct_logits``: the target's next-token logits after the CoT /
     direct prompt of each evaluation question; ``direct_prompts`` are what gets steered.
     Fitted maps are memoised per (method, rank) on this object.
@@ -107,9 +108,7 @@ class AblationSetup:
     target: Any
     H_src: Float[Tensor, "n_align Ls d_s"]
     H_tgt: Float[Tensor, "n_align Lt d_t"]
-    source_layers: list[int]
-    target_layers: list[int]
-    matched: dict[int, int]
+    pairing: LayerPairing
     direct_prompts: list[str]
     ref_logits: Float[Tensor, "n vocab"]
     direct_logits: Float[Tensor, "n vocab"]
@@ -130,6 +129,18 @@ class AblationSetup:
         self.tokens = unlocked_tokens(self.ref_logits, self.top_m)
 
     @property
+    def source_layers(self) -> list[int]:
+        return self.pairing.source_layers
+
+    @property
+    def target_layers(self) -> list[int]:
+        return self.pairing.target_layers
+
+    @property
+    def matched(self) -> dict[int, int]:
+        return dict(self.pairing.source_of)
+
+    @property
     def rank_limit(self) -> int:
         """Largest rank the rank-k methods accept: min(n_train, d_s, d_t)."""
         n = self.H_src.shape[0]
@@ -144,30 +155,13 @@ class AblationSetup:
             raise UnlockLensError(f"unknown alignment method {method!r}; known: {sorted(ALIGNMENT_METHODS)}")
         cache_key = (method, None if method in _RANK_FREE else rank)
         if cache_key not in self._maps:
-            maps = {}
-            for j, t in enumerate(self.target_layers):
-                s = self.matched[t]
-                maps[t] = fit_alignment(
-                    self.H_src[:, self.source_layers.index(s)], self.H_tgt[:, j], method=method,
-                    rank=rank, centered=self.centered, holdout=self.holdout,
-                    source_layer=s, target_layer=t,
-                )
-            self._maps[cache_key] = maps
+            spec = AlignSpec(method, rank, self.centered, self.holdout)
+            self._maps[cache_key] = fit_layer_maps(self.H_src, self.H_tgt, self.pairing, spec)
         return self._maps[cache_key]
 
     def directions(self, method: str | None = None, rank: int | None = None) -> dict[int, Tensor]:
         """The key in the target's space, r^(t) = m^(s(t)) W_t, per target layer."""
-        out = {}
-        for t, layer_map in self.maps(method, rank).items():
-            r = layer_map.transform(self.key.direction(layer_map.source_layer).float())
-            if not torch.isfinite(r).all() or float(r.norm()) == 0.0:
-                raise UnlockLensError(
-                    f"the key maps to a zero or non-finite direction at target layer {t} "
-                    f"(method {method or self.method}, rank {rank or self.rank}): the alignment "
-                    "subspace misses the key; use a larger rank"
-                )
-            out[t] = r
-        return out
+        return map_directions(self.key, self.maps(method, rank))
 
     def steered_logits(
         self, directions: dict[int, Tensor], layers: Sequence[int], alpha: float
@@ -216,31 +210,22 @@ def prepare_ablation(
     hold fixed while varying something else.
     """
     key.check_model(source.model)
-    if len(align_questions) < 2:
-        raise UnlockLensError("alignment needs at least 2 questions")
     if len(eval_questions) == 0:
         raise UnlockLensError("the evaluation question list is empty")
     t_layers = check_layers(target.model, target_layers)
-    matched_all = depth_match(key.source.n_layers, int(target.model.cfg.n_layers))
-    matched = {t: matched_all[t] for t in t_layers}
-    s_layers = sorted(set(matched.values()))
-    missing = [s for s in s_layers if s not in key.layers]
-    if missing:
-        raise UnlockLensError(f"target layers need source layers {missing}, not in the key ({key.layers})")
-    H_src = capture(source.model, source.prompts(align_questions), s_layers, hook=key.hook,
-                    batch_size=batch_size)
-    H_tgt = capture(target.model, target.prompts(align_questions), t_layers, hook=key.hook,
-                    batch_size=batch_size)
+    pairing = LayerPairing.by_depth(key.source.n_layers, int(target.model.cfg.n_layers), t_layers)
+    pairing.require_source(key.layers)
+    H_src, H_tgt = capture_pair(source, target, align_questions, pairing.source_layers,
+                                pairing.target_layers, hook=key.hook, batch_size=batch_size)
     unlocked = unlocked_format or _cot_version(target.format)
     tok = target.model.tokenizer
     direct_prompts = target.prompts(eval_questions)
     ref = final_logits(target.model, unlocked.render_all(eval_questions, tok), batch_size=batch_size)
     direct = final_logits(target.model, direct_prompts, batch_size=batch_size)
     return AblationSetup(
-        key=key, target=target.model, H_src=H_src, H_tgt=H_tgt, source_layers=s_layers,
-        target_layers=t_layers, matched=matched, direct_prompts=direct_prompts, ref_logits=ref,
-        direct_logits=direct, method=method, rank=rank,
-        centered=key.aggregator == "pca" if centered is None else centered, holdout=holdout,
+        key=key, target=target.model, H_src=H_src, H_tgt=H_tgt, pairing=pairing,
+        direct_prompts=direct_prompts, ref_logits=ref, direct_logits=direct, method=method,
+        rank=rank, centered=bool(AlignSpec(centered=centered).for_key(key).centered), holdout=holdout,
         alpha=alpha, normalisation=normalisation, positions=positions, top_m=top_m,
         batch_size=batch_size,
     )

@@ -17,6 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from unlock_lens.activations import final_logits
+from unlock_lens.align.layers import map_directions
 from unlock_lens.controls import random_like
 from unlock_lens.prompts import PromptFormat
 from unlock_lens.steer import Steering
@@ -61,7 +62,7 @@ def mapped_random_like(pack: Any, seed: int) -> dict[int, Tensor]:
     much as the key, the effect comes from the subspace, not from the key.
     """
     src = random_like({layer: pack.key.direction(layer) for layer in pack.key.layers}, seed)
-    return {t: m.transform(src[m.source_layer]) for t, m in sorted(pack.maps.items())}
+    return map_directions(src, pack.maps)
 
 
 def first_token_shift(

@@ -1,0 +1,157 @@
+"""The transfer step on tensors: pair layers by depth, fit one map per pair, map a key.
+
+    pairing = LayerPairing.by_depth(n_src, n_tgt)                  # target layer -> source layer
+    maps = fit_layer_maps(H_src, H_tgt, pairing, AlignSpec("svd", rank=16))
+    directions = map_directions(key, maps)                         # r^(t) = m^(s(t)) W_t
+
+Everything here is a pure function of tensors: captures, cached or altered activations
+(shuffled pairs, other alignment data) all go through the same three calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from unlock_lens.align.base import LayerMap, fit_alignment
+from unlock_lens.errors import UnlockLensError
+
+
+def depth_match(n_src: int, n_tgt: int) -> list[int]:
+    """Source layer paired with each target layer by relative depth (UNLOCK authors' rule).
+
+    Target layer ``t`` maps to ``min(floor((n_src - 1) * t / (n_tgt - 1)), n_src - 1)``; a
+    one-layer target maps to ``[0]``. First maps to first, last to last, monotone.
+
+    >>> depth_match(30, 18)[:6], depth_match(30, 18)[-1]
+    ([0, 1, 3, 5, 6, 8], 29)
+    >>> depth_match(3, 5)
+    [0, 0, 1, 1, 2]
+    """
+    for label, value in (("n_src", n_src), ("n_tgt", n_tgt)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UnlockLensError(f"depth_match: {label} must be an int >= 1, got {value!r}")
+    if n_tgt == 1:
+        return [0]
+    return [min((n_src - 1) * t // (n_tgt - 1), n_src - 1) for t in range(n_tgt)]
+
+
+@dataclass(frozen=True)
+class LayerPairing:
+    """Which source layer each (used) target layer reads: ``source_of[t] = s``."""
+
+    source_of: Mapping[int, int]
+
+    @classmethod
+    def by_depth(cls, n_src: int, n_tgt: int, target_layers: Sequence[int] | None = None) -> LayerPairing:
+        """:func:`depth_match` restricted to ``target_layers`` (default: all)."""
+        matched = depth_match(n_src, n_tgt)
+        layers = range(n_tgt) if target_layers is None else target_layers
+        return cls({int(t): matched[t] for t in sorted(layers)})
+
+    @property
+    def target_layers(self) -> list[int]:
+        return sorted(self.source_of)
+
+    @property
+    def source_layers(self) -> list[int]:
+        """The distinct source layers needed, sorted (the column order ``fit_layer_maps`` expects)."""
+        return sorted(set(self.source_of.values()))
+
+    def require_source(self, available: Sequence[int]) -> None:
+        """Refuse a pairing that needs source layers the key or capture does not cover."""
+        missing = [s for s in self.source_layers if s not in available]
+        if missing:
+            raise UnlockLensError(
+                f"target layers need source layers {missing}, which the key does not cover "
+                f"(it has {list(available)}); extract the key at all layers"
+            )
+
+
+@dataclass(frozen=True)
+class AlignSpec:
+    """How each layer's map is fitted (the arguments of :func:`~unlock_lens.align.fit_alignment`).
+
+    ``centered=None`` means the authors' rule, resolved by :meth:`for_key`: uncentred for a
+    mean-difference key, centred for a PCA key.
+    """
+
+    method: str = "svd"
+    rank: int = 16
+    centered: bool | None = None
+    holdout: float = 0.0
+    fit_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def for_key(self, key: Any) -> AlignSpec:
+        """This spec with ``centered`` resolved for ``key`` (a MasterKey; ``aggregator`` read)."""
+        if self.centered is not None:
+            return self
+        return replace(self, centered=getattr(key, "aggregator", "mean") == "pca")
+
+    def record(self) -> dict[str, Any]:
+        """The JSON-able record a pack keeps of how its maps were fitted."""
+        return {
+            "method": self.method, "rank": self.rank, "centered": bool(self.centered),
+            "holdout": self.holdout,
+            "fit_kwargs": {k: v for k, v in self.fit_kwargs.items() if isinstance(v, int | float | str | bool)},
+        }
+
+
+def fit_layer_maps(
+    H_src: Float[Tensor, "n n_src_layers d_src"],
+    H_tgt: Float[Tensor, "n n_tgt_layers d_tgt"],
+    pairing: LayerPairing,
+    spec: AlignSpec,
+) -> dict[int, LayerMap]:
+    """One LayerMap per target layer of ``pairing``, fitted on paired rows of the captures.
+
+    ``H_src``'s layer axis holds ``pairing.source_layers`` in order, ``H_tgt``'s holds
+    ``pairing.target_layers``; row i of both is the same prompt (or token pair).
+    """
+    s_layers, t_layers = pairing.source_layers, pairing.target_layers
+    if H_src.ndim != 3 or H_tgt.ndim != 3:
+        raise UnlockLensError(
+            f"captures must be [n, layers, d], got {tuple(H_src.shape)} and {tuple(H_tgt.shape)}"
+        )
+    if H_src.shape[1] != len(s_layers) or H_tgt.shape[1] != len(t_layers):
+        raise UnlockLensError(
+            f"captures hold {H_src.shape[1]} source and {H_tgt.shape[1]} target layers, but the "
+            f"pairing needs source layers {s_layers} and target layers {t_layers}: capture those"
+        )
+    centered = bool(spec.centered)
+    maps: dict[int, LayerMap] = {}
+    for j, t in enumerate(t_layers):
+        s = pairing.source_of[t]
+        maps[t] = fit_alignment(
+            H_src[:, s_layers.index(s)], H_tgt[:, j], method=spec.method, rank=spec.rank,
+            centered=centered, holdout=spec.holdout, source_layer=s, target_layer=t,
+            **spec.fit_kwargs,
+        )
+    return maps
+
+
+def map_directions(
+    key: Any, maps: Mapping[int, LayerMap]
+) -> dict[int, Float[Tensor, " d_tgt"]]:
+    """r^(t) = m^(s(t)) W_t for every target layer of ``maps``.
+
+    ``key``: a MasterKey (``key.direction(s)``) or a mapping source layer -> direction.
+    A direction that maps to zero or non-finite values is refused (the map's subspace misses it).
+    """
+    direction = key.direction if hasattr(key, "direction") else key.__getitem__
+    out: dict[int, Tensor] = {}
+    for t, layer_map in sorted(maps.items()):
+        r = layer_map.transform(direction(layer_map.source_layer).float())
+        if not torch.isfinite(r).all() or float(r.norm()) == 0.0:
+            raise UnlockLensError(
+                f"the key maps to a zero or non-finite direction at target layer {t} "
+                f"({layer_map.method}, rank {layer_map.rank}): the alignment subspace misses "
+                "the key; use a larger rank"
+            )
+        out[t] = r
+    return out
