@@ -50,6 +50,7 @@ import torch
 
 from analysis import log
 from unlock_lens.activations import Variant, capture, final_logits
+from unlock_lens.align.layers import AlignSpec
 from unlock_lens.artifacts import atomic_write_bytes
 from unlock_lens.controls import random_like
 from unlock_lens.diagnostics.ablations import (
@@ -62,14 +63,13 @@ from unlock_lens.diagnostics.similarity import key_cosines
 from unlock_lens.evaluate import load_dataset, markdown_table, split_problems
 from unlock_lens.evaluate.datasets import Problem, question_fingerprint
 from unlock_lens.evaluate.results import EvalResults, summarize
-from unlock_lens.evaluate.runner import Decoding, check_disjoint, evaluate, pack_hash
+from unlock_lens.evaluate.runner import Decoding, check_disjoint, evaluate
 from unlock_lens.masterkey import extract_masterkey
-from unlock_lens.model_info import ModelInfo
 from unlock_lens.models import load_model
+from unlock_lens.pack import CapabilityPack
 from unlock_lens.plots import rank_sweep_figure, save_figure
-from unlock_lens.prompts import default_formats, prompt_set_hash
+from unlock_lens.prompts import default_formats
 from unlock_lens.steer import Steering
-from unlock_lens.unlock import CapabilityPack
 
 GSM8K_PARTS = {"key": 0.4, "align": 0.4, "dev": 0.2}  # as `unlock-lens extract` / `align`
 EVAL_PARTS = {"dev": 0.2, "eval": 0.8}
@@ -215,7 +215,7 @@ def evaluate_set(args: argparse.Namespace, out: Path, name: str, target: Any,
                         stop_loops=True, engine=args.engine)
     # the engine is left out: all give the same greedy tokens (tests/test_generation.py)
     settings = {k: v for k, v in decoding.to_dict().items() if k != "engine"}
-    base = {"pack": pack_hash(pack), "decoding": settings,
+    base = {"pack": pack.content_hash, "decoding": settings,
             "problems": [p.id for p in problems]}
     common = {"pack": pack, "decoding": decoding, "progress": True}
     parts = [
@@ -290,15 +290,10 @@ def run_direction(args: argparse.Namespace, argv: list[str] | None) -> None:
     atomic_write_bytes(out / "key_cosines.csv", cosines.to_csv(index=False).encode())
     log(t0, "controls scored")
 
-    pack = CapabilityPack(
-        key=key, maps=setup.maps(), target=ModelInfo.of(tgt), alpha=alpha,
-        target_format=t_locked.format.to_dict(),
-        alignment={"method": method, "rank": rank, "centered": setup.centered, "holdout": 0.0,
-                   "n_prompts": len(qs["align"]),
-                   "prompt_hash": prompt_set_hash(s_locked.prompts(qs["align"])),
-                   "target_prompt_hash": prompt_set_hash(t_locked.prompts(qs["align"])),
-                   "source_format": s_locked.format.to_dict(),
-                   "selection": "min dev first-token KL to the CoT prompt"})
+    pack = CapabilityPack.from_alignment(
+        key, setup.maps(), source=s_locked, target=t_locked, questions=qs["align"],
+        spec=AlignSpec(method, rank, setup.centered), alpha=alpha,
+        selection="min dev first-token KL to the CoT prompt")
     pack.save(out / "pack.safetensors")
 
     summaries = {}

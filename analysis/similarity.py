@@ -35,8 +35,9 @@ from unlock_lens.diagnostics.similarity import (
 )
 from unlock_lens.evaluate import markdown_table
 from unlock_lens.model_info import ModelInfo
+from unlock_lens.pack import CapabilityPack
 from unlock_lens.plots import cka_heatmap, principal_angles_figure
-from unlock_lens.unlock import CapabilityPack, align_key
+from unlock_lens.unlock import align_key
 
 
 def cka_kind(args) -> str:

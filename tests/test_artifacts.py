@@ -30,7 +30,8 @@ from unlock_lens.artifacts import (
 )
 from unlock_lens.errors import ArtifactError, ModelMismatchError
 from unlock_lens.masterkey import MasterKey, extract_masterkey
-from unlock_lens.unlock import CapabilityPack, Unlock
+from unlock_lens.pack import CapabilityPack
+from unlock_lens.unlock import Unlock
 
 ALIGN_Q = [f"Sara reads {a} pages a day for {b} days. How many pages?" for a, b in
            [(3, 4), (10, 2), (7, 7), (12, 5), (9, 3), (20, 6)]]

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 from unlock_lens.cli import app
 from unlock_lens.evaluate.datasets import default_data_dir
 from unlock_lens.masterkey import MasterKey
-from unlock_lens.unlock import CapabilityPack
+from unlock_lens.pack import CapabilityPack
 
 DATA_DIR = default_data_dir()
 

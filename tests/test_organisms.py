@@ -236,8 +236,8 @@ def test_pack_with_organism_format_reloads_and_steers_the_same(zoo, keys, test_p
     """A saved pack keeps the organisms' prompt format (not the math-word-problem frame)."""
     from unlock_lens.organisms.demo import DEFAULTS, align_questions, transfer
     from unlock_lens.organisms.task import OrganismFormat
+    from unlock_lens.pack import CapabilityPack
     from unlock_lens.prompts import PromptFormat
-    from unlock_lens.unlock import CapabilityPack
 
     src, tgt = zoo[DEFAULTS["source"]], zoo[DEFAULTS["target"]]
     pack = transfer(keys[DEFAULTS["source"]], src, tgt, align_questions("trigger-free", 32),

@@ -20,12 +20,12 @@ from unlock_lens.evaluate.runner import (
     Decoding,
     best_alpha,
     evaluate,
-    pack_hash,
     select_alpha,
     unlocked_counterpart,
 )
+from unlock_lens.pack import CapabilityPack
 from unlock_lens.prompts import COT_TRIGGER, PromptFormat
-from unlock_lens.unlock import CapabilityPack, Unlock
+from unlock_lens.unlock import Unlock
 
 KEY_Q = [
     "Tom has 3 apples and buys 5 more. How many apples does he have?",
@@ -166,7 +166,7 @@ def test_results_round_trip(results, pack, tmp_path):
     assert meta["dataset"] == "toy" and meta["decoding"]["max_new_tokens"] == DECODING.max_new_tokens
     assert meta["library_version"] and meta["seeds"] == list(SEEDS)
     _, pack_meta = load_artifact(pack.save(tmp_path / "pack.safetensors"), "CapabilityPack")
-    assert meta["pack_hash"] == pack_hash(pack) == pack_meta["content_hash"]
+    assert meta["pack_hash"] == pack.content_hash == pack_meta["content_hash"]
 
 
 def test_select_alpha_on_dev_records_and_saves(tiny_models, pack, dev_problems, problems, tmp_path):

@@ -4,7 +4,8 @@ import torch
 from unlock_lens.activations import final_logits
 from unlock_lens.align.layers import depth_match
 from unlock_lens.errors import ArtifactError, ModelMismatchError, UnlockLensError
-from unlock_lens.unlock import CapabilityPack, Unlock
+from unlock_lens.pack import CapabilityPack
+from unlock_lens.unlock import Unlock
 
 KEY_Q = [
     "Tom has 3 apples and buys 5 more. How many apples does he have?",

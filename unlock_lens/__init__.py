@@ -25,7 +25,7 @@ _EXPORTS = {
     "edit_residual": "unlock_lens.steer",
     "generate": "unlock_lens.generation",
     "random_like": "unlock_lens.controls",
-    "CapabilityPack": "unlock_lens.unlock",
+    "CapabilityPack": "unlock_lens.pack",
     "Unlock": "unlock_lens.unlock",
     "align_key": "unlock_lens.unlock",
     "build_pack": "unlock_lens.unlock",

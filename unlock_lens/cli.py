@@ -120,8 +120,8 @@ def steer(
 ) -> None:
     """Print unsteered and steered greedy completions side by side."""
     from unlock_lens.generation import generate
+    from unlock_lens.pack import CapabilityPack
     from unlock_lens.prompts import PromptFormat, get_format
-    from unlock_lens.unlock import CapabilityPack
 
     cp = CapabilityPack.load(pack)
     model = _load(target, device)
@@ -152,8 +152,8 @@ def generate(
     from unlock_lens.artifacts import atomic_write_bytes
     from unlock_lens.evaluate.datasets import load_dataset
     from unlock_lens.generation import generate as run_generate
+    from unlock_lens.pack import CapabilityPack
     from unlock_lens.prompts import get_format
-    from unlock_lens.unlock import CapabilityPack
 
     model = _load(target, device)
     steering = None
@@ -212,7 +212,7 @@ def eval_(
     from unlock_lens.evaluate.datasets import load_dataset
     from unlock_lens.evaluate.results import markdown_table
     from unlock_lens.evaluate.runner import Decoding, evaluate, parse_conditions
-    from unlock_lens.unlock import CapabilityPack
+    from unlock_lens.pack import CapabilityPack
 
     conds = parse_conditions(conditions)
     alpha_list = _floats(alphas, "alphas") if alphas else None

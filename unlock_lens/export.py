@@ -62,7 +62,7 @@ from unlock_lens.artifacts import (
     save_artifact,
 )
 from unlock_lens.errors import ArtifactError, UnlockLensError
-from unlock_lens.unlock import CapabilityPack
+from unlock_lens.pack import CapabilityPack
 
 ExportFormat = Literal["gguf", "vllm", "safetensors"]
 DIRECTIONS_KIND = "SteeringDirections"

@@ -60,7 +60,7 @@ def _resolve_steering(
     if pack is not None and steering is not None:
         raise UnlockLensError("pass either pack= or steering=, not both")
     if pack is not None:
-        from unlock_lens.unlock import CapabilityPack
+        from unlock_lens.pack import CapabilityPack
 
         pack = CapabilityPack.load(pack) if not isinstance(pack, CapabilityPack) else pack
         pack.check_model(bridge)

@@ -1,8 +1,8 @@
-"""The UNLOCK pipeline end to end, and the CapabilityPack it produces.
+"""The UNLOCK pipeline end to end: capture → fit → :class:`~unlock_lens.pack.CapabilityPack`.
 
     key  = extract_masterkey(locked, unlocked, key_questions)           # source space, per layer
     maps = align_key(key, source_locked, target, align_questions)        # one LayerMap per target layer
-    pack = CapabilityPack(key, maps, target=..., alpha=...)              # r^(t) = m^(s(t)) W_t
+    pack = build_pack(key, source_locked, target, align_questions)       # r^(t) = m^(s(t)) W_t
     with pack.steering().applied(target_model): ...
 
 Target layer t reads the key of source layer s(t) = depth_match(L_s, L_t)[t].
@@ -11,23 +11,20 @@ Target layer t reads the key of source layer s(t) = depth_match(L_s, L_t)[t].
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from jaxtyping import Float
-from torch import Tensor
-
-from unlock_lens.activations import Variant, capture_pair, check_layers, hook_name
+from unlock_lens.activations import Variant, capture_pair, check_layers
 from unlock_lens.align import LayerMap
-from unlock_lens.align.layers import AlignSpec, LayerPairing, fit_layer_maps, map_directions
-from unlock_lens.artifacts import library_version, load_artifact, save_artifact
-from unlock_lens.errors import ArtifactError, UnlockLensError
+from unlock_lens.align.layers import AlignSpec, LayerPairing, fit_layer_maps
+from unlock_lens.errors import UnlockLensError
 from unlock_lens.generation import Generation, generate
 from unlock_lens.masterkey import Aggregator, MasterKey, extract_masterkey
-from unlock_lens.model_info import ModelInfo
-from unlock_lens.prompts import PromptFormat, default_formats, get_format, prompt_set_hash
-from unlock_lens.steer import Normalisation, Positions, Steering
+from unlock_lens.pack import CapabilityPack
+from unlock_lens.prompts import PromptFormat, default_formats, get_format
+from unlock_lens.steer import Normalisation, Positions
+
+__all__ = ["CapabilityPack", "Unlock", "align_key", "build_pack"]  # CapabilityPack: from unlock_lens.pack
 
 
 def align_key(
@@ -82,125 +79,10 @@ def build_pack(
     spec = AlignSpec(method, rank, centered, holdout, fit_kwargs).for_key(key)
     maps = align_key(key, source, target, questions, method=method, rank=rank, centered=spec.centered,
                      holdout=holdout, batch_size=batch_size, progress=progress, **fit_kwargs)
-    return CapabilityPack(
-        key=key,
-        maps=maps,
-        target=ModelInfo.of(target.model),
-        alpha=alpha,
-        normalisation=normalisation,
-        positions=positions,
-        target_format=target.format.to_dict(),
-        alignment={
-            **spec.record(),
-            "n_prompts": len(questions),
-            "prompt_hash": prompt_set_hash(source.prompts(questions)),
-            "target_prompt_hash": prompt_set_hash(target.prompts(questions)),
-            "source_format": source.format.to_dict(),
-            "hook_names": {str(t): hook_name(t, key.hook) for t in sorted(maps)},
-        },
+    return CapabilityPack.from_alignment(
+        key, maps, source=source, target=target, questions=questions, spec=spec, alpha=alpha,
+        normalisation=normalisation, positions=positions,
     )
-
-
-@dataclass
-class CapabilityPack:
-    """A MasterKey, its maps into one target model, and the steering settings to use there."""
-
-    key: MasterKey
-    maps: dict[int, LayerMap]
-    target: ModelInfo
-    alpha: float = 0.1
-    normalisation: Normalisation = "rotate"
-    positions: Positions = "last_prompt"
-    target_format: dict[str, Any] | None = None
-    alignment: dict[str, Any] = field(default_factory=dict)
-    library_version: str = field(default_factory=library_version)
-
-    def target_directions(self) -> dict[int, Float[Tensor, " d_tgt"]]:
-        """r^(t) = m^(s(t)) W_t for every mapped target layer."""
-        return map_directions(self.key, self.maps)
-
-    def steering(
-        self,
-        alpha: float | None = None,
-        *,
-        normalisation: Normalisation | None = None,
-        positions: Positions | None = None,
-        layers: Sequence[int] | None = None,
-    ) -> Steering:
-        """A Steering with this pack's directions and (overridable) settings."""
-        return Steering(
-            self.target_directions(),
-            alpha=self.alpha if alpha is None else alpha,
-            normalisation=normalisation or self.normalisation,
-            positions=positions or self.positions,
-            layers=layers,
-            hook=self.key.hook,
-            target=self.target,
-        )
-
-    def check_model(self, model: Any, *, strict_id: bool = True) -> None:
-        """Refuse a target with another model id, hidden size, layer count or weight mode.
-
-        ``strict_id=False`` accepts another id of the same shape (the same weights loaded
-        under another name, e.g. a local copy of a hub model); the shape is still checked.
-        """
-        self.target.check(model, "this CapabilityPack", strict_id=strict_id)
-
-    def applied(self, model: Any, *, strict_id: bool = True, **overrides: Any):
-        """``with pack.applied(target_model): ...`` — checks the model, then steers it."""
-        self.check_model(model, strict_id=strict_id)
-        steering = self.steering(**overrides)
-        if not strict_id:
-            steering.target = None
-        return steering.applied(model)
-
-    def save(self, path: str | Path) -> Path:
-        key_tensors, key_meta = self.key.to_parts()
-        tensors = {f"key.{k}": v for k, v in key_tensors.items()}
-        maps_meta = {}
-        for t, layer_map in self.maps.items():
-            m_tensors, m_meta = layer_map.to_tensors_and_meta()
-            tensors.update({f"map.{t}.{k}": v for k, v in m_tensors.items()})
-            maps_meta[str(t)] = m_meta
-        meta = {
-            "key": key_meta,
-            "maps": maps_meta,
-            "target": self.target.to_dict(),
-            "alpha": self.alpha,
-            "normalisation": self.normalisation,
-            "positions": self.positions,
-            "target_format": self.target_format,
-            "alignment": self.alignment,
-            "created_with": self.library_version,
-        }
-        return save_artifact(path, "CapabilityPack", tensors, meta)
-
-    @classmethod
-    def load(cls, path: str | Path) -> CapabilityPack:
-        tensors, meta = load_artifact(path, "CapabilityPack")
-        try:
-            key = MasterKey.from_parts(
-                {k.removeprefix("key."): v for k, v in tensors.items() if k.startswith("key.")},
-                meta["key"],
-            )
-            maps = {}
-            for t, m_meta in meta["maps"].items():
-                prefix = f"map.{t}."
-                m_tensors = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
-                maps[int(t)] = LayerMap.from_tensors(m_tensors, m_meta)
-            return cls(
-                key=key,
-                maps=maps,
-                target=ModelInfo.from_dict(meta["target"]),
-                alpha=float(meta["alpha"]),
-                normalisation=meta["normalisation"],
-                positions=meta["positions"],
-                target_format=meta.get("target_format"),
-                alignment=dict(meta.get("alignment", {})),
-                library_version=meta.get("created_with", meta.get("library_version", "")),
-            )
-        except KeyError as err:
-            raise ArtifactError(f"{path}: pack lacks the field {err}; re-create it") from None
 
 
 @dataclass

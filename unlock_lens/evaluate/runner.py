@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from unlock_lens.activations import Variant
-from unlock_lens.artifacts import content_hash, library_version
+from unlock_lens.artifacts import library_version
 from unlock_lens.controls import random_like
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.evaluate.answers import REL_TOL, answers_match, extract_answer
@@ -41,7 +41,6 @@ __all__ = [
     "AlphaSelection",
     "Decoding",
     "evaluate",
-    "pack_hash",
     "parse_conditions",
     "select_alpha",
     "unlocked_counterpart",
@@ -102,16 +101,6 @@ def unlocked_counterpart(locked: PromptFormat) -> PromptFormat:
     """The CoT version of a locked format: CoT instruction and trigger, same chat flag and shots."""
     name = locked.name.replace("direct", "cot") if "direct" in locked.name else f"{locked.name}-cot"
     return PromptFormat(name, COT.instruction, COT.answer_prefix, locked.chat, locked.few_shot)
-
-
-def pack_hash(pack: Any) -> str:
-    """sha256 of the pack's tensors, equal to the ``content_hash`` its saved file records."""
-    key_tensors, _ = pack.key.to_parts()
-    tensors = {f"key.{k}": v for k, v in key_tensors.items()}
-    for t, layer_map in pack.maps.items():
-        m_tensors, _ = layer_map.to_tensors_and_meta()
-        tensors.update({f"map.{t}.{k}": v for k, v in m_tensors.items()})
-    return content_hash(tensors)
 
 
 def ids_hash(problems: Sequence[Problem]) -> str:
@@ -292,7 +281,7 @@ def _metadata(model: Any, problems: Sequence[Problem], pack: Any, **fields: Any)
         meta.update(
             source=pack.key.source.to_dict(),
             source_unlocked_id=pack.key.source_unlocked_id,
-            pack_hash=pack_hash(pack),
+            pack_hash=pack.content_hash,
             pack_alpha=pack.alpha,
             normalisation=pack.normalisation,
             positions=pack.positions,

@@ -10,7 +10,7 @@ report with a plotly figure of accuracy by condition (Wilson 95% intervals).
 The helpers (:func:`evaluate`, :func:`align_questions`, :func:`prompt_key`, :func:`transfer`)
 are what ``analysis/organisms.py`` sweeps; they hold no method logic of their own: extraction,
 alignment and steering are :func:`unlock_lens.masterkey.extract_masterkey`,
-:func:`unlock_lens.unlock.align_key` and :class:`unlock_lens.steer.Steering`.
+:func:`unlock_lens.unlock.build_pack` and :class:`unlock_lens.steer.Steering`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from unlock_lens.controls import random_like
 from unlock_lens.errors import SanityCheckError
 from unlock_lens.generation import generate
 from unlock_lens.masterkey import MasterKey, extract_masterkey
-from unlock_lens.model_info import ModelInfo
 from unlock_lens.organisms.task import (
     LABELS,
     LOCKED,
@@ -45,8 +44,9 @@ from unlock_lens.organisms.task import (
     max_new_tokens,
     score_completions,
 )
+from unlock_lens.pack import CapabilityPack
 from unlock_lens.steer import Steering
-from unlock_lens.unlock import CapabilityPack, align_key
+from unlock_lens.unlock import build_pack
 
 #: settings chosen on the dev split by ``analysis/organisms.py`` (see organisms/RESULTS.md)
 DEFAULTS: dict[str, Any] = {
@@ -154,11 +154,8 @@ def transfer(
     **fit_kwargs: Any,
 ) -> CapabilityPack:
     """Fit per-layer maps on ``questions`` (locked format on both sides) and pack the key."""
-    maps = align_key(key, Variant(source, LOCKED), Variant(target, LOCKED), questions,
-                     method=method, rank=rank, batch_size=128, **fit_kwargs)
-    return CapabilityPack(key=key, maps=maps, target=ModelInfo.of(target), alpha=alpha,
-                          target_format=LOCKED.to_dict(),
-                          alignment={"method": method, "rank": rank, "n_prompts": len(questions)})
+    return build_pack(key, Variant(source, LOCKED), Variant(target, LOCKED), questions,
+                      method=method, rank=rank, alpha=alpha, batch_size=128, **fit_kwargs)
 
 
 def self_pack(key: MasterKey, model: Any, alpha: float) -> Steering:
