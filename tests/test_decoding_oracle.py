@@ -41,6 +41,7 @@ STEERINGS = {
     "none": None,
     "rotate-last_prompt": ("rotate", "last_prompt", 0.3, 1.0),
     "raw-all": ("raw", "all", 1.0, 0.05),
+    "clamp-final": ("clamp", "final", None, 1.0),  # alpha: 0.5 x the layer's residual norm
 }
 
 
@@ -50,6 +51,10 @@ STEERINGS = {
 def _oracle_edit(h: torch.Tensor, r: torch.Tensor, alpha: float, normalisation: str) -> torch.Tensor:
     if normalisation == "raw":
         return h + alpha * r
+    if normalisation == "clamp":  # component along r_hat raised to at least alpha
+        r_hat = r / r.norm()
+        c = h @ r_hat
+        return h + (torch.clamp(c, min=alpha) - c).unsqueeze(-1) * r_hat
     assert normalisation == "rotate"
     norm = h.norm(dim=-1, keepdim=True)
     turned = h / norm + alpha * r / r.norm()
@@ -83,6 +88,8 @@ class Oracle:
                 h = h.clone()
                 if positions == "all":
                     h = _oracle_edit(h, r, alpha, normalisation)
+                elif positions == "final":  # the last prompt token and every generated one
+                    h[:, prompt_len - 1 :] = _oracle_edit(h[:, prompt_len - 1 :], r, alpha, normalisation)
                 else:  # the last prompt token, wherever the sequence has grown to
                     h[:, prompt_len - 1] = _oracle_edit(h[:, prompt_len - 1], r, alpha, normalisation)
                 return (h, *output[1:]) if isinstance(output, tuple) else h
@@ -137,10 +144,12 @@ def _directions(model, oracle, spec) -> dict[int, torch.Tensor]:
 
 
 def _case(model, oracle, spec):
+    if spec is not None and spec[2] is None:  # clamp level: half the mean residual norm (one level)
+        spec = (*spec[:2], 0.5 * sum(oracle.residual_norms(PROMPTS[0])) / int(model.cfg.n_layers), spec[3])
     dirs = _directions(model, oracle, spec) if spec is not None else None
     steering = None if spec is None else Steering(dirs, alpha=spec[2], normalisation=spec[0], positions=spec[1])
     expected = [oracle.decode(p, dirs, spec) for p in PROMPTS]
-    return steering, expected
+    return steering, expected, spec
 
 
 # --- the comparisons --------------------------------------------------------------------------
@@ -151,7 +160,7 @@ def _case(model, oracle, spec):
 def test_cached_generation_matches_the_no_cache_oracle(tiny_models, oracles, arch, steer):
     model, oracle = tiny_models[arch], oracles[arch]
     spec = STEERINGS[steer]
-    steering, expected = _case(model, oracle, spec)
+    steering, expected, spec = _case(model, oracle, spec)
     texts = [oracle.tok.decode(ids, skip_special_tokens=True) for ids, _ in expected]
     for engine in ("bridge", "hf"):
         gens = generate(model, PROMPTS, max_new_tokens=NEW_TOKENS, batch_size=4, steering=steering,

@@ -84,7 +84,8 @@ def test_task_run_unsteered_equals_plain_hf_and_steered_differs(tiny_models, hf_
 
 def _oracle(hf, steering: Steering, context_enc: list[int], continuation_enc: list[int]) -> float:
     """Generation semantics: prefill the context (edited per the position rule), then score the
-    continuation through the KV cache (continuation positions edited only for final/all)."""
+    continuation through the KV cache (continuation positions edited only for final/all;
+    final edits the last context token too, as the torch and vLLM engines do)."""
     phase = {"edit": None}
 
     def hook_for(layer):
@@ -103,7 +104,7 @@ def _oracle(hf, steering: Steering, context_enc: list[int], continuation_enc: li
     pos = steering.positions
     try:
         with torch.no_grad():
-            phase["edit"] = {"last_prompt": "last", "prompt": "all", "all": "all", "final": None}[pos]
+            phase["edit"] = {"last_prompt": "last", "prompt": "all", "all": "all", "final": "last"}[pos]
             pre = hf(torch.tensor([context_enc]), use_cache=True)
             logits = [pre.logits[0, -1]]
             if len(continuation_enc) > 1:
@@ -130,8 +131,7 @@ def test_loglikelihood_edits_where_generation_would(tiny_models, hf_llama, posit
     for (context, continuation), value in zip(pairs, got, strict=True):
         ctx_enc, cont_enc = lm._encode_pair(context, continuation)
         assert value == pytest.approx(_oracle(hf_llama, steering, ctx_enc, cont_enc), abs=2e-4)
-        if positions != "final" or len(cont_enc) > 1:  # final edits continuation inputs only
-            assert value != pytest.approx(_oracle(hf_llama, steering.scaled(0.0), ctx_enc, cont_enc), abs=1e-3)
+        assert value != pytest.approx(_oracle(hf_llama, steering.scaled(0.0), ctx_enc, cont_enc), abs=1e-3)
     assert all(math.isfinite(v) for v in got)
 
 

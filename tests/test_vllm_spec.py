@@ -173,7 +173,7 @@ def test_worker_hooks_on_a_fake_runner():
 
     worker, s = Worker(), steering(alpha=0.5, layers=[2])
     plan = plan_steering(s, n_layers=L, d_model=D)
-    assert install_worker_hooks(worker, plan.worker_payload()) == 1
+    assert install_worker_hooks(worker, plan.worker_payload()) == [2]
     x = torch.randn(4, D)
     hidden, res = worker.model_runner.model.model.layers[2](x)
     want = x.clone()

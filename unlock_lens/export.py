@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -62,6 +63,7 @@ from unlock_lens.artifacts import (
     save_artifact,
 )
 from unlock_lens.errors import ArtifactError, UnlockLensError
+from unlock_lens.interventions import get_edit, selects
 from unlock_lens.pack import CapabilityPack
 
 ExportFormat = Literal["gguf", "vllm", "safetensors"]
@@ -150,31 +152,22 @@ def additive_directions(
     ``norms`` (mean residual norm per target layer) is required for ``rotate`` and ``resid``.
     """
     alpha = float(pack.alpha if alpha is None else alpha)
-    directions = pack.target_directions()
-    norm_kind = pack.normalisation
-    if norm_kind not in ("raw", "unit", "resid", "rotate"):
-        raise UnlockLensError(f"unknown normalisation {norm_kind!r}")
+    edit = get_edit(pack.normalisation)
     out: dict[int, Tensor] = {}
-    for t, r in directions.items():
-        r = r.detach().float().cpu()
-        if norm_kind == "raw":
-            out[t] = alpha * r
-            continue
-        r_hat = r / r.norm()
-        if norm_kind == "unit":
-            out[t] = alpha * r_hat
-            continue
-        if norms is None or t not in norms:
-            raise UnlockLensError(
-                f"normalisation {norm_kind!r} scales the step by ||h||, which an additive vector "
-                f"cannot follow; pass norms={{layer: mean ||h||}} covering layer {t} (measure them "
-                "with measure_resid_norms(target_model, prompts, layers)), or export a pack with "
-                "normalisation 'unit'"
-            )
-        scale = float(norms[t])
-        if not np.isfinite(scale) or scale <= 0:
-            raise UnlockLensError(f"norm for layer {t} must be a positive number, got {scale}")
-        out[t] = alpha * scale * r_hat
+    for t, r in pack.target_directions().items():
+        scale = None
+        if edit.norm_scaled:
+            if norms is None or t not in norms:
+                raise UnlockLensError(
+                    f"normalisation {edit.name!r} scales the step by ||h||, which an additive vector "
+                    f"cannot follow; pass norms={{layer: mean ||h||}} covering layer {t} (measure them "
+                    "with measure_resid_norms(target_model, prompts, layers)), or export a pack with "
+                    "normalisation 'unit'"
+                )
+            scale = float(norms[t])
+            if not np.isfinite(scale) or scale <= 0:
+                raise UnlockLensError(f"norm for layer {t} must be a positive number, got {scale}")
+        out[t] = edit.vector(r.detach().cpu(), alpha, scale)
     return out
 
 
@@ -243,7 +236,7 @@ def export_control_vector_gguf(
     meta.update(
         format="llama.cpp control vector",
         applied_positions="all",
-        additive_approximation=pack.normalisation in ("rotate", "resid"),
+        additive_approximation=get_edit(pack.normalisation).norm_scaled,
         norms={str(t): float(norms[t]) for t in sorted(vectors) if norms and t in norms} or None,
         llama_cpp_layers={str(t): llama_cpp_index(t, hook) for t in sorted(vectors)},
         dropped_layers=dropped,
@@ -337,13 +330,12 @@ def vllm_intervention_specs(
     """
     alpha = float(pack.alpha if alpha is None else alpha)
     norm_kind, positions = pack.normalisation, pack.positions
-    if norm_kind not in ("unit", "raw"):
+    if not get_edit(norm_kind).additive:
         raise UnlockLensError(
-            f"normalisation {norm_kind!r} depends on each state's norm (h -> ||h||(h_hat + a r_hat)/"
-            f"||...|| for rotate, h + a ||h|| r_hat for resid); vLLM intervention specs are affine "
-            "with fixed per-hook values (x * scale + bias), so it cannot be expressed exactly. Use "
-            "the torch path (Steering.applied), re-steer with normalisation='unit', or export the "
-            "documented additive approximation as GGUF/safetensors"
+            f"normalisation {norm_kind!r} depends on each state h ({get_edit(norm_kind).doc}); "
+            "vLLM intervention specs are affine with fixed per-hook values (x * scale + bias), so it "
+            "cannot be expressed exactly. Use the torch path (Steering.applied), re-steer with "
+            "normalisation='unit', or export the documented additive approximation as GGUF/safetensors"
         )
     pos: int | list[int] | None = None
     if positions in ("last_prompt", "prompt"):
@@ -354,7 +346,8 @@ def vllm_intervention_specs(
                 "count; batch 1, boot_vllm(enable_position_interventions=True))"
             )
         n = int(prompt_length)
-        pos = n - 1 if positions == "last_prompt" else list(range(n))
+        picked = selects(positions, torch.arange(n), n - 1).nonzero().flatten().tolist()
+        pos = picked[0] if positions == "last_prompt" else picked
     elif positions == "final":
         raise UnlockLensError(
             "positions='final' edits decode steps only; the TransformerLens vLLM driver runs "
@@ -411,7 +404,8 @@ def export_directions_safetensors(
     directions = pack.target_directions()
     tensors = {f"direction.{t}": r.detach().float().cpu().contiguous() for t, r in directions.items()}
     additive: dict[int, Tensor] = {}
-    if pack.normalisation in ("unit", "raw") or norms is not None:
+    edit = get_edit(pack.normalisation)
+    if edit.additive or (edit.norm_scaled and norms is not None):
         additive = additive_directions(pack, alpha=alpha, norms=norms)
         tensors.update({f"additive.{t}": v.contiguous() for t, v in additive.items()})
     meta = provenance(pack, alpha=alpha)
@@ -471,7 +465,7 @@ def export_pack(
         raise UnlockLensError(f"unknown export format {fmt!r}; choose one of {get_args(ExportFormat)}")
     pack = pack_path if isinstance(pack_path, CapabilityPack) else CapabilityPack.load(pack_path)
     norm_map = _read_norms(norms)
-    needs_norms = pack.normalisation in ("rotate", "resid") and fmt != "vllm"
+    needs_norms = get_edit(pack.normalisation).norm_scaled and fmt != "vllm"
     if norm_map is None and needs_norms and model is not None:
         if not prompts:
             raise UnlockLensError("measuring residual norms needs prompts as well as the model")

@@ -22,8 +22,9 @@ Positions keep their generation meaning in both request types:
   the last position of the prefill is the last prompt token; decode steps use the KV cache).
 - ``loglikelihood``: lm-eval scores ``context + continuation`` in one right-padded forward.
   The edit goes where generation would put it: ``last_prompt`` = the last *context* token of
-  each row, ``prompt`` = all context tokens, ``final`` = the continuation tokens (the ones a
-  generation would decode), ``all`` = every token. This equals prefilling the context with the
+  each row, ``prompt`` = all context tokens, ``final`` = the last context token and the
+  continuation tokens (the ones a generation would decode), ``all`` = every token
+  (:func:`unlock_lens.interventions.selects`, the rule every engine uses). This equals prefilling the context with the
   edit and scoring the continuation through the KV cache.
 """
 
@@ -39,6 +40,7 @@ from torch import Tensor
 
 from unlock_lens.activations import hook_name
 from unlock_lens.errors import UnlockLensError
+from unlock_lens.interventions import selects
 from unlock_lens.model_info import weight_mode
 from unlock_lens.steer import Steering, edit_residual
 
@@ -150,7 +152,7 @@ class SteeredHFLM(HFLM):
         """Positions to edit in a right-padded loglikelihood batch (None: not a scoring batch)."""
         positions = self.steering.positions
         mask = torch.zeros(inps.shape, dtype=torch.bool, device=inps.device)
-        if positions == "all":
+        if positions == "all":  # padding too: the rule needs no row layout
             return mask.fill_(True)
         lengths = sorted({len(k) for k in self._edit_at if len(k) <= inps.shape[1]}, reverse=True)
         rows = [self._locate(row, lengths) for row in inps.tolist()]
@@ -163,12 +165,8 @@ class SteeredHFLM(HFLM):
                     "builds inputs differently; use positions='all'"
                 )
             n, last_ctx = found
-            if positions == "last_prompt":
-                mask[b, last_ctx] = True
-            elif positions == "prompt":
-                mask[b, : last_ctx + 1] = True
-            else:  # final: the continuation tokens
-                mask[b, last_ctx + 1 : n] = True
+            pos = torch.arange(n, device=inps.device)
+            mask[b, :n] = selects(positions, pos, last_ctx)
         return mask
 
     def _masked_hooks(self, mask: Bool[Tensor, "b pos"]) -> list[tuple[str, Any]]:

@@ -7,6 +7,8 @@ and keeps its norm::
 
 at every target layer, at the last prompt token, in the prefill pass only
 (``positions="last_prompt"``); generated tokens see the edit through the KV cache.
+The edits and the position rule are defined once, in :mod:`unlock_lens.interventions`
+(``unit``, ``resid``, ``raw``, ``clamp``, and any edit registered there).
 
 Position rules are decided per forward call: a call whose input has more than one position
 is a prefill; a one-position call is a decode step once a prefill has been seen inside the
@@ -27,7 +29,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
@@ -35,31 +37,11 @@ from torch import Tensor
 
 from unlock_lens.activations import HookKind, check_layers, hook_name
 from unlock_lens.errors import UnlockLensError
+from unlock_lens.interventions import apply_edit, check_rule, get_edit, selects
 
-Normalisation = Literal["rotate", "unit", "resid", "raw"]
+#: a registered edit name (unlock_lens.interventions.EDITS): rotate, unit, resid, raw, clamp, ...
+Normalisation = str
 Positions = Literal["last_prompt", "prompt", "final", "all"]
-
-
-def _edit(h: Tensor, r: Tensor, alpha: float, normalisation: str) -> Tensor:
-    """The edit without input checks (the hook's fast path: no host-device syncs)."""
-    h32 = h.float()
-    r = r.to(device=h.device, dtype=torch.float32)
-    if normalisation == "raw":
-        return (h32 + alpha * r).to(h.dtype)
-    r_hat = r / r.norm().clamp_min(1e-12)
-    if normalisation == "unit":
-        out = h32 + alpha * r_hat
-    elif normalisation == "resid":
-        out = h32 + alpha * h32.norm(dim=-1, keepdim=True) * r_hat
-    elif normalisation == "rotate":
-        norm = h32.norm(dim=-1, keepdim=True)
-        turned = h32 / norm.clamp_min(1e-12) + alpha * r_hat
-        out = norm * turned / turned.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    else:
-        raise UnlockLensError(
-            f"unknown normalisation {normalisation!r}; choose one of {get_args(Normalisation)}"
-        )
-    return out.to(h.dtype)
 
 
 def edit_residual(
@@ -71,7 +53,9 @@ def edit_residual(
     """The steering edit of residual states ``h`` along ``direction`` (pure function).
 
     ``rotate``: norm-preserving turn toward r (the paper's); ``unit``: h + a r_hat;
-    ``resid``: h + a ||h|| r_hat; ``raw``: h + a r. Computed in float32, returned in h's dtype
+    ``resid``: h + a ||h|| r_hat; ``raw``: h + a r; ``clamp``: the component along r_hat
+    raised to at least a; any other edit registered in :mod:`unlock_lens.interventions`.
+    Computed in float32, returned in h's dtype
     (float16 / bfloat16 states stay in their dtype).
 
     - ``alpha = 0`` is an exact no-op: a bit-exact copy of ``h`` is returned.
@@ -88,10 +72,7 @@ def edit_residual(
     alpha = float(alpha)
     if not math.isfinite(alpha):
         raise UnlockLensError(f"alpha must be finite, got {alpha}")
-    if normalisation not in get_args(Normalisation):
-        raise UnlockLensError(
-            f"unknown normalisation {normalisation!r}; choose one of {get_args(Normalisation)}"
-        )
+    edit = get_edit(normalisation)
     direction = torch.as_tensor(direction)
     if direction.ndim != 1 or h.ndim == 0 or direction.shape[0] != h.shape[-1]:
         raise UnlockLensError(
@@ -100,11 +81,11 @@ def edit_residual(
         )
     if not torch.isfinite(direction).all():
         raise UnlockLensError("direction has NaN/inf entries: it must be finite")
-    if normalisation != "raw" and float(direction.float().norm()) == 0.0:
+    if edit.needs_nonzero_direction and float(direction.float().norm()) == 0.0:
         raise UnlockLensError("direction is zero: it has no direction to steer along")
     if alpha == 0.0:
         return h.clone()
-    return _edit(h, direction, alpha, normalisation)
+    return apply_edit(h, direction, alpha, normalisation)
 
 
 def attached_hooks(model: Any) -> dict[str, int]:
@@ -175,20 +156,14 @@ class Steering:
             self.directions = {int(k): v for k, v in self.directions.items()}
         if not self.directions:
             raise UnlockLensError("Steering needs at least one layer direction")
-        if self.normalisation not in get_args(Normalisation):
-            raise UnlockLensError(
-                f"unknown normalisation {self.normalisation!r}; choose one of {get_args(Normalisation)}"
-            )
-        if self.positions not in get_args(Positions):
-            raise UnlockLensError(
-                f"unknown positions {self.positions!r}; choose one of {get_args(Positions)}"
-            )
+        edit = get_edit(self.normalisation)
+        check_rule(self.positions)
         if not torch.isfinite(torch.tensor(float(self.alpha))):
             raise UnlockLensError(f"alpha must be finite, got {self.alpha}")
         for layer, v in self.directions.items():
             if v.ndim != 1 or not torch.isfinite(v).all():
                 raise UnlockLensError(f"direction for layer {layer} must be a finite 1-D vector")
-            if self.normalisation != "raw" and float(v.norm()) == 0.0:
+            if edit.needs_nonzero_direction and float(v.norm()) == 0.0:
                 raise UnlockLensError(f"direction for layer {layer} is zero: it has no direction")
 
     @property
@@ -204,24 +179,30 @@ class Steering:
         self._state.seen_prefill = False
 
     def _hook(self, layer: int):
-        state, alpha, norm, positions = self._state, self.alpha, self.normalisation, self.positions
+        state, alpha, norm, rule = self._state, self.alpha, self.normalisation, self.positions
         cache: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        where: dict[tuple[int, bool], Tensor | None] = {}  # (length, prefill) -> indices; None: all
         direction = self.directions[layer]
 
         def steer_hook(x: Tensor, hook: Any) -> Tensor:
-            prefill = state.observe(layer, x.shape[1])
+            n = x.shape[1]
+            prefill = state.observe(layer, n)
             key = (x.device, x.dtype)
             if key not in cache:  # once per device/dtype, not per call
                 cache[key] = direction.to(device=x.device, dtype=torch.float32)
-            r = cache[key]
-            if positions == "all" or (positions == "final" and not prefill):
-                return _edit(x, r, alpha, norm)
-            if not prefill:
+            if (n, prefill) not in where:  # decided on the host: no device sync per call
+                # left-padded prefill: the last prompt token is position n - 1 of every row;
+                # a decode step's tokens all come after the prompt
+                mask = selects(rule, torch.arange(n), n - 1 if prefill else -1)
+                where[(n, prefill)] = None if bool(mask.all()) else mask.nonzero().flatten()
+            idx = where[(n, prefill)]
+            if idx is None:
+                return apply_edit(x, cache[key], alpha, norm)
+            if idx.numel() == 0:
                 return x
-            if positions == "prompt":
-                return _edit(x, r, alpha, norm)
             x = x.clone()
-            x[:, -1] = _edit(x[:, -1], r, alpha, norm)
+            idx = idx.to(x.device)
+            x[:, idx] = apply_edit(x[:, idx], cache[key], alpha, norm)
             return x
 
         return steer_hook

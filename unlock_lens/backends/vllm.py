@@ -35,11 +35,10 @@ import torch
 from torch import Tensor
 
 from unlock_lens.errors import UnlockLensError
+from unlock_lens.interventions import POSITION_RULES, check_rule, get_edit, selects
 
 Engine = Literal["auto", "affine", "hook"]
-AFFINE_NORMALISATIONS = ("raw", "unit")
-HOOK_NORMALISATIONS = ("rotate", "unit", "resid", "raw")
-HOOK_POSITIONS = ("last_prompt", "prompt", "final", "all")
+HOOK_POSITIONS = POSITION_RULES
 
 
 @dataclass(frozen=True)
@@ -102,10 +101,12 @@ def plan_steering(
     if engine not in ("auto", "affine", "hook"):
         raise UnlockLensError(f"unknown vLLM engine {engine!r}; use 'auto', 'affine' or 'hook'")
     norm, positions, alpha = steering.normalisation, steering.positions, float(steering.alpha)
-    affine_ok = norm in AFFINE_NORMALISATIONS and positions == "all"
+    edit = get_edit(norm)  # the hook engine runs every registered edit; affine only additive ones
+    check_rule(positions)
+    affine_ok = edit.additive and positions == "all"
     if engine == "affine" and not affine_ok:
         why = []
-        if norm not in AFFINE_NORMALISATIONS:
+        if not edit.additive:
             why.append(
                 f"normalisation={norm!r} depends on each state h (not a constant add); "
                 "TransformerLens's vLLM interventions are h*scale + bias only"
@@ -120,10 +121,6 @@ def plan_steering(
             + ". Use engine='hook' (worker-side hook, eager) or normalisation='raw'/'unit' with "
             "positions='all'."
         )
-    if norm not in HOOK_NORMALISATIONS:
-        raise UnlockLensError(f"normalisation {norm!r} is not supported on vLLM")
-    if positions not in HOOK_POSITIONS:
-        raise UnlockLensError(f"positions {positions!r} is not supported on vLLM")
     chosen: Literal["affine", "hook"] = "affine" if (engine == "affine" or (engine == "auto" and affine_ok)) else "hook"
 
     layers = steering.active_layers
@@ -141,7 +138,7 @@ def plan_steering(
             )
         target = _vllm_layer(layer % n_layers, steering.hook)
         if chosen == "affine":
-            vec = alpha * (r if norm == "raw" else r / r.norm().clamp_min(1e-12))
+            vec = edit.vector(r, alpha)
             specs[f"blocks.{target}.hook_out"] = {"op": "add", "value": vec.tolist()}
         edits.append(LayerEdit(target, tuple(r.tolist())))
     return VLLMPlan(chosen, alpha, norm, positions, specs, tuple(edits))
@@ -162,21 +159,13 @@ def rows_to_edit(
     ``final`` -> positions ``>= P-1`` (last prompt token, then every generated token fed
     back); ``all`` -> every row.
     """
-    if positions not in HOOK_POSITIONS:
-        raise UnlockLensError(f"unknown positions {positions!r}; choose one of {HOOK_POSITIONS}")
+    check_rule(positions)
     rows: list[int] = []
     for i in range(len(offsets) - 1):
         start, end = int(offsets[i]), int(offsets[i + 1])
-        first, last_prompt = int(computed[i]), int(prompt_lens[i]) - 1
-        for row in range(start, end):
-            pos = first + row - start
-            if (
-                positions == "all"
-                or (positions == "last_prompt" and pos == last_prompt)
-                or (positions == "prompt" and pos <= last_prompt)
-                or (positions == "final" and pos >= last_prompt)
-            ):
-                rows.append(row)
+        pos = torch.arange(end - start) + int(computed[i])
+        picked = selects(positions, pos, int(prompt_lens[i]) - 1).nonzero().flatten()
+        rows += (picked + start).tolist()
     return rows
 
 
@@ -220,24 +209,45 @@ def _batch_layout(model_runner: Any) -> tuple[list[int], list[int], list[int]]:
     return [int(o) for o in qsl[: n + 1]], computed, prompt_lens
 
 
-def install_worker_hooks(worker: Any, payload: dict[str, Any]) -> int:
-    """``collective_rpc`` target: hook each steered decoder layer; returns hooks installed."""
-    from transformer_lens.model_bridge.sources.vllm.worker_extension import resolve_dot_path
+#: where vLLM model classes keep their decoder layers (first match wins)
+DECODER_LAYER_PATHS = ("model.layers", "model.language_model.layers", "language_model.model.layers",
+                       "transformer.h", "model.decoder.layers")
 
+
+def decoder_layers(model: Any) -> Sequence[Any]:
+    """The model's decoder layers, found through the model rather than assumed at one path."""
+    for path in DECODER_LAYER_PATHS:
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, torch.nn.ModuleList) and len(obj) > 0:
+            return obj
+    raise UnlockLensError(
+        f"cannot find the decoder layers of {type(model).__name__} (tried {DECODER_LAYER_PATHS}): "
+        "add its path to unlock_lens.backends.vllm.DECODER_LAYER_PATHS"
+    )
+
+
+def install_worker_hooks(worker: Any, payload: dict[str, Any]) -> list[int]:
+    """``collective_rpc`` target: hook each steered decoder layer; returns the layers hooked
+    (a pipeline stage hooks only the layers it holds)."""
     remove_worker_hooks(worker)
     runner = worker.model_runner
     model = runner.model
     alpha, norm, positions = payload["alpha"], payload["normalisation"], payload["positions"]
     state: dict[str, Any] = {}
     device = next(model.parameters()).device
+    layers = decoder_layers(model)
     here = [  # layers on this rank (another pipeline stage owns the rest)
-        (layer, module, torch.tensor(direction, dtype=torch.float32, device=device))
+        (layer, layers[layer], torch.tensor(direction, dtype=torch.float32, device=device))
         for layer, direction in payload["edits"]
-        if (module := resolve_dot_path(model, f"model.layers.{layer}")) is not None
+        if layer < len(layers) and type(layers[layer]).__name__ != "PPMissingLayer"
     ]
     if not here:
         worker._unlock_lens_handles = []
-        return 0
+        return []
     first_layer = min(layer for layer, _, _ in here)
     handles = []
     for layer, module, r in here:
@@ -252,7 +262,20 @@ def install_worker_hooks(worker: Any, payload: dict[str, Any]) -> int:
 
         handles.append(module.register_forward_hook(hook))
     worker._unlock_lens_handles = handles
-    return len(handles)
+    return [layer for layer, _, _ in here]
+
+
+def check_hooked(plan: VLLMPlan, hooked: Sequence[Sequence[int]]) -> None:
+    """Refuse to generate when the workers hooked other layers than the plan steers: a model
+    that runs unsteered must never be reported as steered."""
+    want = {edit.layer for edit in plan.edits}
+    got = {layer for worker in hooked for layer in worker}
+    if got != want:
+        raise UnlockLensError(
+            f"the vLLM workers hooked decoder layers {sorted(got)} but the steering needs "
+            f"{sorted(want)}: this model's layers are not where unlock_lens looks "
+            "(DECODER_LAYER_PATHS); the run would not be steered as asked"
+        )
 
 
 def remove_worker_hooks(worker: Any) -> int:
@@ -333,7 +356,8 @@ class VLLMSteeredGenerator:
         else:
             self.llm.collective_rpc(remove_worker_hooks)
             if plan is not None:
-                self.llm.collective_rpc(install_worker_hooks, args=(plan.worker_payload(),))
+                hooked = self.llm.collective_rpc(install_worker_hooks, args=(plan.worker_payload(),))
+                check_hooked(plan, hooked)
 
     def generate(
         self,
