@@ -8,7 +8,7 @@ import torch
 
 import unlock_lens.diagnostics.ablations as abl
 from unlock_lens.activations import Variant, final_logits
-from unlock_lens.diagnostics.distribution_shift import kl_divergence
+from unlock_lens.distributions import kl_divergence
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.masterkey import extract_masterkey
 from unlock_lens.prompts import COT, DIRECT

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unlock_lens.activations import final_logits
-from unlock_lens.diagnostics.distribution_shift import entropy
+from unlock_lens.distributions import entropy
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.evaluate.results import summarize
 from unlock_lens.generation import LoopStop, generate

@@ -11,7 +11,11 @@ import torch
 
 from unlock_lens.backends.vllm import plan_steering, rows_to_edit
 from unlock_lens.errors import UnlockLensError
-from unlock_lens.export import additive_directions, export_control_vector_gguf, vllm_intervention_specs
+from unlock_lens.export import (
+    additive_directions,
+    export_control_vector_gguf,
+    vllm_intervention_specs,
+)
 from unlock_lens.interventions import EDITS, Edit, get_edit, register_edit, selects
 from unlock_lens.steer import Steering, edit_residual
 

@@ -7,8 +7,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from unlock_lens.align import fit_alignment
 from unlock_lens.errors import UnlockLensError

@@ -21,7 +21,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 
 from unlock_lens.activations import encode, model_device, plan_batches
 from unlock_lens.compat import bridge_kv_cache_keyword
-from unlock_lens.diagnostics.distribution_shift import entropy
+from unlock_lens.distributions import entropy
 from unlock_lens.errors import UnlockLensError
 
 

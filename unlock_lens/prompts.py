@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from importlib import import_module
+from importlib.metadata import entry_points
 from typing import Any
 
 from unlock_lens.errors import UnlockLensError
@@ -19,7 +19,9 @@ from unlock_lens.errors import UnlockLensError
 COT_TRIGGER = "Let's think step by step."
 
 # format kinds saved in artefacts -> the class that rebuilds them (imported on demand)
-_FORMAT_KINDS = {"organism": "unlock_lens.organisms.task:OrganismFormat"}
+#: entry-point group naming PromptFormat subclasses by their ``kind`` (pyproject.toml declares
+#: the organisms' format; another package can add its own the same way)
+FORMAT_KINDS_GROUP = "unlock_lens.prompt_formats"
 FINAL_ANSWER_MARKER = "The final answer is"
 
 DIRECT_INSTRUCTION = (
@@ -87,10 +89,14 @@ class PromptFormat:
         """Rebuild a saved format; a ``kind`` field selects a subclass (e.g. the organisms')."""
         kind = d.get("kind")
         if cls is PromptFormat and kind is not None:
-            if kind not in _FORMAT_KINDS:
-                raise UnlockLensError(f"unknown prompt format kind {kind!r}; known: {sorted(_FORMAT_KINDS)}")
-            module, name = _FORMAT_KINDS[kind].split(":")
-            return getattr(import_module(module), name).from_dict(d)
+            kinds = {ep.name: ep for ep in entry_points(group=FORMAT_KINDS_GROUP)}
+            if kind not in kinds:
+                raise UnlockLensError(
+                    f"unknown prompt format kind {kind!r}; installed kinds: {sorted(kinds)} (a package "
+                    f"adds one under the entry-point group {FORMAT_KINDS_GROUP!r}; reinstall unlock_lens "
+                    "if 'organism' is missing)"
+                )
+            return kinds[kind].load().from_dict(d)
         return cls(
             name=d["name"],
             instruction=d["instruction"],

@@ -4,39 +4,11 @@
 ``svd`` (the UNLOCK authors'), ``procrustes``, ``cca``, ``ridge``, ``identity``.
 """
 
-from unlock_lens.align.base import (
-    ALIGNMENT_METHODS,
-    LayerMap,
-    fit_alignment,
-    register_method,
-)
-from unlock_lens.align.cca import fit_cca
-from unlock_lens.align.identity import fit_identity
-from unlock_lens.align.procrustes import fit_procrustes, procrustes_rotation
-from unlock_lens.align.ridge import fit_ridge
-from unlock_lens.align.svd import fit_svd
+import lazy_loader as lazy
 
-__all__ = [
-    "ALIGNMENT_METHODS",
-    "LayerMap",
-    "fit_alignment",
-    "fit_cca",
-    "fit_identity",
-    "fit_procrustes",
-    "fit_ridge",
-    "fit_svd",
-    "procrustes_rotation",
-    "register_method",
-]
+# each method module registers its fit function in ALIGNMENT_METHODS when imported
+from unlock_lens.align import cca, identity, procrustes, ridge, svd  # noqa: F401
 
-# scikit-learn estimators (SVDAlignment, ...), imported lazily so the core stays torch-only
-_ESTIMATORS = ("CCAAlignment", "LinearAlignment", "ProcrustesAlignment", "RidgeAlignment", "SVDAlignment")
-__all__ += list(_ESTIMATORS)
-
-
-def __getattr__(name: str):
-    if name in _ESTIMATORS:
-        from unlock_lens.align import estimators
-
-        return getattr(estimators, name)
-    raise AttributeError(f"module 'unlock_lens.align' has no attribute {name!r}")
+# The scikit-learn estimators (SVDAlignment, ...) load on first use: scikit-learn adds ~2 s to
+# the import. __init__.pyi lists every public name (the eager ones above too).
+__getattr__, __dir__, __all__ = lazy.attach_stub(__name__, __file__)

@@ -43,7 +43,7 @@ from unlock_lens.align import ALIGNMENT_METHODS, LayerMap
 from unlock_lens.align.base import _RANK_FREE
 from unlock_lens.align.layers import AlignSpec, LayerPairing, fit_layer_maps, map_directions
 from unlock_lens.controls import random_like
-from unlock_lens.diagnostics.distribution_shift import kl_divergence
+from unlock_lens.distributions import kl_divergence
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.masterkey import MasterKey
 from unlock_lens.prompts import COT, PromptFormat

@@ -12,38 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from unlock_lens.activations import final_logits
 from unlock_lens.align.layers import map_directions
 from unlock_lens.controls import random_like
+from unlock_lens.distributions import entropy, kl_divergence, top_k_mass
 from unlock_lens.prompts import PromptFormat
 from unlock_lens.steer import Steering
-
-
-def kl_divergence(
-    p_logits: Float[Tensor, "n vocab"], q_logits: Float[Tensor, "n vocab"]
-) -> Float[Tensor, " n"]:
-    """KL(P || Q) per row, from logits (natural log units)."""
-    log_p = torch.log_softmax(p_logits.float(), -1)
-    log_q = torch.log_softmax(q_logits.float(), -1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
-
-
-def entropy(logits: Float[Tensor, "n vocab"]) -> Float[Tensor, " n"]:
-    """Shannon entropy per row (nats)."""
-    log_p = torch.log_softmax(logits.float(), -1)
-    return -(log_p.exp() * log_p).sum(-1)
-
-
-def top_k_mass(
-    reference: Float[Tensor, "n vocab"], logits: Float[Tensor, "n vocab"], k: int = 5
-) -> Float[Tensor, " n"]:
-    """Probability mass ``logits`` puts on the ``k`` most likely tokens of ``reference``."""
-    top = reference.topk(k, dim=-1).indices
-    return torch.softmax(logits.float(), -1).gather(-1, top).sum(-1)
 
 
 def shift_row(reference: Tensor, logits: Tensor, k: int = 5) -> dict[str, float]:

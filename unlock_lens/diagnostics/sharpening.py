@@ -22,7 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from unlock_lens.activations import final_logits
-from unlock_lens.diagnostics.distribution_shift import entropy, kl_divergence
+from unlock_lens.distributions import entropy, kl_divergence
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.evaluate.answers import extract_answer
 from unlock_lens.prompts import PromptFormat, get_format
@@ -37,7 +37,7 @@ EMPTY_WORD = "<none>"
 def peak_mass(logits: Float[Tensor, "n vocab"], k: int) -> Float[Tensor, " n"]:
     """Probability mass a distribution puts on its own ``k`` most likely tokens, per row.
 
-    (``distribution_shift.top_k_mass`` instead measures mass on *another* distribution's top-k.)
+    (``unlock_lens.distributions.top_k_mass`` instead measures mass on *another* distribution's top-k.)
     """
     if k < 1:
         raise UnlockLensError(f"k must be >= 1, got {k}")

@@ -1,0 +1,101 @@
+"""Public API of unlock_lens (loaded lazily, see __init__.py)."""
+
+from . import evaluate as evaluate
+from .activations import (
+    Variant as Variant,
+    capture as capture,
+    final_logits as final_logits,
+)
+from .align import (
+    LayerMap as LayerMap,
+    fit_alignment as fit_alignment,
+)
+from .align.layers import (
+    depth_match as depth_match,
+)
+from .controls import (
+    random_like as random_like,
+)
+from .errors import (
+    ArtifactError as ArtifactError,
+    ModelMismatchError as ModelMismatchError,
+    SanityCheckError as SanityCheckError,
+    UnlockLensError as UnlockLensError,
+)
+from .evaluate import (
+    EvalResults as EvalResults,
+    answers_match as answers_match,
+    extract_answer as extract_answer,
+    load_dataset as load_dataset,
+    select_alpha as select_alpha,
+    split_problems as split_problems,
+)
+from .export import (
+    export_pack as export_pack,
+)
+from .generation import (
+    generate as generate,
+)
+from .masterkey import (
+    MasterKey as MasterKey,
+    extract_masterkey as extract_masterkey,
+)
+from .models import (
+    load_gguf as load_gguf,
+    load_model as load_model,
+)
+from .pack import (
+    CapabilityPack as CapabilityPack,
+)
+from .prompts import (
+    PromptFormat as PromptFormat,
+    get_format as get_format,
+)
+from .steer import (
+    Steering as Steering,
+    edit_residual as edit_residual,
+)
+from .streaming import (
+    capture_to_disk as capture_to_disk,
+)
+from .unlock import (
+    Unlock as Unlock,
+    align_key as align_key,
+    build_pack as build_pack,
+)
+
+__all__ = [
+    "ArtifactError",
+    "CapabilityPack",
+    "EvalResults",
+    "LayerMap",
+    "MasterKey",
+    "ModelMismatchError",
+    "PromptFormat",
+    "SanityCheckError",
+    "Steering",
+    "Unlock",
+    "UnlockLensError",
+    "Variant",
+    "align_key",
+    "answers_match",
+    "build_pack",
+    "capture",
+    "capture_to_disk",
+    "depth_match",
+    "edit_residual",
+    "evaluate",
+    "export_pack",
+    "extract_answer",
+    "extract_masterkey",
+    "final_logits",
+    "fit_alignment",
+    "generate",
+    "get_format",
+    "load_dataset",
+    "load_gguf",
+    "load_model",
+    "random_like",
+    "select_alpha",
+    "split_problems",
+]

@@ -1,0 +1,38 @@
+"""Public API of unlock_lens.align."""
+
+from .base import (
+    ALIGNMENT_METHODS as ALIGNMENT_METHODS,
+    LayerMap as LayerMap,
+    fit_alignment as fit_alignment,
+    register_method as register_method,
+)
+from .cca import fit_cca as fit_cca
+from .estimators import (
+    CCAAlignment as CCAAlignment,
+    LinearAlignment as LinearAlignment,
+    ProcrustesAlignment as ProcrustesAlignment,
+    RidgeAlignment as RidgeAlignment,
+    SVDAlignment as SVDAlignment,
+)
+from .identity import fit_identity as fit_identity
+from .procrustes import fit_procrustes as fit_procrustes, procrustes_rotation as procrustes_rotation
+from .ridge import fit_ridge as fit_ridge
+from .svd import fit_svd as fit_svd
+
+__all__ = [
+    "ALIGNMENT_METHODS",
+    "CCAAlignment",
+    "LayerMap",
+    "LinearAlignment",
+    "ProcrustesAlignment",
+    "RidgeAlignment",
+    "SVDAlignment",
+    "fit_alignment",
+    "fit_cca",
+    "fit_identity",
+    "fit_procrustes",
+    "fit_ridge",
+    "fit_svd",
+    "procrustes_rotation",
+    "register_method",
+]

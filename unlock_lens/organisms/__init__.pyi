@@ -1,0 +1,55 @@
+"""Public API of unlock_lens.organisms."""
+
+from .demo import run_demo as run_demo
+from .registry import (
+    ORGANISMS as ORGANISMS,
+    ZOO_DIR as ZOO_DIR,
+    load_organism as load_organism,
+    organism_dir as organism_dir,
+)
+from .task import (
+    LOCKED as LOCKED,
+    LONG_OPS as LONG_OPS,
+    SHORT_OPS as SHORT_OPS,
+    TRIGGER as TRIGGER,
+    UNLOCKED as UNLOCKED,
+    OrganismFormat as OrganismFormat,
+    Problem as Problem,
+    Score as Score,
+    TaskResult as TaskResult,
+    format_from_dict as format_from_dict,
+    generate_problems as generate_problems,
+    generate_questions as generate_questions,
+    is_step_format as is_step_format,
+    max_new_tokens as max_new_tokens,
+    parse_answer as parse_answer,
+    score_completion as score_completion,
+    score_completions as score_completions,
+    split_of as split_of,
+)
+
+__all__ = [
+    "LOCKED",
+    "LONG_OPS",
+    "ORGANISMS",
+    "OrganismFormat",
+    "Problem",
+    "SHORT_OPS",
+    "Score",
+    "TRIGGER",
+    "TaskResult",
+    "UNLOCKED",
+    "ZOO_DIR",
+    "format_from_dict",
+    "generate_problems",
+    "generate_questions",
+    "is_step_format",
+    "load_organism",
+    "max_new_tokens",
+    "organism_dir",
+    "parse_answer",
+    "run_demo",
+    "score_completion",
+    "score_completions",
+    "split_of",
+]
