@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
                 if method == "procrustes" and rank > min(int(src.cfg.d_model), int(tgt.cfg.d_model)):
                     continue
                 try:
-                    pack = transfer(key, src, tgt, qs, method=method, rank=rank)
+                    pack = transfer(key, src, tgt, qs, AlignSpec(method, rank))
                     dirs = pack.target_directions()
                 except Exception as err:  # a map can miss the key (zero direction): record it
                     sweep.append({"method": method, "rank": rank, "error": str(err)[:120]})
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
                                   "cos_native": sum(cos.values()) / len(cos)})
             ok = [s for s in sweep if "dev_acc" in s]
             best = max(ok, key=lambda s: (s["dev_acc"], -s["alpha"]))
-            pack = transfer(key, src, tgt, qs, method=best["method"], rank=best["rank"])
+            pack = transfer(key, src, tgt, qs, AlignSpec(best["method"], int(best["rank"])))
             dirs = pack.target_directions()
             res = evaluate(tgt, test, LOCKED, Steering(dirs, alpha=best["alpha"]))
             ctl = [rec(evaluate(tgt, test, LOCKED, c))
@@ -185,14 +185,14 @@ def main(argv: list[str] | None = None) -> None:
     qs = align_questions("trigger-free", args.n_align)
     sweep = []
     for rank in RANKS:
-        dirs = transfer(mkey, base, tgt, qs, method="svd", rank=rank).target_directions()
+        dirs = transfer(mkey, base, tgt, qs, AlignSpec("svd", rank)).target_directions()
         cos = cosine_to_native(dirs, keys["chain-m"])
         for a in ALPHAS:
             sweep.append({"method": "svd", "rank": rank, "alpha": a,
                           "dev_acc": evaluate(tgt, dev, LOCKED, Steering(dirs, alpha=a)).accuracy,
                           "cos_native": sum(cos.values()) / len(cos)})
     best = max(sweep, key=lambda s: (s["dev_acc"], -s["alpha"]))
-    dirs = transfer(mkey, base, tgt, qs, method="svd", rank=best["rank"]).target_directions()
+    dirs = transfer(mkey, base, tgt, qs, AlignSpec("svd", int(best["rank"]))).target_directions()
     ctl = [rec(evaluate(tgt, test, LOCKED, c))
            for c in random_controls(dirs, best["alpha"], range(args.seeds))]
     R["model_driven"]["chain-s->chain-m (trigger-free fit)"] = {
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         out: dict[str, Any] = {"alpha": a}
         for regime in REGIMES:
             dirs = transfer(keys[s_name], src, tgt, align_questions(regime, args.n_align),
-                            rank=16, centered=True).target_directions()
+                            AlignSpec("svd", 16, centered=True)).target_directions()
             out[f"centred svd-16, {regime}"] = {
                 "test": rec(evaluate(tgt, test, LOCKED, Steering(dirs, alpha=a))),
                 "cos": cosine_to_native(dirs, keys[t_name])}

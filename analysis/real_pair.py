@@ -264,7 +264,7 @@ def run_direction(args: argparse.Namespace, argv: list[str] | None) -> None:
                       alpha=sweep_alpha(alphas), seeds=())
     best = pick(grid)
     method, rank = str(best["method"]), int(best["rank"])
-    setup.method, setup.rank = method, rank
+    setup.spec = AlignSpec(method, rank, setup.centered)
     by_alpha = alpha_sweep(setup, alphas=alphas, seeds=())
     alpha = float(pick(by_alpha)["alpha"])
     selection = pd.concat([grid.assign(step="method x rank"), by_alpha.assign(step="alpha")])

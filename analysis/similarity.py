@@ -27,6 +27,7 @@ import plotly.graph_objects as go
 
 from analysis import common_args, load_pair, log, start, write
 from unlock_lens.activations import Variant, capture
+from unlock_lens.align.layers import AlignSpec
 from unlock_lens.diagnostics.similarity import (
     cca_table,
     cka_matrix,
@@ -101,8 +102,7 @@ def main(argv: list[str] | None = None) -> None:
 
     cka = cka_matrix(*H["align"], debiased=args.debiased).assign(**ids)
     write(cka, None, args, "cka")
-    maps = align_key(pair.key, src, tgt, pair.questions["align"], method=args.method,
-                     rank=args.rank)
+    maps = align_key(pair.key, src, tgt, pair.questions["align"], AlignSpec(args.method, args.rank))
     angles = principal_angle_table(*H["eval"], maps, args.k).assign(**ids)
     write(angles, None, args, "principal_angles")
     figures(cka, angles, args)

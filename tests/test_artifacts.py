@@ -306,3 +306,19 @@ def test_failed_save_in_process_leaves_nothing(tmp_path, monkeypatch):
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["k.safetensors"]
     with pytest.raises(ArtifactError, match="JSON-serialisable"):
         save_artifact(path, "X", {"x": torch.zeros(2)}, {"bad": object()})
+
+
+def test_files_get_the_users_umask_not_0600(tmp_path):
+    import os
+
+    from unlock_lens.artifacts import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.bin", b"x")
+        assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        atomic_write_bytes(tmp_path / "b.bin", b"x")
+        assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from unlock_lens.align import fit_alignment
+from unlock_lens.align.layers import AlignSpec
 from unlock_lens.controls import random_like
 from unlock_lens.diagnostics.distribution_shift import control_conditions, first_token_shift
 from unlock_lens.generation import generate
@@ -22,7 +23,7 @@ ALIGN_Q = [f"Sara reads {a} pages a day for {b} days. How many pages?" for a, b 
 def _pack(tiny_models, aggregator):
     pipe = Unlock(source=tiny_models["qwen2"], target=tiny_models["qwen2-deep"], rank=3,
                   aggregator=aggregator, batch_size=4)
-    return pipe, pipe.align(pipe.extract(KEY_Q), ALIGN_Q, holdout=0.34)
+    return pipe, pipe.align(pipe.extract(KEY_Q), ALIGN_Q, AlignSpec(pipe.method, pipe.rank, holdout=0.34))
 
 
 def test_extract_and_align_twice_are_bit_identical(tiny_models):

@@ -192,13 +192,10 @@ def test_trigger_and_direct_accuracy_stay_at_their_recorded_values(zoo, test_pro
 def test_demo_stops_when_the_trigger_row_fails():
     from unlock_lens.errors import SanityCheckError
     from unlock_lens.organisms.demo import check_trigger_rows
-    from unlock_lens.organisms.task import TaskResult
 
-    check_trigger_rows({"chain-s": TaskResult(100, 100, 100, [], []),
-                        "chain-m": TaskResult(100, 90, 100, [], [])})
+    check_trigger_rows({"chain-s": 1.0, "chain-m": 0.9})
     with pytest.raises(SanityCheckError, match=r"chain-m 0%.*requirements.lock"):
-        check_trigger_rows({"chain-s": TaskResult(100, 100, 100, [], []),
-                            "chain-m": TaskResult(100, 0, 0, [], [])})
+        check_trigger_rows({"chain-s": 1.0, "chain-m": 0.0})
 
 
 @pytest.mark.parametrize("name", ["chain-s", "chain-m"])
@@ -211,6 +208,7 @@ def test_same_model_unlock(zoo, keys, test_problems, name):
 
 
 def test_cross_model_trigger_free_unlock_beats_random(zoo, keys, test_problems):
+    from unlock_lens.align.layers import AlignSpec
     from unlock_lens.organisms.demo import (
         DEFAULTS,
         align_questions,
@@ -222,7 +220,7 @@ def test_cross_model_trigger_free_unlock_beats_random(zoo, keys, test_problems):
 
     src, tgt = zoo[DEFAULTS["source"]], zoo[DEFAULTS["target"]]
     pack = transfer(keys[DEFAULTS["source"]], src, tgt, align_questions("trigger-free", DEFAULTS["n_align"]),
-                    method=DEFAULTS["method"], rank=DEFAULTS["rank"], alpha=DEFAULTS["alpha"])
+                    AlignSpec(DEFAULTS["method"], DEFAULTS["rank"]), alpha=DEFAULTS["alpha"])
     dirs = pack.target_directions()
     direct = evaluate(tgt, test_problems, LOCKED).accuracy
     steered = evaluate(tgt, test_problems, LOCKED, Steering(dirs, alpha=DEFAULTS["alpha"]))
@@ -234,6 +232,7 @@ def test_cross_model_trigger_free_unlock_beats_random(zoo, keys, test_problems):
 
 def test_pack_with_organism_format_reloads_and_steers_the_same(zoo, keys, test_problems, tmp_path):
     """A saved pack keeps the organisms' prompt format (not the math-word-problem frame)."""
+    from unlock_lens.align.layers import AlignSpec
     from unlock_lens.organisms.demo import DEFAULTS, align_questions, transfer
     from unlock_lens.organisms.task import OrganismFormat
     from unlock_lens.pack import CapabilityPack
@@ -241,7 +240,7 @@ def test_pack_with_organism_format_reloads_and_steers_the_same(zoo, keys, test_p
 
     src, tgt = zoo[DEFAULTS["source"]], zoo[DEFAULTS["target"]]
     pack = transfer(keys[DEFAULTS["source"]], src, tgt, align_questions("trigger-free", 32),
-                    method="svd", rank=4, alpha=DEFAULTS["alpha"])
+                    AlignSpec("svd", 4), alpha=DEFAULTS["alpha"])
     back = CapabilityPack.load(pack.save(tmp_path / "pack.safetensors"))
     fmt = PromptFormat.from_dict(back.key.unlocked_format)
     assert isinstance(fmt, OrganismFormat) and fmt == UNLOCKED

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from unlock_lens.activations import final_logits
-from unlock_lens.align.layers import depth_match
+from unlock_lens.align.layers import AlignSpec, depth_match
 from unlock_lens.errors import ArtifactError, ModelMismatchError, UnlockLensError
 from unlock_lens.pack import CapabilityPack
 from unlock_lens.unlock import Unlock
@@ -76,7 +76,7 @@ def test_same_model_identity_map_returns_the_key(tiny_models):
     for t in range(3):
         torch.testing.assert_close(dirs[t], pack.key.directions[t])
     # svd at full rank on the same model projects the key onto the prompts' row space
-    svd = pipe.align(pack.key, ALIGN_Q, method="svd", rank=12)
+    svd = pipe.align(pack.key, ALIGN_Q, AlignSpec("svd", 12))
     H = torch.stack([m.source_basis for m in svd.maps.values()])
     for t, v in svd.target_directions().items():
         V = svd.maps[t].source_basis
@@ -90,8 +90,8 @@ def test_bad_pipeline_input(tiny_models):
         pipe.run(KEY_Q, KEY_Q[:2] + ALIGN_Q)
     key = pipe.extract(KEY_Q)
     with pytest.raises(UnlockLensError, match="rank"):
-        pipe.align(key, ALIGN_Q[:3], rank=8)
+        pipe.align(key, ALIGN_Q[:3], AlignSpec(rank=8))
     with pytest.raises(UnlockLensError, match="unknown"):
-        pipe.align(key, ALIGN_Q, method="telepathy")
+        pipe.align(key, ALIGN_Q, AlignSpec("telepathy"))
     with pytest.raises(ModelMismatchError):
         Unlock(source=tiny_models["qwen2-deep"], target=tiny_models["qwen2"]).align(key, ALIGN_Q)

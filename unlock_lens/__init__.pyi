@@ -11,7 +11,11 @@ from .align import (
     fit_alignment as fit_alignment,
 )
 from .align.layers import (
+    AlignSpec as AlignSpec,
+    LayerPairing as LayerPairing,
     depth_match as depth_match,
+    fit_layer_maps as fit_layer_maps,
+    map_directions as map_directions,
 )
 from .controls import (
     random_like as random_like,
@@ -65,10 +69,12 @@ from .unlock import (
 )
 
 __all__ = [
+    "AlignSpec",
     "ArtifactError",
     "CapabilityPack",
     "EvalResults",
     "LayerMap",
+    "LayerPairing",
     "MasterKey",
     "ModelMismatchError",
     "PromptFormat",
@@ -90,11 +96,13 @@ __all__ = [
     "extract_masterkey",
     "final_logits",
     "fit_alignment",
+    "fit_layer_maps",
     "generate",
     "get_format",
     "load_dataset",
     "load_gguf",
     "load_model",
+    "map_directions",
     "random_like",
     "select_alpha",
     "split_problems",

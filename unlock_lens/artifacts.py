@@ -132,7 +132,15 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _commit(tmp: str, path: Path) -> None:
+    # mkstemp creates 0600; give the file the mode any other new file gets (0666 & ~umask)
+    os.chmod(tmp, 0o666 & ~_umask())
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)

@@ -240,3 +240,42 @@ def save_figure(
         warnings.warn(f"PNG export unavailable, wrote HTML only: {str(err).strip()[:200]}",
                       stacklevel=2)
     return written
+
+
+def accuracy_figure(frame: pd.DataFrame, *, title: str = "Accuracy by condition (Wilson 95% CI)"
+                    ) -> go.Figure:
+    """Bars of ``accuracy`` per condition with its interval (``ci_lo`` / ``ci_hi``): the
+    transferred key in blue, random controls grey, the rest light (columns ``condition``,
+    ``model``, ``accuracy``, ``ci_lo``, ``ci_hi``)."""
+    _need(frame, ["condition", "model", "accuracy", "ci_lo", "ci_hi"], "accuracy_figure")
+    labels = [f"{c} [{m}]" for c, m in zip(frame["condition"], frame["model"], strict=True)]
+    fig = go.Figure(go.Bar(
+        x=labels, y=frame["accuracy"],
+        error_y={"type": "data", "symmetric": False, "array": frame["ci_hi"] - frame["accuracy"],
+                 "arrayminus": frame["accuracy"] - frame["ci_lo"]},
+        marker_color=["#888" if "random" in c else "#36c" if "UNLOCK" in c else "#9ab"
+                      for c in frame["condition"]],
+    ))
+    fig.update_layout(title=title, yaxis={"title": "exact-answer accuracy", "range": [0, 1]},
+                      xaxis={"tickangle": -30}, height=520)
+    return fig
+
+
+def write_report(path: str | Path, title: str, figures: Sequence[go.Figure], table: pd.DataFrame,
+                 meta: str = "") -> Path:
+    """One self-contained HTML page: title, a line of settings, the figures, the table.
+
+    plotly.js is embedded once, so the page works offline. Written atomically.
+    """
+    from unlock_lens.artifacts import atomic_write_bytes
+
+    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
+    html = (
+        f"<html><head><meta charset='utf-8'><title>{title}</title></head><body>"
+        f"<h2>{title}</h2><p>{meta}</p>{''.join(parts)}"
+        f"{table.to_html(index=False, float_format=lambda x: f'{x:.3f}')}</body></html>"
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, html.encode())
+    return path

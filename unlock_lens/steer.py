@@ -36,6 +36,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from unlock_lens.activations import HookKind, check_layers, hook_name
+from unlock_lens.controls import random_like
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.interventions import apply_edit, check_rule, get_edit, selects
 
@@ -232,6 +233,14 @@ class Steering:
             return
         with model.hooks(fwd_hooks=hooks):
             yield model
+
+    def randomized(self, seed: int) -> Steering:
+        """The random-direction control: a copy whose directions are isotropic random vectors
+        with the same per-layer norms (:func:`~unlock_lens.controls.random_like`, seeded)."""
+        return Steering(
+            random_like(self.directions, seed), self.alpha, self.normalisation, self.positions,
+            self.layers, self.hook, self.target,
+        )
 
     def scaled(self, alpha: float) -> Steering:
         """A copy with another alpha."""

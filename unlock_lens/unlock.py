@@ -32,24 +32,20 @@ def align_key(
     source: Variant,
     target: Variant,
     questions: Sequence[str],
+    spec: AlignSpec = AlignSpec(),  # noqa: B008 - frozen dataclass
     *,
-    method: str = "svd",
-    rank: int = 16,
-    centered: bool | None = None,
     target_layers: Sequence[int] | None = None,
-    holdout: float = 0.0,
     batch_size: int = 16,
     progress: bool = False,
-    **fit_kwargs: Any,
 ) -> dict[int, LayerMap]:
     """Fit one LayerMap per target layer on the same questions through source and target.
 
     ``source`` is the source-locked variant (the key's model, locked format); each side uses
-    its own tokenizer. ``centered`` defaults to the authors' choice: uncentred for a mean key,
-    centred for a PCA key.
+    its own tokenizer. ``spec.centered=None`` resolves to the authors' choice for this key
+    (:meth:`AlignSpec.for_key`).
     """
     key.check_model(source.model)
-    spec = AlignSpec(method, rank, centered, holdout, fit_kwargs).for_key(key)
+    spec = spec.for_key(key)
     t_layers = check_layers(target.model, target_layers)
     pairing = LayerPairing.by_depth(key.source.n_layers, int(target.model.cfg.n_layers), t_layers)
     pairing.require_source(key.layers)
@@ -63,22 +59,17 @@ def build_pack(
     source: Variant,
     target: Variant,
     questions: Sequence[str],
+    spec: AlignSpec = AlignSpec(),  # noqa: B008 - frozen dataclass
     *,
-    method: str = "svd",
-    rank: int = 16,
-    centered: bool | None = None,
-    holdout: float = 0.0,
     alpha: float = 0.1,
     normalisation: Normalisation = "rotate",
     positions: Positions = "last_prompt",
     batch_size: int = 16,
     progress: bool = False,
-    **fit_kwargs: Any,
 ) -> CapabilityPack:
     """``align_key`` + a CapabilityPack that records how the maps were fitted."""
-    spec = AlignSpec(method, rank, centered, holdout, fit_kwargs).for_key(key)
-    maps = align_key(key, source, target, questions, method=method, rank=rank, centered=spec.centered,
-                     holdout=holdout, batch_size=batch_size, progress=progress, **fit_kwargs)
+    spec = spec.for_key(key)
+    maps = align_key(key, source, target, questions, spec, batch_size=batch_size, progress=progress)
     return CapabilityPack.from_alignment(
         key, maps, source=source, target=target, questions=questions, spec=spec, alpha=alpha,
         normalisation=normalisation, positions=positions,
@@ -134,12 +125,12 @@ class Unlock:
             batch_size=self.batch_size, progress=self.progress, **kwargs,
         )
 
-    def align(self, key: MasterKey, questions: Sequence[str], **kwargs: Any) -> CapabilityPack:
-        """Fit the maps into the target (``method``/``rank`` default to the pipeline's)."""
-        settings = {"method": self.method, "rank": self.rank, "alpha": self.alpha,
-                    "normalisation": self.normalisation, "positions": self.positions, **kwargs}
+    def align(self, key: MasterKey, questions: Sequence[str], spec: AlignSpec | None = None) -> CapabilityPack:
+        """Fit the maps into the target (``spec`` defaults to the pipeline's method and rank)."""
         return build_pack(key, self.locked, self.target_variant, questions,
-                          batch_size=self.batch_size, progress=self.progress, **settings)
+                          spec or AlignSpec(self.method, self.rank), alpha=self.alpha,
+                          normalisation=self.normalisation, positions=self.positions,
+                          batch_size=self.batch_size, progress=self.progress)
 
     def run(self, key_questions: Sequence[str], align_questions: Sequence[str]) -> CapabilityPack:
         """Extract on ``key_questions``, align on ``align_questions``; they must be disjoint."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -112,10 +112,7 @@ class AblationSetup:
     direct_prompts: list[str]
     ref_logits: Float[Tensor, "n vocab"]
     direct_logits: Float[Tensor, "n vocab"]
-    method: str = "svd"
-    rank: int = 16
-    centered: bool = False
-    holdout: float = 0.0
+    spec: AlignSpec = AlignSpec(centered=False)  # noqa: RUF009 - frozen dataclass
     alpha: float = 0.1
     normalisation: Normalisation = "rotate"
     positions: Positions = "last_prompt"
@@ -127,6 +124,22 @@ class AblationSetup:
 
     def __post_init__(self) -> None:
         self.tokens = unlocked_tokens(self.ref_logits, self.top_m)
+
+    @property
+    def method(self) -> str:
+        return self.spec.method
+
+    @property
+    def rank(self) -> int:
+        return self.spec.rank
+
+    @property
+    def centered(self) -> bool:
+        return bool(self.spec.centered)
+
+    @property
+    def holdout(self) -> float:
+        return self.spec.holdout
 
     @property
     def source_layers(self) -> list[int]:
@@ -155,7 +168,7 @@ class AblationSetup:
             raise UnlockLensError(f"unknown alignment method {method!r}; known: {sorted(ALIGNMENT_METHODS)}")
         cache_key = (method, None if method in _RANK_FREE else rank)
         if cache_key not in self._maps:
-            spec = AlignSpec(method, rank, self.centered, self.holdout)
+            spec = replace(self.spec, method=method, rank=rank)
             self._maps[cache_key] = fit_layer_maps(self.H_src, self.H_tgt, self.pairing, spec)
         return self._maps[cache_key]
 
@@ -191,10 +204,7 @@ def prepare_ablation(
     *,
     unlocked_format: PromptFormat | None = None,
     target_layers: Sequence[int] | None = None,
-    method: str = "svd",
-    rank: int = 16,
-    centered: bool | None = None,
-    holdout: float = 0.0,
+    spec: AlignSpec = AlignSpec(),  # noqa: B008 - frozen dataclass
     alpha: float = 0.1,
     normalisation: Normalisation = "rotate",
     positions: Positions = "last_prompt",
@@ -224,8 +234,7 @@ def prepare_ablation(
     direct = final_logits(target.model, direct_prompts, batch_size=batch_size)
     return AblationSetup(
         key=key, target=target.model, H_src=H_src, H_tgt=H_tgt, pairing=pairing,
-        direct_prompts=direct_prompts, ref_logits=ref, direct_logits=direct, method=method,
-        rank=rank, centered=bool(AlignSpec(centered=centered).for_key(key).centered), holdout=holdout,
+        direct_prompts=direct_prompts, ref_logits=ref, direct_logits=direct, spec=spec.for_key(key),
         alpha=alpha, normalisation=normalisation, positions=positions, top_m=top_m,
         batch_size=batch_size,
     )

@@ -25,11 +25,11 @@ from typing import Any
 
 from unlock_lens.activations import Variant
 from unlock_lens.artifacts import library_version
-from unlock_lens.controls import random_like
 from unlock_lens.errors import UnlockLensError
-from unlock_lens.evaluate.answers import REL_TOL, answers_match, extract_answer
+from unlock_lens.evaluate.answers import REL_TOL
 from unlock_lens.evaluate.datasets import Problem, question_fingerprint
-from unlock_lens.evaluate.results import CONDITIONS, EvalResults, shows_working
+from unlock_lens.evaluate.results import CONDITIONS, EvalResults
+from unlock_lens.evaluate.tasks import MATH_WORD_PROBLEMS, Task
 from unlock_lens.generation import ENGINES, Generation, generate
 from unlock_lens.masterkey import extract_masterkey
 from unlock_lens.model_info import ModelInfo
@@ -197,10 +197,6 @@ class _Run:
         return " ".join(parts)
 
 
-def _like(base: Steering, directions: dict[int, Any], alpha: float) -> Steering:
-    return Steering(directions, alpha, base.normalisation, base.positions, base.layers, base.hook)
-
-
 def _native_base(model: Any, pack: Any, locked: PromptFormat, unlocked: PromptFormat,
                  key_questions: Sequence[str], batch_size: int) -> tuple[Steering, dict[str, Any]]:
     hook = pack.key.hook if pack is not None else "resid_post"
@@ -229,20 +225,19 @@ def _plan(
     if "cot-prompt" in conditions:
         runs.append(_Run("cot-prompt", unlocked_prompts))
     steered = pack.steering(alphas[0]) if pack is not None else None
-    randoms = {s: random_like(steered.directions, s) for s in seeds} if steered else {}
     for alpha in alphas:
         if "steered" in conditions:
             runs.append(_Run("steered", locked_prompts, alpha, None, steered.scaled(alpha)))
         if "native-key" in conditions:
             runs.append(_Run("native-key", locked_prompts, alpha, None, native.scaled(alpha)))
         if "random" in conditions:
-            runs.extend(_Run("random", locked_prompts, alpha, s, _like(steered, randoms[s], alpha))
+            runs.extend(_Run("random", locked_prompts, alpha, s, steered.scaled(alpha).randomized(s))
                         for s in seeds)
     return runs
 
 
-def _row(problem: Problem, run: _Run, gen: Generation) -> dict[str, Any]:
-    answer = extract_answer(gen.text)
+def _row(problem: Problem, run: _Run, gen: Generation, task: Task) -> dict[str, Any]:
+    scored = task.score(problem, gen.text)
     return {
         "problem_id": problem.id,
         "condition": run.condition,
@@ -250,13 +245,45 @@ def _row(problem: Problem, run: _Run, gen: Generation) -> dict[str, Any]:
         "seed": run.seed,
         "prompt": gen.prompt,
         "output": gen.text,
-        "answer": answer,
+        "answer": scored.answer,
         "gold": problem.answer,
-        "correct": answers_match(answer, problem.answer),
+        "correct": bool(scored.correct),
         "n_tokens": gen.n_tokens,
-        "cot_format": shows_working(gen.text),
+        "cot_format": bool(scored.unlocked_format),
         "first_token_entropy": gen.first_token_entropy,
     }
+
+
+def run_condition(
+    model: Any,
+    problems: Sequence[Problem],
+    prompts: Sequence[str],
+    *,
+    condition: str,
+    steering: Steering | None = None,
+    alpha: float | None = None,
+    seed: int | None = None,
+    task: Task = MATH_WORD_PROBLEMS,
+    decoding: Decoding = Decoding(),  # noqa: B008 - frozen dataclass
+    vllm: Any = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """One condition over all problems: generate from ``prompts`` (steered if given), score
+    with ``task``; one row per problem. Every condition of :func:`evaluate` runs through here."""
+    run = _Run(condition, list(prompts), alpha, seed, steering)
+    if vllm is not None:
+        from unlock_lens.backends.vllm import generate_on_vllm
+
+        gens = generate_on_vllm(vllm, model, run.prompts, steering=run.steering,
+                                max_new_tokens=decoding.max_new_tokens,
+                                stop_strings=decoding.stop_strings)
+    else:
+        gens = generate(model, run.prompts, steering=run.steering,
+                        max_new_tokens=decoding.max_new_tokens,
+                        stop_strings=decoding.stop_strings, batch_size=decoding.batch_size,
+                        stop_loops=decoding.stop_loops, engine=decoding.engine,
+                        progress=run.label if progress else False)
+    return [_row(p, run, g, task) for p, g in zip(problems, gens, strict=True)]
 
 
 def _one_or_list(values: Sequence[str]) -> str | list[str]:
@@ -264,7 +291,8 @@ def _one_or_list(values: Sequence[str]) -> str | list[str]:
     return unique[0] if len(unique) == 1 else unique
 
 
-def _metadata(model: Any, problems: Sequence[Problem], pack: Any, **fields: Any) -> dict[str, Any]:
+def _metadata(model: Any, problems: Sequence[Problem], pack: Any, task: Task, **fields: Any
+              ) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "library_version": library_version(),
         "target": ModelInfo.of(model).to_dict(),
@@ -272,9 +300,9 @@ def _metadata(model: Any, problems: Sequence[Problem], pack: Any, **fields: Any)
         "split": _one_or_list([p.split for p in problems]),
         "n_problems": len(problems),
         "problem_ids_hash": ids_hash(problems),
+        "task": task.name,
         "answer_rel_tol": REL_TOL,
-        "cot_format_rule": "shows_working: an 'a op b = c' step or >= 2 steps of >= 3 words "
-                           "before the final-answer marker",
+        "cot_format_rule": task.format_rule,
         **fields,
     }
     if pack is not None:
@@ -316,6 +344,7 @@ def evaluate(
     decoding: Decoding = Decoding(),  # noqa: B008 - frozen dataclass
     vllm: Any = None,
     progress: bool = False,
+    task: Task = MATH_WORD_PROBLEMS,
 ) -> EvalResults:
     """Generate and score every requested condition on ``problems``; one row per output.
 
@@ -351,21 +380,11 @@ def evaluate(
     runs = _plan(conds, locked_prompts, unlocked_prompts, alpha_list, seed_list, pack, native)
     rows: list[dict[str, Any]] = []
     for run in runs:
-        if vllm is not None:
-            from unlock_lens.backends.vllm import generate_on_vllm
-
-            gens = generate_on_vllm(vllm, model, run.prompts, steering=run.steering,
-                                    max_new_tokens=decoding.max_new_tokens,
-                                    stop_strings=decoding.stop_strings)
-        else:
-            gens = generate(model, run.prompts, steering=run.steering,
-                            max_new_tokens=decoding.max_new_tokens,
-                            stop_strings=decoding.stop_strings, batch_size=decoding.batch_size,
-                            stop_loops=decoding.stop_loops, engine=decoding.engine,
-                            progress=run.label if progress else False)
-        rows.extend(_row(p, run, g) for p, g in zip(problems, gens, strict=True))
+        rows += run_condition(model, problems, run.prompts, condition=run.condition,
+                              steering=run.steering, alpha=run.alpha, seed=run.seed, task=task,
+                              decoding=decoding, vllm=vllm, progress=progress)
     meta = _metadata(
-        model, problems, pack, conditions=list(conds), alphas=alpha_list, seeds=seed_list,
+        model, problems, pack, task, conditions=list(conds), alphas=alpha_list, seeds=seed_list,
         decoding=decoding.to_dict(), locked_format=locked.to_dict(),
         unlocked_format=unlocked.to_dict(), native_key=native_info,
         locked_prompt_hash=prompt_set_hash(locked_prompts),

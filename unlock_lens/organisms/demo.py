@@ -26,25 +26,28 @@ import torch
 from torch import Tensor
 
 from unlock_lens.activations import Variant
-from unlock_lens.controls import random_like
+from unlock_lens.align.layers import AlignSpec
 from unlock_lens.errors import SanityCheckError
-from unlock_lens.generation import generate
+from unlock_lens.evaluate.results import summarize
+from unlock_lens.evaluate.runner import Decoding, evaluate as evaluate_conditions, run_condition
 from unlock_lens.masterkey import MasterKey, extract_masterkey
 from unlock_lens.organisms.task import (
     LABELS,
     LOCKED,
     LONG_OPS,
     OPS,
+    ORGANISM_TASK,
     SHORT_OPS,
     TRIGGER,
     UNLOCKED,
     PromptFormat,
     TaskResult,
+    as_eval_problems,
     generate_problems,
     max_new_tokens,
-    score_completions,
 )
 from unlock_lens.pack import CapabilityPack
+from unlock_lens.plots import accuracy_figure, write_report
 from unlock_lens.steer import Steering
 from unlock_lens.unlock import build_pack
 
@@ -113,6 +116,11 @@ class Condition:
         }
 
 
+def decoding_for(problems: Sequence[Any], batch_size: int = 128) -> Decoding:
+    """Greedy decoding long enough for the longest chain; no stop strings (EOS ends a row)."""
+    return Decoding(max_new_tokens(max(p.n_ops for p in problems)), (), batch_size)
+
+
 def evaluate(
     model: Any,
     problems: Sequence[Any],
@@ -121,12 +129,14 @@ def evaluate(
     *,
     batch_size: int = 128,
 ) -> TaskResult:
-    """Greedy completions of ``problems`` in ``fmt`` (steered if given), scored."""
-    questions = [p.question for p in problems]
-    n_new = max_new_tokens(max(p.n_ops for p in problems))
-    gens = generate(model, fmt.render_all(questions, model.tokenizer), steering=steering,
-                    max_new_tokens=n_new, batch_size=batch_size)
-    return score_completions(problems, [g.text for g in gens])
+    """Greedy completions of ``problems`` in ``fmt`` (steered if given), scored: one condition
+    of the evaluation runner (:func:`~unlock_lens.evaluate.runner.run_condition`) as counts."""
+    prompts = fmt.render_all([p.question for p in problems], model.tokenizer)
+    rows = run_condition(model, as_eval_problems(problems), prompts, condition=fmt.name,
+                         steering=steering, task=ORGANISM_TASK,
+                         decoding=decoding_for(problems, batch_size))
+    correct, step = [r["correct"] for r in rows], [r["cot_format"] for r in rows]
+    return TaskResult(len(rows), sum(correct), sum(step), correct, step)
 
 
 def prompt_key(model: Any, n: int = 64, *, seed: int = 0, aggregator: str = "mean") -> MasterKey:
@@ -147,15 +157,13 @@ def transfer(
     source: Any,
     target: Any,
     questions: Sequence[str],
+    spec: AlignSpec = AlignSpec(),  # noqa: B008 - frozen dataclass
     *,
-    method: str = "svd",
-    rank: int = 16,
     alpha: float = 0.5,
-    **fit_kwargs: Any,
 ) -> CapabilityPack:
     """Fit per-layer maps on ``questions`` (locked format on both sides) and pack the key."""
-    return build_pack(key, Variant(source, LOCKED), Variant(target, LOCKED), questions,
-                      method=method, rank=rank, alpha=alpha, batch_size=128, **fit_kwargs)
+    return build_pack(key, Variant(source, LOCKED), Variant(target, LOCKED), questions, spec,
+                      alpha=alpha, batch_size=128)
 
 
 def self_pack(key: MasterKey, model: Any, alpha: float) -> Steering:
@@ -174,7 +182,7 @@ def cosine_to_native(directions: Mapping[int, Tensor], native: MasterKey) -> dic
 def random_controls(directions: Mapping[int, Tensor], alpha: float,
                     seeds: Sequence[int]) -> list[Steering]:
     """Random directions with the same per-layer norms (one Steering per seed)."""
-    return [Steering(random_like(directions, s), alpha=alpha) for s in seeds]
+    return [Steering(directions, alpha=alpha).randomized(s) for s in seeds]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,14 +193,14 @@ def random_controls(directions: Mapping[int, Tensor], alpha: float,
 MIN_TRIGGER_ACCURACY = 0.9
 
 
-def check_trigger_rows(results: Mapping[str, TaskResult]) -> None:
+def check_trigger_rows(accuracy: Mapping[str, float]) -> None:
     """Refuse to go on when a model's trigger row is not near 100%.
 
     The organisms answer the ``STEP`` prompt correctly on every held-out problem; less
     means generation itself is broken (it was, silently, under transformers 5.24 before
     :mod:`unlock_lens.compat`), and every other row of the table would be wrong with it.
     """
-    bad = {m: r.accuracy for m, r in results.items() if r.accuracy < MIN_TRIGGER_ACCURACY}
+    bad = {m: float(a) for m, a in accuracy.items() if a < MIN_TRIGGER_ACCURACY}
     if bad:
         found = ", ".join(f"{m} {a:.0%}" for m, a in bad.items())
         raise SanityCheckError(
@@ -240,40 +248,52 @@ def run_demo(
     src, tgt = load_organism(s_name), load_organism(t_name)
     test = generate_problems(n_test, split="test", n_ops=SHORT_OPS)
     rows: list[Condition] = []
+    labels = {"direct": "direct", "cot-prompt": "trigger", "native-key": "UNLOCK same-model (own key)",
+              "steered": f"UNLOCK {s_name}->{t_name} (trigger-free fit)"}
 
-    def add(cond: str, model_name: str, res: TaskResult, **extra: Any) -> None:
+    def add(model_name: str, summary: Any, **extra: Any) -> None:
+        """One table row from a row of the runner's summary."""
+        cond = labels.get(summary["condition"])
+        if summary["condition"] == "random":
+            cond = (f"random direction (mean of {n_random})" if pd.isna(summary["seed"])
+                    else f"random direction (seed {int(summary['seed'])})")
+        n = int(summary["n"])
+        res = TaskResult(n, int(summary["k"]), round(summary["cot_rate"] * n), [], [])
         rows.append(Condition(cond, model_name, res, extra))
         if verbose:
             lo, hi = res.interval()
             print(f"{cond:<34} {model_name:<8} acc {res.accuracy:6.1%} [{lo:.2f}, {hi:.2f}]  "
                   f"step {res.step_rate:6.1%}", flush=True)
 
-    add("direct", s_name, evaluate(src, test, LOCKED))
-    add("trigger", s_name, evaluate(src, test, UNLOCKED))
-    add("direct", t_name, evaluate(tgt, test, LOCKED))
-    add("trigger", t_name, evaluate(tgt, test, UNLOCKED))
-    check_trigger_rows({r.model: r.result for r in rows if r.condition == "trigger"})
+    common = {"locked_format": LOCKED, "unlocked_format": UNLOCKED, "task": ORGANISM_TASK,
+              "decoding": decoding_for(test)}
+    problems = as_eval_problems(test)
+    plain = {m: summarize(evaluate_conditions(model, problems, conditions=("direct", "cot-prompt"),
+                                              **common).rows)
+             for m, model in ((s_name, src), (t_name, tgt))}
+    for m in (s_name, t_name):
+        for cond in ("direct", "cot-prompt"):
+            add(m, plain[m][plain[m].condition == cond].iloc[0])
+    check_trigger_rows({m: plain[m].set_index("condition").loc["cot-prompt", "accuracy"]
+                        for m in (s_name, t_name)})
 
     native = prompt_key(tgt, n_key)
-    add("UNLOCK same-model (own key)", t_name, evaluate(tgt, test, LOCKED, self_pack(native, tgt, alpha)))
-
     key = prompt_key(src, n_key)
-    pack = transfer(key, src, tgt, align_questions("trigger-free", n_align), method=method,
-                    rank=rank, alpha=alpha)
-    dirs = pack.target_directions()
-    cos = cosine_to_native(dirs, native)
+    pack = transfer(key, src, tgt, align_questions("trigger-free", n_align), AlignSpec(method, rank),
+                    alpha=alpha)
+    cos = cosine_to_native(pack.target_directions(), native)
     mean_cos = sum(cos.values()) / len(cos)
-    add(f"UNLOCK {s_name}->{t_name} (trigger-free fit)", t_name,
-        evaluate(tgt, test, LOCKED, pack.steering()), cos_native=mean_cos)
-    accs = []
-    for seed, ctl in enumerate(random_controls(dirs, alpha, range(n_random))):
-        res = evaluate(tgt, test, LOCKED, ctl)
-        accs.append(res.accuracy)
-        add(f"random direction (seed {seed})", t_name, res)
-    k = sum(r.result.n_correct for r in rows[-n_random:])
-    n = sum(r.result.n for r in rows[-n_random:])
-    pooled = TaskResult(n, k, sum(r.result.n_step for r in rows[-n_random:]), [], [])
-    add(f"random direction (mean of {n_random})", t_name, pooled, max_seed_accuracy=max(accs))
+    key_qs = [p.question for p in generate_problems(n_key, split="key", n_ops=SHORT_OPS)]
+    steered = summarize(evaluate_conditions(
+        tgt, problems, conditions=("native-key", "steered", "random"), pack=pack, alphas=[alpha],
+        seeds=range(n_random), key_questions=key_qs, **common).rows)
+    add(t_name, steered[steered.condition == "native-key"].iloc[0])
+    add(t_name, steered[steered.condition == "steered"].iloc[0], cos_native=mean_cos)
+    randoms = steered[steered.condition == "random"]
+    for _, row in randoms[randoms.seed.notna()].iterrows():
+        add(t_name, row)
+    pooled = randoms[randoms.seed.isna()].iloc[0]
+    add(t_name, pooled, max_seed_accuracy=float(randoms[randoms.seed.notna()].accuracy.max()))
     df = pd.DataFrame([r.row() for r in rows])
     df.attrs.update(source=s_name, target=t_name, rank=rank, alpha=alpha, method=method,
                     n_key=n_key, n_align=n_align, seconds=round(time.perf_counter() - t0, 1),
@@ -282,38 +302,6 @@ def run_demo(
         print(f"done in {df.attrs['seconds']} s (rank {rank}, alpha {alpha}, {method}, "
               f"cos to native key {mean_cos:.2f})")
     if html is not None:
-        write_html(df, html)
+        meta = ", ".join(f"{k}={v}" for k, v in df.attrs.items() if k != "cos_native_per_layer")
+        write_report(html, "UNLOCK on the organisms", [accuracy_figure(df)], df, meta)
     return df
-
-
-def figure(df: Any) -> Any:
-    """Plotly bar chart of accuracy by condition with Wilson 95% error bars."""
-    import plotly.graph_objects as go
-
-    labels = [f"{c} [{m}]" for c, m in zip(df["condition"], df["model"], strict=True)]
-    fig = go.Figure(go.Bar(
-        x=labels, y=df["accuracy"],
-        error_y={"type": "data", "symmetric": False,
-                 "array": df["ci_hi"] - df["accuracy"], "arrayminus": df["accuracy"] - df["ci_lo"]},
-        marker_color=["#888" if "random" in c else "#36c" if "UNLOCK" in c else "#9ab"
-                      for c in df["condition"]],
-    ))
-    fig.update_layout(title="Organisms: accuracy by condition (Wilson 95% CI)",
-                      yaxis={"title": "exact-answer accuracy", "range": [0, 1]},
-                      xaxis={"tickangle": -30}, height=520)
-    return fig
-
-
-def write_html(df: Any, path: str | Path) -> Path:
-    """An HTML report: the figure and the table."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig_html = figure(df).to_html(full_html=False, include_plotlyjs="cdn")
-    meta = ", ".join(f"{k}={v}" for k, v in df.attrs.items() if k != "cos_native_per_layer")
-    path.write_text(
-        "<html><head><meta charset='utf-8'><title>unlock_lens organisms demo</title></head><body>"
-        f"<h2>UNLOCK on the organisms</h2><p>{meta}</p>{fig_html}"
-        f"{df.to_html(index=False, float_format=lambda x: f'{x:.3f}')}</body></html>"
-    )
-    return path
-

@@ -31,6 +31,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from unlock_lens.evaluate.datasets import Problem as EvalProblem
+from unlock_lens.evaluate.tasks import Scored, Task
 from unlock_lens.prompts import PromptFormat
 
 LABELS = "abcdefgh"
@@ -301,3 +303,24 @@ def format_from_dict(d: dict[str, Any]) -> PromptFormat:
 def max_new_tokens(n_ops: int) -> int:
     """Enough tokens for a full step completion of ``n_ops`` operations plus EOS."""
     return 2 * (n_ops + 1) + 4
+
+
+# ---------------------------------------------------------------------------------------------
+# the task, as the evaluation runner sees it
+
+
+def _score_for_runner(problem: Any, text: str) -> Scored:
+    s = score_completion(problem.question, text)
+    return Scored(s.answer, s.correct, s.step_format)
+
+
+#: the organisms' scorer for :func:`unlock_lens.evaluate.runner.evaluate` (exact final digit;
+#: the unlocked format is the step-by-step chain ``a<v>b<v>...=<answer>.``)
+ORGANISM_TASK = Task("organisms", _score_for_runner,
+                     "is_step_format: one labelled intermediate value per operation, then '=answer.'")
+
+
+def as_eval_problems(problems: Sequence[Problem], split: str = "test") -> list[EvalProblem]:
+    """The runner's problem records for organism problems (id = the question, which is unique)."""
+    return [EvalProblem(id=p.question, question=p.question, answer=str(p.answer),
+                        dataset="organisms", split=split) for p in problems]
