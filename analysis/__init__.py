@@ -68,9 +68,9 @@ def question_sets(organisms: bool, n_key: int, n_align: int, n_eval: int,
         return {"key": generate_questions(n_key, split="key", n_ops=SHORT_OPS, seed=seed),
                 "align": align_questions("trigger-free", n_align, seed=seed),
                 "eval": generate_questions(n_eval, split="dev", n_ops=SHORT_OPS, seed=seed)}
-    from unlock_lens.evaluate import load_dataset, split_problems
+    from unlock_lens.evaluate import TRAIN_SPLIT_FRACTIONS, load_dataset, split_problems
 
-    parts = split_problems(load_dataset("gsm8k", "train"), {"key": .4, "align": .4, "dev": .2},
+    parts = split_problems(load_dataset("gsm8k", "train"), TRAIN_SPLIT_FRACTIONS,
                            seed=seed)
     return {"key": [p.question for p in parts["key"][:n_key]],
             "align": [p.question for p in parts["align"][:n_align]],

@@ -25,13 +25,12 @@ import time
 from pathlib import Path
 
 from unlock_lens.artifacts import atomic_write_bytes
-from unlock_lens.evaluate import load_dataset, markdown_table, split_problems
+from unlock_lens.evaluate import TRAIN_SPLIT_FRACTIONS, load_dataset, markdown_table, split_problems
 from unlock_lens.evaluate.runner import Decoding, evaluate, select_alpha
 from unlock_lens.models import load_model
 from unlock_lens.prompts import COT, DIRECT
 from unlock_lens.unlock import Unlock
 
-KEY_ALIGN_FRACTIONS = {"key": 0.4, "align": 0.4, "dev": 0.2}  # as in `unlock-lens extract/align`
 CONDITIONS = ("direct", "cot-prompt", "steered", "random", "native-key")
 
 
@@ -63,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def gsm8k_questions(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    parts = split_problems(load_dataset("gsm8k", "train"), KEY_ALIGN_FRACTIONS, seed=args.seed)
+    parts = split_problems(load_dataset("gsm8k", "train"), TRAIN_SPLIT_FRACTIONS, seed=args.seed)
     return ([p.question for p in parts["key"][: args.n_key]],
             [p.question for p in parts["align"][: args.n_align]])
 

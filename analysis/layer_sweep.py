@@ -22,6 +22,7 @@ import time
 import pandas as pd
 
 from analysis import common_args, load_pair, log, metric_title, readable_scale, start, write
+from unlock_lens.align.layers import AlignSpec
 from unlock_lens.diagnostics.ablations import leave_one_out_sweep, single_layer_sweep
 from unlock_lens.evaluate import markdown_table
 from unlock_lens.plots import layer_sweep_figure
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     pair = load_pair(args.source, args.target, args.n_key, args.n_align, args.n_eval, args.seed)
     log(t0, f"key extracted from {args.source} ({len(pair.key.layers)} layers)")
-    setup = pair.ablation(method=args.method, rank=args.rank, alpha=args.alpha)
+    setup = pair.ablation(spec=AlignSpec(args.method, args.rank), alpha=args.alpha)
     log(t0, "activations and reference logits cached")
     seeds = [int(s) for s in args.seeds.split(",") if s]
     lines = [f"# Layer sweep: {args.source} → {args.target}", "",

@@ -29,6 +29,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 
 from analysis import common_args, load_pair, log, metric_title, readable_scale, start, write
+from unlock_lens.align.layers import AlignSpec
 from unlock_lens.diagnostics.ablations import rank_sweep
 from unlock_lens.diagnostics.similarity import alignment_table, key_cosines
 from unlock_lens.errors import UnlockLensError
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     pair = load_pair(args.source, args.target, args.n_key, args.n_align, args.n_eval, args.seed)
     native = pair.native_key()
     log(t0, "source and native keys extracted")
-    setup = pair.ablation(holdout=args.holdout, alpha=args.alpha)
+    setup = pair.ablation(spec=AlignSpec(holdout=args.holdout), alpha=args.alpha)
     log(t0, "activations and reference logits cached")
     methods = args.methods.split(",")
     ranks = sorted({min(int(r), setup.rank_limit) for r in args.ranks.split(",")})

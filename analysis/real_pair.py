@@ -60,7 +60,7 @@ from unlock_lens.diagnostics.ablations import (
     rank_sweep,
 )
 from unlock_lens.diagnostics.similarity import key_cosines
-from unlock_lens.evaluate import load_dataset, markdown_table, split_problems
+from unlock_lens.evaluate import TRAIN_SPLIT_FRACTIONS, load_dataset, markdown_table, split_problems
 from unlock_lens.evaluate.datasets import Problem, question_fingerprint
 from unlock_lens.evaluate.results import EvalResults, summarize
 from unlock_lens.evaluate.runner import Decoding, check_disjoint, evaluate
@@ -71,7 +71,6 @@ from unlock_lens.plots import rank_sweep_figure, save_figure
 from unlock_lens.prompts import default_formats
 from unlock_lens.steer import Steering
 
-GSM8K_PARTS = {"key": 0.4, "align": 0.4, "dev": 0.2}  # as `unlock-lens extract` / `align`
 EVAL_PARTS = {"dev": 0.2, "eval": 0.8}
 SUMMARY_COLUMNS = ["condition", "alpha", "seed", "n", "accuracy", "acc_lo", "acc_hi", "diff",
                    "diff_lo", "diff_hi", "mcnemar_p", "cot_rate", "mean_tokens",
@@ -118,7 +117,7 @@ def _floats(text: str) -> list[float]:
 
 def question_sets(args: argparse.Namespace) -> dict[str, Any]:
     """GSM8K-train key / align questions; dev / eval problems per evaluation set; all disjoint."""
-    gsm = split_problems(load_dataset("gsm8k", "train"), GSM8K_PARTS, seed=args.seed)
+    gsm = split_problems(load_dataset("gsm8k", "train"), TRAIN_SPLIT_FRACTIONS, seed=args.seed)
     key, align = gsm["key"][: args.n_key], gsm["align"][: args.n_align]
     if len(key) < args.n_key or len(align) < args.n_align:
         raise SystemExit(f"GSM8K-train has only {len(key)} key / {len(align)} align questions")

@@ -27,7 +27,7 @@ import plotly.graph_objects as go
 
 from analysis import common_args, load_pair, log, start, write
 from unlock_lens.activations import Variant, capture
-from unlock_lens.align.layers import AlignSpec
+from unlock_lens.align.layers import AlignSpec, map_directions
 from unlock_lens.diagnostics.similarity import (
     cca_table,
     cka_matrix,
@@ -35,8 +35,6 @@ from unlock_lens.diagnostics.similarity import (
     principal_angle_table,
 )
 from unlock_lens.evaluate import markdown_table
-from unlock_lens.model_info import ModelInfo
-from unlock_lens.pack import CapabilityPack
 from unlock_lens.plots import cka_heatmap, principal_angles_figure
 from unlock_lens.unlock import align_key
 
@@ -111,8 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     cca = cca_table(*H["align"], pairs, args.k).assign(**ids)
     write(cca, None, args, "cca")
 
-    pack = CapabilityPack(key=pair.key, maps=maps, target=ModelInfo.of(pair.target))
-    cos = key_cosines(pack.target_directions(), pair.native_key()).assign(**ids)
+    cos = key_cosines(map_directions(pair.key, maps), pair.native_key()).assign(**ids)
     write(cos, None, args, "key_cosines")
 
     best = cka.loc[cka.groupby("target_layer").cka.idxmax()][["target_layer", "source_layer"]]

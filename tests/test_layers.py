@@ -118,3 +118,33 @@ def test_map_directions_from_a_key_or_a_mapping():
     zero = {s: torch.zeros(12) for s in range(3)}
     with pytest.raises(UnlockLensError, match="larger rank"):
         map_directions(zero, maps)
+
+
+def test_a_new_alignment_method_is_one_registration(tiny_models, monkeypatch):
+    """Extension scenario: a method registered in one place runs through every fitting path."""
+    from unlock_lens.align import base
+    from unlock_lens.align.base import LayerMap, register_method
+    from unlock_lens.unlock import Unlock
+
+    monkeypatch.setattr(base, "ALIGNMENT_METHODS", dict(base.ALIGNMENT_METHODS))
+    monkeypatch.setattr(base, "_RANK_FREE", set(base._RANK_FREE))
+
+    @register_method("lstsq", uses_rank=False)
+    def fit_lstsq(X_src, X_tgt, rank=None, centered=False):
+        """Plain least squares, no centring (the minimum-norm solution)."""
+        W = torch.linalg.lstsq(X_src.double(), X_tgt.double()).solution.float()
+        d_s, d_t = W.shape
+        return LayerMap(torch.eye(d_s), W, torch.eye(d_t), torch.zeros(d_s), torch.zeros(d_t),
+                        method="lstsq", rank=min(d_s, d_t), centered=False)
+
+    H_s, H_t, pairing, W = _captures(n=60)
+    maps = fit_layer_maps(H_s, H_t, pairing, AlignSpec("lstsq"))
+    for t, m in maps.items():
+        assert m.method == "lstsq"
+        torch.testing.assert_close(m.core, W[pairing.source_of[t]], atol=0.02, rtol=0.02)
+    # the whole pipeline takes it by name
+    pipe = Unlock(source=tiny_models["qwen2"], target=tiny_models["llama"], method="lstsq")
+    questions = [f"Tom has {a} apples and buys {a + 2} more. How many?" for a in range(10)]
+    pack = pipe.run(questions[:5], questions[5:])
+    assert {m.method for m in pack.maps.values()} == {"lstsq"}
+    assert pack.alignment["method"] == "lstsq"

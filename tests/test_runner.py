@@ -21,7 +21,6 @@ from unlock_lens.evaluate.runner import (
     best_alpha,
     evaluate,
     select_alpha,
-    unlocked_counterpart,
 )
 from unlock_lens.pack import CapabilityPack
 from unlock_lens.prompts import COT_TRIGGER, PromptFormat
@@ -103,7 +102,7 @@ def test_prompts_follow_the_formats(results, pack, problems):
         assert by_cond[("cot-prompt", p.id)].endswith(f"Answer: {COT_TRIGGER}")
     meta = results.metadata
     assert meta["locked_format"] == locked.to_dict()
-    assert meta["unlocked_format"] == unlocked_counterpart(locked).to_dict()
+    assert meta["unlocked_format"] == locked.cot_counterpart().to_dict()
     assert meta["native_key"]["n_prompts"] == len(KEY_Q)
 
 

@@ -22,11 +22,9 @@ Model = Annotated[str, typer.Option(help="hub id, local HF dir, .gguf file or re
 
 
 def _questions(dataset: str, split: str, role: str, n: int, seed: int) -> list[str]:
-    from unlock_lens.evaluate.datasets import load_dataset, split_problems
+    from unlock_lens.evaluate.datasets import TRAIN_SPLIT_FRACTIONS, load_dataset, split_problems
 
-    parts = split_problems(
-        load_dataset(dataset, split), fractions={"key": 0.4, "align": 0.4, "dev": 0.2}, seed=seed
-    )
+    parts = split_problems(load_dataset(dataset, split), fractions=TRAIN_SPLIT_FRACTIONS, seed=seed)
     chosen = parts[role][:n]
     if len(chosen) < n:
         typer.secho(f"only {len(chosen)} {role} questions available (asked for {n})", fg="yellow")

@@ -75,6 +75,12 @@ class PromptFormat:
     def as_chat(self, chat: bool = True) -> PromptFormat:
         return replace(self, chat=chat, name=f"{self.name.removesuffix('-chat')}{'-chat' if chat else ''}")
 
+    def cot_counterpart(self) -> PromptFormat:
+        """The unlocked version of this locked format: the CoT instruction and answer trigger,
+        the same chat flag and few-shot examples (subclasses with their own trigger override it)."""
+        name = self.name.replace("direct", "cot") if "direct" in self.name else f"{self.name}-cot"
+        return PromptFormat(name, COT.instruction, COT.answer_prefix, self.chat, self.few_shot)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -46,7 +46,7 @@ from unlock_lens.controls import random_like
 from unlock_lens.distributions import kl_divergence
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.masterkey import MasterKey
-from unlock_lens.prompts import COT, PromptFormat
+from unlock_lens.prompts import PromptFormat
 from unlock_lens.steer import Normalisation, Positions, Steering
 
 DEFAULT_RANKS = (1, 2, 4, 8, 16, 32, 64)
@@ -189,12 +189,6 @@ class AblationSetup:
         return proxy_scores(self.ref_logits, logits, self.tokens)
 
 
-def _cot_version(locked: PromptFormat) -> PromptFormat:
-    name = locked.name.replace("direct", "cot")
-    return PromptFormat(name if name != locked.name else f"{name}-cot", COT.instruction,
-                        COT.answer_prefix, locked.chat)
-
-
 def prepare_ablation(
     key: MasterKey,
     source: Variant,
@@ -227,7 +221,7 @@ def prepare_ablation(
     pairing.require_source(key.layers)
     H_src, H_tgt = capture_pair(source, target, align_questions, pairing.source_layers,
                                 pairing.target_layers, hook=key.hook, batch_size=batch_size)
-    unlocked = unlocked_format or _cot_version(target.format)
+    unlocked = unlocked_format or target.format.cot_counterpart()
     tok = target.model.tokenizer
     direct_prompts = target.prompts(eval_questions)
     ref = final_logits(target.model, unlocked.render_all(eval_questions, tok), batch_size=batch_size)

@@ -314,12 +314,12 @@ def alignment_sweep(
 ) -> pd.DataFrame:
     """Fit quality over methods x ranks for ``(source_layer, target_layer)`` pairs.
 
-    Refits ``fit_alignment`` from the given captures with a seeded ``holdout`` split (the same
+    Refits the maps (:func:`~unlock_lens.align.layers.fit_layer_maps`) from the given captures with a seeded ``holdout`` split (the same
     split for every cell); ranks above min(n_train, d_s, d_t) are dropped. Rows as in
     :func:`alignment_table`; ``ridge`` / ``identity`` (rank-free) get one row per pair.
     """
-    from unlock_lens.align import fit_alignment
     from unlock_lens.align.base import _RANK_FREE
+    from unlock_lens.align.layers import AlignSpec, LayerPairing, fit_layer_maps
 
     s_layers = list(range(H_src.shape[1])) if source_layers is None else list(source_layers)
     t_layers = list(range(H_tgt.shape[1])) if target_layers is None else list(target_layers)
@@ -330,12 +330,11 @@ def alignment_sweep(
     for method in methods:
         method_ranks = [None] if method in _RANK_FREE else [r for r in ranks if 1 <= r <= cap]
         for r in method_ranks:
-            for s, t in pairs:
-                maps[len(maps)] = fit_alignment(
-                    H_src[:, s_layers.index(s)], H_tgt[:, t_layers.index(t)], method=method,
-                    rank=r or 1, holdout=holdout, seed=seed, centered=centered, source_layer=s,
-                    target_layer=t,
-                )
+            spec = AlignSpec(method, r or 1, centered, holdout, {"seed": seed})
+            for s, t in pairs:  # arbitrary pairs, not only depth-matched ones: one fit each
+                fitted = fit_layer_maps(H_src[:, [s_layers.index(s)]], H_tgt[:, [t_layers.index(t)]],
+                                        LayerPairing({t: s}), spec)
+                maps[len(maps)] = fitted[t]
     return alignment_table(maps).reset_index(drop=True)
 
 

@@ -9,6 +9,7 @@ from .answers import (
 from .datasets import (
     DATASETS as DATASETS,
     DEFAULT_SPLIT_FRACTIONS as DEFAULT_SPLIT_FRACTIONS,
+    TRAIN_SPLIT_FRACTIONS as TRAIN_SPLIT_FRACTIONS,
     DatasetSpec as DatasetSpec,
     Problem as Problem,
     default_data_dir as default_data_dir,
@@ -42,6 +43,7 @@ __all__ = [
     "CONDITIONS",
     "DATASETS",
     "DEFAULT_SPLIT_FRACTIONS",
+    "TRAIN_SPLIT_FRACTIONS",
     "DatasetSpec",
     "Decoding",
     "EvalResults",

@@ -28,6 +28,7 @@ from unlock_lens.evaluate.answers import format_number, normalize_number
 __all__ = [
     "DATASETS",
     "DEFAULT_SPLIT_FRACTIONS",
+    "TRAIN_SPLIT_FRACTIONS",
     "DatasetSpec",
     "Problem",
     "default_data_dir",
@@ -489,6 +490,9 @@ def remove_overlap(problems: Sequence[Problem], others: Iterable[Problem]) -> li
 DEFAULT_SPLIT_FRACTIONS: Mapping[str, float] = MappingProxyType(
     {"key": 0.25, "align": 0.25, "dev": 0.1, "eval": 0.4}
 )
+#: a train split cut for the method's own questions (the evaluation sets are test splits):
+#: what ``unlock-lens extract`` / ``align`` and the analysis scripts draw from GSM8K train
+TRAIN_SPLIT_FRACTIONS: Mapping[str, float] = MappingProxyType({"key": 0.4, "align": 0.4, "dev": 0.2})
 
 
 def split_problems(

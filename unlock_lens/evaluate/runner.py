@@ -33,7 +33,7 @@ from unlock_lens.evaluate.tasks import MATH_WORD_PROBLEMS, Task
 from unlock_lens.generation import ENGINES, Generation, generate
 from unlock_lens.masterkey import extract_masterkey
 from unlock_lens.model_info import ModelInfo
-from unlock_lens.prompts import COT, PromptFormat, default_formats, get_format, prompt_set_hash
+from unlock_lens.prompts import PromptFormat, default_formats, get_format, prompt_set_hash
 from unlock_lens.steer import Steering
 
 __all__ = [
@@ -43,7 +43,6 @@ __all__ = [
     "evaluate",
     "parse_conditions",
     "select_alpha",
-    "unlocked_counterpart",
 ]
 
 DECODING_ENGINES = (*ENGINES, "vllm")
@@ -95,12 +94,6 @@ def parse_conditions(conditions: str | Sequence[str]) -> tuple[str, ...]:
     if not names:
         raise UnlockLensError(f"no conditions given; choose from {list(CONDITIONS)}")
     return tuple(dict.fromkeys(names))
-
-
-def unlocked_counterpart(locked: PromptFormat) -> PromptFormat:
-    """The CoT version of a locked format: CoT instruction and trigger, same chat flag and shots."""
-    name = locked.name.replace("direct", "cot") if "direct" in locked.name else f"{locked.name}-cot"
-    return PromptFormat(name, COT.instruction, COT.answer_prefix, locked.chat, locked.few_shot)
 
 
 def ids_hash(problems: Sequence[Problem]) -> str:
@@ -326,7 +319,7 @@ def _formats(model: Any, pack: Any, locked_format: Any, unlocked_format: Any
         locked = PromptFormat.from_dict(pack.target_format)
     else:
         locked = default_formats(model.tokenizer)[0]
-    unlocked = get_format(unlocked_format) if unlocked_format else unlocked_counterpart(locked)
+    unlocked = get_format(unlocked_format) if unlocked_format else locked.cot_counterpart()
     return locked, unlocked
 
 

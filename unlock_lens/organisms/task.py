@@ -274,6 +274,10 @@ class OrganismFormat(PromptFormat):
     def render(self, question: str, tokenizer: Any = None) -> str:
         return f"{self.user_text(question)}?{self.answer_prefix}"
 
+    def cot_counterpart(self) -> PromptFormat:
+        """The trigger format: ``STEP`` before the question."""
+        return UNLOCKED
+
     def as_chat(self, chat: bool = True) -> PromptFormat:
         if chat:
             raise ValueError("organism formats are plain text: the organisms have no chat template")
