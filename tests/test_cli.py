@@ -31,7 +31,7 @@ def test_extract_align_steer_generate(tiny_dirs, tmp_path, monkeypatch):
     r = runner.invoke(app, ["steer", "--pack", str(pack_path), "--target", tgt,
                             "--question", "What is 2 + 3?", "--max-new-tokens", "4"])
     assert r.exit_code == 0, r.output
-    assert "--- steered (alpha=0.3)" in r.output
+    assert "--- steered (alpha 0.3)" in r.output
     out = tmp_path / "gen.jsonl"
     r = runner.invoke(app, ["generate", "--target", tgt, "--pack", str(pack_path), "--out", str(out),
                             "--dataset", "svamp", "--n", "3", "--max-new-tokens", "4"])

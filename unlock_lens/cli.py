@@ -8,12 +8,16 @@ seeded splits of a dataset (``--dataset gsm8k --split train``) so they never ove
 from __future__ import annotations
 
 import json
+import math
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from unlock_lens.activations import Variant
+from unlock_lens.errors import UnlockLensError
 from unlock_lens.prompts import get_format
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -29,6 +33,65 @@ def _questions(dataset: str, split: str, role: str, n: int, seed: int) -> list[s
     if len(chosen) < n:
         typer.secho(f"only {len(chosen)} {role} questions available (asked for {n})", fg="yellow")
     return [p.question for p in chosen]
+
+
+# ---- checks that run before any model is loaded -------------------------------------------
+
+
+def _check_dataset(name: str, flag: str = "--dataset") -> None:
+    from unlock_lens.evaluate.datasets import DATASETS
+
+    if name not in DATASETS:
+        raise UnlockLensError(f"{flag} {name!r} is not a known dataset; choose one of {sorted(DATASETS)}")
+
+
+def _check_out_file(path: Path, flag: str = "--out") -> None:
+    if path.is_dir():
+        raise UnlockLensError(f"{flag} {path} is a folder: give a file path, e.g. {path / 'out.jsonl'}")
+
+
+def _check_positive(value: int, flag: str) -> None:
+    if value < 1:
+        raise UnlockLensError(f"{flag} must be at least 1, got {value}")
+
+
+def _check_alpha(alpha: float | None, flag: str = "--alpha") -> None:
+    if alpha is not None and not math.isfinite(alpha):
+        raise UnlockLensError(f"{flag} must be a finite number, got {alpha}")
+
+
+def _check_steering(normalisation: str, positions: str) -> None:
+    from unlock_lens.interventions import EDITS, POSITION_RULES
+
+    if normalisation not in EDITS:
+        raise UnlockLensError(f"--normalisation {normalisation!r} is unknown; choose one of {sorted(EDITS)}")
+    if positions not in POSITION_RULES:
+        raise UnlockLensError(f"--positions {positions!r} is unknown; choose one of {list(POSITION_RULES)}")
+
+
+def _check_method(method: str) -> None:
+    from unlock_lens.align import ALIGNMENT_METHODS
+
+    if method not in ALIGNMENT_METHODS:
+        raise UnlockLensError(f"--method {method!r} is not an alignment method; choose one of "
+                              f"{sorted(ALIGNMENT_METHODS)}")
+
+
+def _check_fit(method: str, rank: int, n: int) -> None:
+    """A fit that would fail after loading and capturing fails here instead."""
+    _check_method(method)
+    _check_positive(rank, "--rank")
+    _check_positive(n, "--n")
+    if rank > n:
+        raise UnlockLensError(f"--rank {rank} is more than the {n} alignment questions (--n): a rank-k "
+                              "fit needs at least k questions; lower --rank or raise --n")
+    if rank == n:
+        typer.secho(f"warning: --rank {rank} equals --n: the map interpolates its {n} questions "
+                    "(train error 0); use a lower --rank or more questions", fg="yellow", err=True)
+
+
+def _alpha_note(alpha: float) -> str:
+    return f"alpha {alpha:g}" + (" (negative: steers away, removing the capability)" if alpha < 0 else "")
 
 
 def _load(name: str, device: str):  # noqa: ANN202
@@ -55,6 +118,10 @@ def extract(
 ) -> None:
     """Extract a MasterKey from a source (prompt- or model-driven contrast)."""
     from unlock_lens.unlock import Unlock
+
+    _check_dataset(dataset)
+    _check_positive(n, "--n")
+    _check_out_file(out)
 
     src = _load(model, device)
     pipe = Unlock(
@@ -92,6 +159,11 @@ def align(
     from unlock_lens.prompts import PromptFormat
     from unlock_lens.unlock import Unlock
 
+    _check_dataset(dataset)
+    _check_fit(method, rank, n)
+    _check_steering(normalisation, positions)
+    _check_alpha(alpha)
+    _check_out_file(out)
     mk = MasterKey.load(key)
     fmt = PromptFormat.from_dict(mk.unlocked_format if mk.contrast == "model" else mk.locked_format)  # type: ignore[arg-type]
     pipe = Unlock(
@@ -104,7 +176,7 @@ def align(
     pack.save(out)
     errs = [m.metrics.get("train_relative_error", float("nan")) for m in pack.maps.values()]
     typer.echo(f"CapabilityPack: {len(pack.maps)} target layers, {method} rank {rank}, "
-               f"mean train relative error {sum(errs) / len(errs):.3f} -> {out}")
+               f"{_alpha_note(alpha)}, mean train relative error {sum(errs) / len(errs):.3f} -> {out}")
 
 
 @app.command()
@@ -121,6 +193,10 @@ def steer(
     from unlock_lens.pack import CapabilityPack
     from unlock_lens.prompts import PromptFormat, get_format
 
+    if not question or any(not q.strip() for q in question):
+        raise UnlockLensError("--question is empty: give the question text, e.g. --question 'What is 17 * 3?'")
+    _check_alpha(alpha)
+    _check_positive(max_new_tokens, "--max-new-tokens")
     cp = CapabilityPack.load(pack)
     model = _load(target, device)
     cp.check_model(model)
@@ -129,7 +205,7 @@ def steer(
     plain = generate(model, prompts, max_new_tokens=max_new_tokens)
     steered = generate(model, prompts, steering=cp.steering(alpha), max_new_tokens=max_new_tokens)
     for q, a, b in zip(question, plain, steered, strict=True):
-        typer.echo(f"\n### {q}\n--- unsteered\n{a.text.strip()}\n--- steered (alpha={alpha or cp.alpha})\n{b.text.strip()}")
+        typer.echo(f"\n### {q}\n--- unsteered\n{a.text.strip()}\n--- steered ({_alpha_note(cp.alpha if alpha is None else alpha)})\n{b.text.strip()}")
 
 
 @app.command()
@@ -153,6 +229,11 @@ def generate(
     from unlock_lens.pack import CapabilityPack
     from unlock_lens.prompts import get_format
 
+    _check_dataset(dataset)
+    _check_positive(n, "--n")
+    _check_alpha(alpha)
+    _check_out_file(out)
+    get_format(prompt_format)
     model = _load(target, device)
     steering = None
     if pack is not None:
@@ -212,6 +293,9 @@ def eval_(
     from unlock_lens.evaluate.runner import Decoding, evaluate, parse_conditions
     from unlock_lens.pack import CapabilityPack
 
+    _check_dataset(dataset)
+    if out.exists() and not out.is_dir():
+        raise UnlockLensError(f"--out {out} is a file: eval writes a folder of results; give a folder path")
     conds = parse_conditions(conditions)
     alpha_list = _floats(alphas, "alphas") if alphas else None
     seed_list = [int(x) for x in _floats(seeds, "seeds")]
@@ -267,7 +351,17 @@ def demo(
     """
     import pandas as pd
 
-    from unlock_lens.organisms import run_demo
+    from unlock_lens.organisms import ORGANISMS, run_demo
+
+    for flag, name in (("--source", source), ("--target", target)):
+        if name is not None and name not in ORGANISMS:
+            raise UnlockLensError(f"{flag} {name!r} is not an organism; choose one of {sorted(ORGANISMS)}")
+    if method is not None:
+        _check_method(method)
+    if rank is not None:
+        _check_positive(rank, "--rank")
+    _check_alpha(alpha)
+    _check_positive(n_test, "--n-test")
 
     table = run_demo(source, target, n_test=n_test, rank=rank, alpha=alpha, method=method,
                      n_random=n_random, html=html, verbose=False)
@@ -306,6 +400,10 @@ def run(
     from unlock_lens.steer import Steering
     from unlock_lens.unlock import Unlock
 
+    _check_fit(method, rank, n_align)
+    alpha_list = _floats(alphas, "alphas")
+    for a in alpha_list:
+        _check_alpha(a, "--alphas")
     src, tgt = _load(source, device), _load(target, device)
     pipe = Unlock(source=src, target=tgt, method=method, rank=rank, progress=True)
     key_q = _questions("gsm8k", "train", "key", n_key, seed)
@@ -318,7 +416,7 @@ def run(
     target_unlocked = get_format("cot").as_chat(target_locked.chat)
     native = extract_masterkey(pipe.target_variant, Variant(tgt, target_unlocked), key_q)
     conditions: dict = {"direct": None}
-    for a in (float(x) for x in alphas.split(",")):
+    for a in alpha_list:
         conditions[f"native a={a}"] = Steering(native.directions, a)
         conditions.update(control_conditions(pack, a, seeds=(seed, seed + 1, seed + 2)))
     rows = first_token_shift(tgt, _questions("gsm8k", "train", "dev", n_eval, seed),
@@ -350,6 +448,10 @@ def export(
     """Write the pack's transferred key for llama.cpp (gguf), TransformerLens-vLLM or other libraries."""
     from unlock_lens.export import export_pack
 
+    if format not in ("gguf", "vllm", "safetensors"):
+        raise UnlockLensError(f"--format {format!r} is unknown; choose gguf, vllm or safetensors")
+    _check_out_file(out)
+    _check_alpha(alpha)
     model = _load(target, device) if target else None
     prompts = _questions(dataset, split, "dev", n, seed) if target else None
     path = export_pack(pack, format, out, alpha=alpha, norms=norms, model=model, prompts=prompts,  # type: ignore[arg-type]
@@ -357,5 +459,15 @@ def export(
     typer.echo(f"{format} export -> {path}")
 
 
+def main(argv: Sequence[str] | None = None) -> None:
+    """``unlock-lens``: a user error (:class:`UnlockLensError`) prints one line naming the problem
+    and the fix and exits with code 2; anything else is a bug and keeps its traceback."""
+    try:  # usage errors, --help and exit codes stay typer's own (standalone mode)
+        app(args=list(argv) if argv is not None else None)
+    except UnlockLensError as err:
+        typer.secho("error: " + " ".join(str(err).split()), err=True, fg="red")
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app()
+    main()
