@@ -299,7 +299,6 @@ def eval_(
     from unlock_lens.evaluate.runner import Decoding, evaluate, parse_conditions
     from unlock_lens.pack import CapabilityPack
 
-    _check_dataset(dataset)
     if out.exists() and not out.is_dir():
         raise UnlockLensError(f"--out {out} is a file: eval writes a folder of results; give a folder path")
     conds = parse_conditions(conditions)
