@@ -182,7 +182,7 @@ class Steering:
     def _hook(self, layer: int):
         state, alpha, norm, rule = self._state, self.alpha, self.normalisation, self.positions
         cache: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-        where: dict[tuple[int, bool], Tensor | None] = {}  # (length, prefill) -> indices; None: all
+        where: dict[tuple[int, bool], slice | Tensor] = {}  # (length, prefill) -> positions to edit
         direction = self.directions[layer]
 
         def steer_hook(x: Tensor, hook: Any) -> Tensor:
@@ -191,19 +191,22 @@ class Steering:
             key = (x.device, x.dtype)
             if key not in cache:  # once per device/dtype, not per call
                 cache[key] = direction.to(device=x.device, dtype=torch.float32)
-            if (n, prefill) not in where:  # decided on the host: no device sync per call
+            if (n, prefill) not in where:  # decided on the host once: no device sync per call
                 # left-padded prefill: the last prompt token is position n - 1 of every row;
                 # a decode step's tokens all come after the prompt
-                mask = selects(rule, torch.arange(n), n - 1 if prefill else -1)
-                where[(n, prefill)] = None if bool(mask.all()) else mask.nonzero().flatten()
-            idx = where[(n, prefill)]
-            if idx is None:
+                picked = selects(rule, torch.arange(n), n - 1 if prefill else -1).nonzero().flatten()
+                contiguous = len(picked) == 0 or int(picked[-1] - picked[0]) == len(picked) - 1
+                where[(n, prefill)] = (slice(int(picked[0]), int(picked[-1]) + 1) if len(picked)
+                                       else slice(0, 0)) if contiguous else picked
+            at = where[(n, prefill)]
+            if isinstance(at, slice) and at == slice(0, n):
                 return apply_edit(x, cache[key], alpha, norm)
-            if idx.numel() == 0:
+            if isinstance(at, slice) and at.start == at.stop:
                 return x
             x = x.clone()
-            idx = idx.to(x.device)
-            x[:, idx] = apply_edit(x[:, idx], cache[key], alpha, norm)
+            if isinstance(at, Tensor):
+                at = at.to(x.device)
+            x[:, at] = apply_edit(x[:, at], cache[key], alpha, norm)
             return x
 
         return steer_hook
