@@ -42,3 +42,32 @@ def test_extract_align_steer_generate(tiny_dirs, tmp_path, monkeypatch):
     r = runner.invoke(app, ["steer", "--pack", str(pack_path), "--target", str(tiny_dirs["qwen2-deep"]),
                             "--question", "x"])
     assert r.exit_code != 0 and "made for" in str(r.exception)
+
+
+def test_readme_export_examples_run(tiny_dirs, tmp_path, monkeypatch, capsys):
+    """README's export lines: vLLM specs from an additive pack, GGUF with norms measured by --target;
+    a rotate pack asked for vLLM specs is refused with the flag that fixes it."""
+    from unlock_lens.cli import main
+
+    monkeypatch.setenv("UNLOCK_LENS_DATA", str(DATA_DIR))
+    src, tgt = str(tiny_dirs["qwen2"]), str(tiny_dirs["llama"])
+    key = tmp_path / "key.safetensors"
+    assert runner.invoke(app, ["extract", "--model", src, "--out", str(key), "--n", "8"]).exit_code == 0
+    packs = {}
+    for name, extra in {"unit": ["--normalisation", "unit", "--positions", "all"], "rotate": []}.items():
+        packs[name] = tmp_path / f"pack_{name}.safetensors"
+        r = runner.invoke(app, ["align", "--key", str(key), "--source", src, "--target", tgt, "--out",
+                                str(packs[name]), "--n", "12", "--rank", "4", *extra])
+        assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["export", "--pack", str(packs["unit"]), "--format", "vllm", "--out",
+                            str(tmp_path / "cot.vllm.json")])
+    assert r.exit_code == 0, r.output
+    specs = json.loads((tmp_path / "cot.vllm.json").read_text())
+    assert len(specs) >= 2
+    r = runner.invoke(app, ["export", "--pack", str(packs["rotate"]), "--format", "gguf", "--out",
+                            str(tmp_path / "cot.gguf"), "--target", tgt, "--n", "4"])
+    assert r.exit_code == 0, r.output
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--pack", str(packs["rotate"]), "--format", "vllm", "--out", str(tmp_path / "x.json")])
+    assert exit_info.value.code == 2 and "--normalisation unit" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()

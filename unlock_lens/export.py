@@ -160,9 +160,10 @@ def additive_directions(
             if norms is None or t not in norms:
                 raise UnlockLensError(
                     f"normalisation {edit.name!r} scales the step by ||h||, which an additive vector "
-                    f"cannot follow; pass norms={{layer: mean ||h||}} covering layer {t} (measure them "
-                    "with measure_resid_norms(target_model, prompts, layers)), or export a pack with "
-                    "normalisation 'unit'"
+                    f"cannot follow; pass norms={{layer: mean ||h||}} covering layer {t} (CLI: "
+                    "--target MODEL measures them, or --norms FILE.json; Python: "
+                    "measure_resid_norms(target_model, prompts, layers)), or re-align with "
+                    "--normalisation unit"
                 )
             scale = float(norms[t])
             if not np.isfinite(scale) or scale <= 0:
@@ -228,8 +229,8 @@ def export_control_vector_gguf(
             f"for block 0's output); target layers {dropped} are left out of the GGUF"
         )
         if strict:
-            raise UnlockLensError(msg + " (strict=True)")
-        warnings.warn(msg, stacklevel=2)
+            raise UnlockLensError(msg + " (strict=True; CLI --strict)")
+        warnings.warn(msg + " (CLI --strict refuses instead)", stacklevel=2)
     if not placed:
         raise UnlockLensError("no target layer of this pack is reachable by a llama.cpp control vector")
     meta = provenance(pack, alpha=alpha)
@@ -334,16 +335,18 @@ def vllm_intervention_specs(
         raise UnlockLensError(
             f"normalisation {norm_kind!r} depends on each state h ({get_edit(norm_kind).doc}); "
             "vLLM intervention specs are affine with fixed per-hook values (x * scale + bias), so it "
-            "cannot be expressed exactly. Use the torch path (Steering.applied), re-steer with "
-            "normalisation='unit', or export the documented additive approximation as GGUF/safetensors"
+            "cannot be expressed exactly. Re-align with --normalisation unit (Python: "
+            "normalisation='unit'), export the documented additive approximation with --format gguf "
+            "or safetensors, or steer on the torch path (unlock-lens steer / generate)"
         )
     pos: int | list[int] | None = None
     if positions in ("last_prompt", "prompt"):
         if prompt_length is None or int(prompt_length) < 1:
             raise UnlockLensError(
                 f"positions={positions!r} edits prompt positions only, which a vLLM spec expresses "
-                "with 'pos' for one known prompt: pass prompt_length (the single prompt's token "
-                "count; batch 1, boot_vllm(enable_position_interventions=True))"
+                "with 'pos' for one known prompt: pass prompt_length (CLI --prompt-length N: the "
+                "single prompt's token count; batch 1, boot_vllm(enable_position_interventions=True)), "
+                "or re-align with --positions all"
             )
         n = int(prompt_length)
         picked = selects(positions, torch.arange(n), n - 1).nonzero().flatten().tolist()
