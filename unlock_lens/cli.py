@@ -381,12 +381,12 @@ def run(
     source: Model = "smollm2-135m-instruct",
     target: Model = "gemma-3-270m",
     out: Annotated[Path, typer.Option(help="output folder")] = Path("out/run"),
-    n_key: Annotated[int, typer.Option(help="key questions (GSM8K train)")] = 128,
-    n_align: Annotated[int, typer.Option(help="alignment questions, disjoint from the key's")] = 256,
-    n_eval: Annotated[int, typer.Option(help="questions the distribution shift is measured on")] = 64,
+    n_key: Annotated[int, typer.Option(help="key questions (GSM8K train)")] = 64,
+    n_align: Annotated[int, typer.Option(help="alignment questions, disjoint from the key's")] = 128,
+    n_eval: Annotated[int, typer.Option(help="questions the distribution shift is measured on")] = 32,
     method: Method = "svd",
     rank: Rank = 16,
-    alphas: Annotated[str, typer.Option(help="comma list of steering strengths")] = "0.05,0.1,0.2,0.5",
+    alphas: Annotated[str, typer.Option(help="comma list of steering strengths")] = "0.05,0.2",
     seed: int = 0,
     device: str = "cpu",
 ) -> None:
@@ -396,38 +396,57 @@ def run(
     it reports how far the target's next-token distribution under the direct prompt moves
     toward its own CoT-prompted distribution: unsteered, steered by the transferred key, by
     the target's native key (the ceiling), and by random controls (isotropic, and random
-    source directions carried through the same maps).
+    source directions carried through the same maps). The defaults finish in a few minutes on
+    a 2-core CPU (README); raise --n-key / --n-align / --n-eval for a larger run.
     """
+    import time
+
     import pandas as pd
 
+    from unlock_lens.artifacts import atomic_write_bytes
     from unlock_lens.diagnostics.distribution_shift import control_conditions, first_token_shift
     from unlock_lens.masterkey import extract_masterkey
     from unlock_lens.steer import Steering
     from unlock_lens.unlock import Unlock
 
     _check_fit(method, rank, n_align)
+    _check_positive(n_key, "--n-key")
+    _check_positive(n_eval, "--n-eval")
     alpha_list = _floats(alphas, "alphas")
     for a in alpha_list:
         _check_alpha(a, "--alphas")
+    if out.exists() and not out.is_dir():
+        raise UnlockLensError(f"--out {out} is a file: run writes a folder; give a folder path")
+    t0 = time.perf_counter()
+
+    def stage(text: str) -> None:
+        typer.echo(f"[{time.perf_counter() - t0:6.0f} s] {text}", err=True)
+
+    stage(f"1/5 loading {source} and {target}")
     src, tgt = _load(source, device), _load(target, device)
     pipe = Unlock(source=src, target=tgt, method=method, rank=rank, progress=True)
     key_q = _questions("gsm8k", "train", "key", n_key, seed)
+    stage(f"2/5 extracting the key from {source} on {n_key} questions")
     key = pipe.extract(key_q)
+    stage(f"3/5 aligning into {target} on {n_align} other questions ({method}, rank {rank})")
     pack = pipe.align(key, _questions("gsm8k", "train", "align", n_align, seed))
     out.mkdir(parents=True, exist_ok=True)
     key.save(out / "key.safetensors")
     pack.save(out / "pack.safetensors")
     target_locked = pipe.target_variant.format
     target_unlocked = get_format("cot").as_chat(target_locked.chat)
-    native = extract_masterkey(pipe.target_variant, Variant(tgt, target_unlocked), key_q)
+    stage(f"4/5 the target's own key (the ceiling) on the {n_key} key questions")
+    native = extract_masterkey(pipe.target_variant, Variant(tgt, target_unlocked), key_q, progress=True)
     conditions: dict = {"direct": None}
     for a in alpha_list:
         conditions[f"native a={a}"] = Steering(native.directions, a)
         conditions.update(control_conditions(pack, a, seeds=(seed, seed + 1, seed + 2)))
+    stage(f"5/5 first-token distributions: {len(conditions)} conditions x {n_eval} questions")
     rows = first_token_shift(tgt, _questions("gsm8k", "train", "dev", n_eval, seed),
-                             target_locked, target_unlocked, conditions)
+                             target_locked, target_unlocked, conditions, progress=True)
     table = pd.DataFrame(rows)
-    table.to_csv(out / "first_token_shift.csv", index=False)
+    atomic_write_bytes(out / "first_token_shift.csv", table.to_csv(index=False).encode())
+    stage("done")
     with pd.option_context("display.width", 160, "display.max_rows", 200):
         typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     typer.echo(f"\nkey, pack and table written to {out}/")

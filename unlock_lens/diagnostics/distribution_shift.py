@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from unlock_lens.activations import final_logits
 from unlock_lens.align.layers import map_directions
@@ -50,16 +51,18 @@ def first_token_shift(
     *,
     k: int = 5,
     batch_size: int = 16,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per condition: its shift toward the target's own unlocked-prompt distribution.
 
-    ``conditions`` maps a name to a Steering (or None: the unsteered locked prompt).
+    ``conditions`` maps a name to a Steering (or None: the unsteered locked prompt);
+    ``progress`` shows a bar over the conditions (one forward pass of every question each).
     """
     tok = target.tokenizer
     locked_prompts = locked.render_all(questions, tok)
     reference = final_logits(target, unlocked.render_all(questions, tok), batch_size=batch_size)
     rows = [{"condition": "unlocked-prompt", **shift_row(reference, reference, k)}]
-    for name, steering in conditions.items():
+    for name, steering in tqdm(conditions.items(), desc="conditions", disable=not progress):
         logits = final_logits(target, locked_prompts, batch_size=batch_size, steering=steering)
         rows.append({"condition": name, "alpha": getattr(steering, "alpha", 0.0),
                      **shift_row(reference, logits, k)})
@@ -75,6 +78,6 @@ def control_conditions(pack: Any, alpha: float, seeds: Sequence[int] = (0, 1, 2)
 
     out = {f"steered a={alpha}": steering}
     for s in seeds:
-        out[f"random a={alpha} seed={s}"] = like(random_like(steering.directions, s))
+        out[f"random a={alpha} seed={s}"] = steering.randomized(s)
         out[f"random-mapped a={alpha} seed={s}"] = like(mapped_random_like(pack, s))
     return out
