@@ -84,6 +84,19 @@ def test_notebook_runs(path: Path, kernel_env):
     print(f"{path.name}: {seconds:.0f} s")
 
 
+def test_a_failing_sanity_check_fails_the_notebook(kernel_env):
+    """01 stops at its trigger-row check when the check fails (here: a threshold no model meets),
+    instead of printing a table that contradicts its text."""
+    path = NOTEBOOKS[0]
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(
+        "import unlock_lens.organisms.demo as _demo\n_demo.MIN_TRIGGER_ACCURACY = 1.01"))
+    client = nbclient.NotebookClient(nb, kernel_name=kernel_name(), timeout=CELL_TIMEOUT_S,
+                                     resources={"metadata": {"path": str(path.parent)}})
+    with pytest.raises(nbclient.exceptions.CellExecutionError, match="sanity check failed"):
+        client.execute()
+
+
 if __name__ == "__main__":
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                       TRANSFORMERS_VERBOSITY="error", TQDM_DISABLE="1")
