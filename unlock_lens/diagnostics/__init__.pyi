@@ -17,6 +17,11 @@ from .distribution_shift import (
     first_token_shift as first_token_shift,
     kl_divergence as kl_divergence,
 )
+from .explorer import (
+    explorer as explorer,
+    first_token_figure as first_token_figure,
+    first_token_table as first_token_table,
+)
 from .sharpening import (
     first_token_frequencies as first_token_frequencies,
     first_token_logits as first_token_logits,
@@ -59,10 +64,13 @@ __all__ = [
     "cosine_per_layer",
     "energy_in_subspace",
     "entropy",
+    "explorer",
+    "first_token_figure",
     "first_token_frequencies",
     "first_token_logits",
     "first_token_shift",
     "first_token_stats",
+    "first_token_table",
     "generation_stats",
     "key_cosines",
     "kl_divergence",
