@@ -67,12 +67,15 @@ def _check_alpha(alpha: float | None, flag: str = "--alpha") -> None:
 
 
 def _check_steering(normalisation: str, positions: str) -> None:
-    from unlock_lens.interventions import EDITS, POSITION_RULES
+    """The library's own checks of the edit and the position rule, with the flag named."""
+    from unlock_lens.interventions import check_rule, get_edit
 
-    if normalisation not in EDITS:
-        raise UnlockLensError(f"--normalisation {normalisation!r} is unknown; choose one of {sorted(EDITS)}")
-    if positions not in POSITION_RULES:
-        raise UnlockLensError(f"--positions {positions!r} is unknown; choose one of {list(POSITION_RULES)}")
+    for flag, check, value in (("--normalisation", get_edit, normalisation),
+                               ("--positions", check_rule, positions)):
+        try:
+            check(value)
+        except UnlockLensError as err:
+            raise UnlockLensError(f"{flag}: {err}") from None
 
 
 def _check_method(method: str) -> None:

@@ -45,6 +45,8 @@ def bridge_kv_cache_keyword(model: Any) -> int:
     transformers still says ``past_key_values``, when the model is no TransformerBridge, or
     when it was done before).
     """
+    if getattr(model, _MARK, False):  # scanned before: generate() calls this on every use
+        return 0
     try:
         from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
     except ImportError:  # another TransformerLens layout: nothing to bridge
@@ -62,4 +64,5 @@ def bridge_kv_cache_keyword(model: Any) -> int:
         module.register_forward_pre_hook(_rename_cache, with_kwargs=True)
         setattr(module, _MARK, True)
         done += 1
+    setattr(model, _MARK, True)
     return done
