@@ -60,7 +60,7 @@ LAYERS = [
     ["masterkey", "align"],
     ["steer"],
     ["pack", "generation", "backends"],
-    ["unlock", "evaluate", "export", "lm_eval_adapter"],
+    ["unlock", "protocol", "evaluate", "export", "lm_eval_adapter"],
     ["diagnostics"],
     ["organisms"],
     ["cli"],

@@ -53,7 +53,12 @@ from .pack import (
 )
 from .prompts import (
     PromptFormat as PromptFormat,
+    TemplateFormat as TemplateFormat,
     get_format as get_format,
+)
+from .protocol import (
+    Protocol as Protocol,
+    get_protocol as get_protocol,
 )
 from .steer import (
     Steering as Steering,

@@ -34,9 +34,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from unlock_lens.errors import UnlockLensError
-from unlock_lens.prompts import PromptFormat, get_format
+from unlock_lens.prompts import PromptFormat, SpecialTokens, get_format
 
 HookKind = Literal["resid_post", "resid_pre"]
+#: the state read at the model's last layer: ``block`` = the block output (``hook_resid_post``,
+#: the state the steering edit hits; unlock_lens's default), ``final_norm`` = after the final norm
+#: (Hugging Face's ``hidden_states[-1]``, what the UNLOCK authors' code reads there)
+FinalLayer = Literal["block", "final_norm"]
+FINAL_NORM_HOOK = "ln_final.hook_out"
 
 
 def hook_name(layer: int, kind: HookKind = "resid_post") -> str:
@@ -44,6 +49,24 @@ def hook_name(layer: int, kind: HookKind = "resid_post") -> str:
     if kind not in ("resid_post", "resid_pre"):
         raise UnlockLensError(f"unknown hook kind {kind!r}; use 'resid_post' or 'resid_pre'")
     return f"blocks.{layer}.hook_{kind}"
+
+
+def capture_hook_name(model: Any, layer: int, kind: HookKind = "resid_post",
+                      final_layer: FinalLayer = "block") -> str:
+    """The hook a capture reads at ``layer``: :func:`hook_name`, except the last layer under
+    ``final_layer="final_norm"``, which reads the final norm's output."""
+    if final_layer not in ("block", "final_norm"):
+        raise UnlockLensError(f"unknown final_layer {final_layer!r}; use 'block' or 'final_norm'")
+    if final_layer == "block" or layer != int(model.cfg.n_layers) - 1:
+        return hook_name(layer, kind)
+    if kind != "resid_post":
+        raise UnlockLensError("final_layer='final_norm' reads block outputs: use hook='resid_post'")
+    if FINAL_NORM_HOOK not in getattr(model, "hook_dict", {FINAL_NORM_HOOK: None}):
+        raise UnlockLensError(
+            f"this model has no {FINAL_NORM_HOOK!r} hook to read the post-final-norm state: "
+            "use final_layer='block'"
+        )
+    return FINAL_NORM_HOOK
 
 
 def check_layers(model: Any, layers: Sequence[int] | None) -> list[int]:
@@ -77,23 +100,61 @@ class Variant:
     def prompts(self, questions: Sequence[str]) -> list[str]:
         return self.format.render_all(questions, self.model.tokenizer)
 
+    @property
+    def special_tokens(self) -> SpecialTokens:
+        """How this variant's prompts are tokenised (pass it to capture / generate)."""
+        return self.format.special_tokens
+
+
+def published_tokenizer(model: Any) -> Any:
+    """The model's Hugging Face tokenizer with its published special-token defaults.
+
+    A TransformerBridge loads its tokenizer with ``add_bos_token=True`` whatever the
+    checkpoint says, so ``model.tokenizer(text)`` may prepend a BOS the checkpoint's own
+    tokenizer does not (SmolLM2, Qwen). This one is loaded from ``model.tokenizer.name_or_path``
+    once and kept on the model.
+    """
+    cached = getattr(model, "_published_tokenizer", None)
+    if cached is not None:
+        return cached
+    source = getattr(model.tokenizer, "name_or_path", None)
+    if getattr(model, "original_model", None) is None or not source:
+        return model.tokenizer  # not a bridge over a Hugging Face checkpoint: its own tokenizer
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise UnlockLensError(
+            f"cannot load the published tokenizer of {source!r} to tokenise with its own special "
+            f"tokens ({err}): use special_tokens='model'"
+        ) from None
+    model._published_tokenizer = tok
+    return tok
+
 
 def encode(
-    model: Any, prompts: Sequence[str], *, prepend_bos: bool | None = None
+    model: Any, prompts: Sequence[str], *, special_tokens: SpecialTokens = "model"
 ) -> tuple[Int[Tensor, "n pos"], Int[Tensor, "n pos"]]:
     """Token ids and attention mask, left-padded.
 
-    BOS follows ``model.cfg.default_prepend_bos`` (as TransformerLens does) unless the text
-    already starts with it (chat templates write their own).
+    ``special_tokens="model"``: BOS follows ``model.cfg.default_prepend_bos`` (as
+    TransformerLens does) unless the text already starts with it (chat templates write their
+    own). ``"tokenizer"``: exactly ``tokenizer(text)["input_ids"]`` with the checkpoint's
+    published tokenizer (:func:`published_tokenizer`), the Hugging Face defaults.
     """
     if len(prompts) == 0:
         raise UnlockLensError("the prompt list is empty: pass at least one prompt")
+    if special_tokens not in ("model", "tokenizer"):
+        raise UnlockLensError(f"unknown special_tokens {special_tokens!r}; use 'model' or 'tokenizer'")
     tok = model.tokenizer
-    bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+    bos = special_tokens == "model" and model.cfg.default_prepend_bos
     bos_id = tok.bos_token_id
+    if special_tokens == "tokenizer":
+        tok = published_tokenizer(model)
     rows: list[list[int]] = []
     for p in prompts:
-        ids = tok(p, add_special_tokens=False)["input_ids"]
+        ids = tok(p, add_special_tokens=special_tokens == "tokenizer")["input_ids"]
         if bos and bos_id is not None and (not ids or ids[0] != bos_id):
             ids = [bos_id, *ids]
         if not ids:
@@ -159,13 +220,15 @@ def forward_batches(
     return_logits: bool = False,
     steering: Any = None,
     batches: Sequence[list[int]] | None = None,
+    special_tokens: SpecialTokens = "model",
 ) -> Iterator[tuple[list[int], Tensor | None]]:
     """Run prompts in length-sorted, left-padded batches with per-batch hooks.
 
     Yields ``(indices, final-position logits or None)``; hooks see the batch in that order.
     ``steering`` is entered afresh for every batch (each batch is its own prefill), and all
     hooks are off the model whenever control is back with the caller. ``batches`` runs
-    only those index batches (default: :func:`plan_batches`).
+    only those index batches (default: :func:`plan_batches`). ``special_tokens``: see
+    :func:`encode`.
     """
     if len(prompts) == 0:
         raise UnlockLensError("the prompt list is empty: pass at least one prompt")
@@ -174,7 +237,7 @@ def forward_batches(
         batches = plan_batches(model, prompts, batch_size)
     desc = progress if isinstance(progress, str) else "forward"
     for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        ids, mask = encode(model, [prompts[i] for i in idx])
+        ids, mask = encode(model, [prompts[i] for i in idx], special_tokens=special_tokens)
         ids, mask = ids.to(device), mask.to(device)
         ctx = steering.applied(model) if steering is not None else nullcontext()
         kwargs = _forward_kwargs(model, mask)
@@ -214,8 +277,12 @@ def iter_capture(
     progress: bool | str = False,
     steering: Any = None,
     batches: Sequence[list[int]] | None = None,
+    special_tokens: SpecialTokens = "model",
+    final_layer: FinalLayer = "block",
 ) -> Iterator[tuple[list[int], Float[Tensor, "b n_layers d_model"]]]:
     """Per batch: ``(prompt indices, final-token states [b, L, d] float32)``.
+
+    ``special_tokens``: see :func:`encode`; ``final_layer``: see :func:`capture_hook_name`.
 
     Only one batch of rows is held at a time; :func:`capture` and
     :func:`unlock_lens.streaming.capture_to_disk` are built on it. Raises on NaN/inf.
@@ -231,14 +298,16 @@ def iter_capture(
 
         return save
 
-    hooks = [(hook_name(layer, hook), make_hook(j)) for j, layer in enumerate(layers)]
+    hooks = [(capture_hook_name(model, layer, hook, final_layer), make_hook(j))
+             for j, layer in enumerate(layers)]
 
     def hooks_for(idx: list[int]) -> list[tuple[str, Callable]]:
         current["buf"] = new_rows(len(idx), len(layers), d, device)
         return hooks
 
     for idx, _ in forward_batches(model, prompts, hooks_for, batch_size=batch_size,
-                                  progress=progress, steering=steering, batches=batches):
+                                  progress=progress, steering=steering, batches=batches,
+                                  special_tokens=special_tokens):
         rows = current.pop("buf")
         if not torch.isfinite(rows).all():
             bad = (~torch.isfinite(rows)).sum().item()
@@ -265,6 +334,8 @@ def capture(
     device: str | torch.device = "cpu",
     progress: bool | str = False,
     steering: Any = None,
+    special_tokens: SpecialTokens = "model",
+    final_layer: FinalLayer = "block",
 ) -> Float[Tensor, "n n_layers d_model"]:
     """Final-token residual stream at ``layers`` (default: all), float32, shape [n, L, d].
 
@@ -278,7 +349,8 @@ def capture(
     out = torch.empty((len(prompts), len(layers), int(model.cfg.d_model)), dtype=torch.float32,
                       device=device)
     for idx, rows in iter_capture(model, prompts, layers, hook=hook, batch_size=batch_size,
-                                  device=device, progress=progress, steering=steering):
+                                  device=device, progress=progress, steering=steering,
+                                  special_tokens=special_tokens, final_layer=final_layer):
         out[idx] = rows
     return out
 
@@ -293,15 +365,18 @@ def capture_pair(
     hook: HookKind = "resid_post",
     batch_size: int = 16,
     progress: bool = False,
+    final_layer: FinalLayer = "block",
 ) -> tuple[Float[Tensor, "n n_src_layers d_src"], Float[Tensor, "n n_tgt_layers d_tgt"]]:
-    """The same questions through both sides, each in its own format and tokenizer: the
-    paired captures an alignment is fitted on (row i of both = question i)."""
+    """The same questions through both sides, each in its own format, tokenizer and special
+    tokens: the paired captures an alignment is fitted on (row i of both = question i)."""
     if len(questions) < 2:
         raise UnlockLensError("alignment needs at least 2 shared questions (the paper uses hundreds)")
     H_s = capture(source.model, source.prompts(questions), source_layers, hook=hook,
-                  batch_size=batch_size, progress="capture source" if progress else False)
+                  batch_size=batch_size, progress="capture source" if progress else False,
+                  special_tokens=source.special_tokens, final_layer=final_layer)
     H_t = capture(target.model, target.prompts(questions), target_layers, hook=hook,
-                  batch_size=batch_size, progress="capture target" if progress else False)
+                  batch_size=batch_size, progress="capture target" if progress else False,
+                  special_tokens=target.special_tokens, final_layer=final_layer)
     return H_s, H_t
 
 
@@ -312,12 +387,13 @@ def final_logits(
     batch_size: int = 16,
     steering: Any = None,
     progress: bool | str = False,
+    special_tokens: SpecialTokens = "model",
 ) -> Float[Tensor, "n d_vocab"]:
     """Logits for the next token after each prompt (float32, CPU), optionally steered."""
     rows: dict[int, Tensor] = {}
     for idx, logits in forward_batches(
         model, prompts, lambda idx: [], batch_size=batch_size, progress=progress,
-        return_logits=True, steering=steering,
+        return_logits=True, steering=steering, special_tokens=special_tokens,
     ):
         assert logits is not None
         for k, i in enumerate(idx):

@@ -23,6 +23,7 @@ from unlock_lens.activations import encode, model_device, plan_batches
 from unlock_lens.compat import bridge_kv_cache_keyword
 from unlock_lens.distributions import entropy
 from unlock_lens.errors import UnlockLensError
+from unlock_lens.prompts import SpecialTokens
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ def generate(
     stop_loops: bool = False,
     engine: Engine = "auto",
     progress: bool | str = False,
+    special_tokens: SpecialTokens = "model",
 ) -> list[Generation]:
     """Greedy completions for ``prompts`` (in order); steered inside ``steering.applied``.
 
@@ -161,7 +163,8 @@ def generate(
     throughput on Gemma-3-270M, whose prefill logits over a 262k vocabulary the bridge loop
     computes at every prompt position; ``benchmarks/README.md``) or ``"auto"`` (``hf`` for a
     bridge over a Hugging Face model, else ``bridge``). Greedy decoding: the same inputs give
-    the same texts on CPU.
+    the same texts on CPU. ``special_tokens``: how prompts are tokenised
+    (:func:`unlock_lens.activations.encode`; a Variant's ``special_tokens``).
     """
     if engine not in ENGINES:
         raise UnlockLensError(f"unknown engine {engine!r}; choose one of {ENGINES}")
@@ -181,7 +184,7 @@ def generate(
     batches = plan_batches(model, prompts, batch_size)
     desc = progress if isinstance(progress, str) else "generate"
     for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        ids, mask = encode(model, [prompts[i] for i in idx])
+        ids, mask = encode(model, [prompts[i] for i in idx], special_tokens=special_tokens)
         ctx = steering.applied(model) if steering is not None else nullcontext()
         with torch.inference_mode(), ctx:
             out, entropies = run(model, ids.to(device), mask.to(device), max_new_tokens,

@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from unlock_lens.activations import HookKind, Variant, capture, check_layers
+from unlock_lens.activations import FinalLayer, HookKind, Variant, capture, check_layers
 from unlock_lens.artifacts import library_version, load_artifact, save_artifact
 from unlock_lens.errors import ArtifactError, UnlockLensError
 from unlock_lens.model_info import ModelInfo
@@ -97,6 +97,7 @@ class MasterKey:
     unlocked_format: dict[str, Any] | None = None
     prompt_hash: str = ""
     effective_rank: list[float] = field(default_factory=list)
+    final_layer: FinalLayer = "block"
     library_version: str = field(default_factory=library_version)
 
     def __post_init__(self) -> None:
@@ -129,6 +130,7 @@ class MasterKey:
             "unlocked_format": self.unlocked_format,
             "prompt_hash": self.prompt_hash,
             "effective_rank": self.effective_rank,
+            "final_layer": self.final_layer,
             "created_with": self.library_version,
             "dtype": str(self.directions.dtype),
         }
@@ -151,6 +153,7 @@ class MasterKey:
                 unlocked_format=meta.get("unlocked_format"),
                 prompt_hash=meta.get("prompt_hash", ""),
                 effective_rank=list(meta.get("effective_rank", [])),
+                final_layer=meta.get("final_layer", "block"),
                 library_version=meta.get("created_with", meta.get("library_version", "")),
             )
         except KeyError as err:
@@ -180,11 +183,14 @@ def extract_masterkey(
     hook: HookKind = "resid_post",
     batch_size: int = 16,
     progress: bool = False,
+    final_layer: FinalLayer = "block",
 ) -> MasterKey:
     """Contrast ``unlocked`` against ``locked`` on the same questions, per layer.
 
     Same model in both variants → a prompt-driven key (e.g. CoT trigger vs direct prompt);
     two models (post-trained vs base, same architecture and size) → a model-driven key.
+    Each variant's prompts are tokenised with its format's ``special_tokens``;
+    ``final_layer="final_norm"`` reads the last layer after the final norm (the authors' code).
     """
     if len(questions) == 0:
         raise UnlockLensError("the question list is empty: a key needs at least one prompt")
@@ -203,9 +209,11 @@ def extract_masterkey(
     locked_prompts = locked.prompts(questions)
     unlocked_prompts = unlocked.prompts(questions)
     h_l = capture(locked.model, locked_prompts, layers, hook=hook, batch_size=batch_size,
-                  progress="capture locked" if progress else False)
+                  progress="capture locked" if progress else False,
+                  special_tokens=locked.special_tokens, final_layer=final_layer)
     h_u = capture(unlocked.model, unlocked_prompts, layers, hook=hook, batch_size=batch_size,
-                  progress="capture unlocked" if progress else False)
+                  progress="capture unlocked" if progress else False,
+                  special_tokens=unlocked.special_tokens, final_layer=final_layer)
     diffs = h_u - h_l
     return MasterKey(
         directions=aggregate_differences(diffs, aggregator),
@@ -221,4 +229,5 @@ def extract_masterkey(
         unlocked_format=unlocked.format.to_dict(),
         prompt_hash=prompt_set_hash(locked_prompts + unlocked_prompts),
         effective_rank=[spectral_entropy_rank(diffs[:, j]) for j in range(len(layers))],
+        final_layer=final_layer,
     )

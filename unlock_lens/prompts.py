@@ -12,11 +12,16 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, Literal
 
 from unlock_lens.errors import UnlockLensError
 
 COT_TRIGGER = "Let's think step by step."
+
+#: how a rendered prompt gets its special tokens: ``model`` = the model's
+#: ``cfg.default_prepend_bos`` (TransformerLens's rule; unlock_lens's default), ``tokenizer`` =
+#: the Hugging Face tokenizer's own defaults (``tokenizer(text)``; the UNLOCK authors')
+SpecialTokens = Literal["model", "tokenizer"]
 
 # format kinds saved in artefacts -> the class that rebuilds them (imported on demand)
 #: entry-point group naming PromptFormat subclasses by their ``kind`` (pyproject.toml declares
@@ -48,6 +53,7 @@ class PromptFormat:
     answer_prefix: str = ""
     chat: bool = False
     few_shot: tuple[tuple[str, str], ...] = ()
+    special_tokens: SpecialTokens = "model"
 
     def user_text(self, question: str) -> str:
         shots = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in self.few_shot)
@@ -79,16 +85,20 @@ class PromptFormat:
         """The unlocked version of this locked format: the CoT instruction and answer trigger,
         the same chat flag and few-shot examples (subclasses with their own trigger override it)."""
         name = self.name.replace("direct", "cot") if "direct" in self.name else f"{self.name}-cot"
-        return PromptFormat(name, COT.instruction, COT.answer_prefix, self.chat, self.few_shot)
+        return PromptFormat(name, COT.instruction, COT.answer_prefix, self.chat, self.few_shot,
+                            self.special_tokens)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "name": self.name,
             "instruction": self.instruction,
             "answer_prefix": self.answer_prefix,
             "chat": self.chat,
             "few_shot": [list(p) for p in self.few_shot],
         }
+        if self.special_tokens != "model":  # recorded only when not the default (older records stay equal)
+            d["special_tokens"] = self.special_tokens
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PromptFormat:
@@ -109,21 +119,83 @@ class PromptFormat:
             answer_prefix=d.get("answer_prefix", ""),
             chat=bool(d.get("chat", False)),
             few_shot=tuple(tuple(p) for p in d.get("few_shot", ())),
+            special_tokens=d.get("special_tokens", "model"),
         )
+
+
+@dataclass(frozen=True)
+class TemplateFormat(PromptFormat):
+    """A verbatim template, rendered ``template.format(input=question).strip(" ")``: the UNLOCK
+    authors' prompts (``../shared/METHOD.md`` §4), whose last token is the final newline.
+
+    Special tokens are the Hugging Face tokenizer's defaults (``special_tokens="tokenizer"``).
+    ``chat=True`` (not the authors' protocol; for protocol studies) sends the text before
+    ``"\n\nAnswer:"`` as the user message and writes what follows ``"Answer:"`` after the
+    chat template's generation prompt.
+    """
+
+    template: str = "{input}"
+
+    def render(self, question: str, tokenizer: Any = None) -> str:
+        if not self.chat:
+            return self.template.format(input=question).strip(" ")
+        user, sep, answer = self.template.partition("\n\nAnswer:")
+        if not sep:
+            raise UnlockLensError(
+                f"template format {self.name!r} has no '\\n\\nAnswer:' to split a chat turn at: "
+                "use it with chat=False"
+            )
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise UnlockLensError(
+                f"prompt format {self.name!r} uses a chat template, but this tokenizer has none: "
+                "use it with chat=False"
+            )
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": user.format(input=question).strip()}],
+            tokenize=False, add_generation_prompt=True,
+        )
+        return text + answer.strip()
+
+    def cot_counterpart(self) -> PromptFormat:
+        if self.name.removesuffix("-chat") == GENERAL_DIRECT.name:
+            return replace(GENERAL_COT, chat=self.chat, special_tokens=self.special_tokens,
+                           name=self.name.replace("direct", "cot"))
+        return super().cot_counterpart()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "template", "name": self.name, "template": self.template, "chat": self.chat,
+                "special_tokens": self.special_tokens}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TemplateFormat:
+        return cls(name=d["name"], instruction="", template=d["template"], chat=bool(d.get("chat", False)),
+                   special_tokens=d.get("special_tokens", "tokenizer"))
 
 
 DIRECT = PromptFormat("direct", DIRECT_INSTRUCTION)
 COT = PromptFormat("cot", COT_INSTRUCTION, answer_prefix=f" {COT_TRIGGER}")
+# the UNLOCK authors' two templates, verbatim (METHOD.md §4)
+GENERAL_DIRECT = TemplateFormat(
+    "general-direct", "", special_tokens="tokenizer",
+    template='Solve the following question and place the answer at the end. Your response should always end with "The final answer is <atok> [answer] </atok>." where [answer] is the correct solution to the problem.\n\nQuestion:\n{input}\n\nAnswer:\n',  # noqa: E501
+)
+GENERAL_COT = TemplateFormat(
+    "general-cot", "", special_tokens="tokenizer",
+    template='Reason step by step and give a final answer to the following question. Your response should always end with "The final answer is <atok> [answer] </atok>." where [answer] is the correct solution to the problem.\n\nQuestion:\n{input}\n\nAnswer: Let\'s think step by step.\n',  # noqa: E501
+)
 FORMATS: dict[str, PromptFormat] = {
     "direct": DIRECT,
     "cot": COT,
     "direct-chat": DIRECT.as_chat(),
     "cot-chat": COT.as_chat(),
+    "general-direct": GENERAL_DIRECT,
+    "general-cot": GENERAL_COT,
 }
 
 
 def get_format(name_or_format: str | PromptFormat) -> PromptFormat:
-    """Look up a named format (``direct``, ``cot``, ``direct-chat``, ``cot-chat``)."""
+    """Look up a named format (``direct``, ``cot``, ``direct-chat``, ``cot-chat``, and the
+    authors' ``general-direct``, ``general-cot``)."""
     if isinstance(name_or_format, PromptFormat):
         return name_or_format
     try:

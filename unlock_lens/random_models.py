@@ -27,8 +27,14 @@ _CORPUS = [
 ]
 
 
-def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained offline on a small math corpus (BOS ``<s>``)."""
+def build_tokenizer(
+    vocab_size: int = 512, *, add_bos: bool = True, chat_template: str | None = None
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained offline on a small math corpus (BOS ``<s>``).
+
+    ``add_bos=False``: ``tokenizer(text)`` adds no BOS (as SmolLM2's and Qwen's do not);
+    ``chat_template``: a Jinja chat template to save with it (default: none, a base model).
+    """
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -40,9 +46,12 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     )
     tok.train_from_iterator(_CORPUS * 4, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        add_bos_token=add_bos,
     )
     fast.padding_side = "left"
+    if chat_template is not None:
+        fast.chat_template = chat_template
     return fast
 
 
@@ -83,10 +92,13 @@ def build_random_model(
     n_heads: int = 4,
     n_ctx: int = 512,
     seed: int = 0,
+    add_bos: bool = True,
+    chat_template: str | None = None,
 ) -> Path:
-    """Build a random ``arch`` model with an offline tokenizer and save it to ``path``."""
+    """Build a random ``arch`` model with an offline tokenizer and save it to ``path``
+    (``add_bos``, ``chat_template``: see :func:`build_tokenizer`)."""
     path = Path(path)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(add_bos=add_bos, chat_template=chat_template)
     config = _config(arch, len(tokenizer), d_model, n_layers, n_heads, n_ctx)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config)

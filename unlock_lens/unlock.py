@@ -11,7 +11,7 @@ Target layer t reads the key of source layer s(t) = depth_match(L_s, L_t)[t].
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from unlock_lens.activations import Variant, capture_pair, check_layers
@@ -21,7 +21,8 @@ from unlock_lens.errors import UnlockLensError
 from unlock_lens.generation import Generation, generate
 from unlock_lens.masterkey import Aggregator, MasterKey, extract_masterkey
 from unlock_lens.pack import CapabilityPack
-from unlock_lens.prompts import PromptFormat, default_formats, get_format
+from unlock_lens.prompts import PromptFormat, get_format
+from unlock_lens.protocol import Contrast, Protocol, get_protocol
 from unlock_lens.steer import Normalisation, Positions
 
 __all__ = ["CapabilityPack", "Unlock", "align_key", "build_pack"]  # CapabilityPack: from unlock_lens.pack
@@ -41,7 +42,8 @@ def align_key(
     """Fit one LayerMap per target layer on the same questions through source and target.
 
     ``source`` is the source-locked variant (the key's model, locked format); each side uses
-    its own tokenizer. ``spec.centered=None`` resolves to the authors' choice for this key
+    its own tokenizer. Both sides' last layers are read in the key's ``final_layer`` basis.
+    ``spec.centered=None`` resolves to the authors' choice for this key
     (:meth:`AlignSpec.for_key`).
     """
     key.check_model(source.model)
@@ -50,7 +52,8 @@ def align_key(
     pairing = LayerPairing.by_depth(key.source.n_layers, int(target.model.cfg.n_layers), t_layers)
     pairing.require_source(key.layers)
     H_s, H_t = capture_pair(source, target, questions, pairing.source_layers, pairing.target_layers,
-                            hook=key.hook, batch_size=batch_size, progress=progress)
+                            hook=key.hook, batch_size=batch_size, progress=progress,
+                            final_layer=key.final_layer)
     return fit_layer_maps(H_s, H_t, pairing, spec)
 
 
@@ -82,29 +85,45 @@ class Unlock:
 
     ``source_unlocked`` given → a model-driven key (post-trained vs base, both with the
     unlocked format); otherwise a prompt-driven key on ``source`` (locked vs unlocked format).
-    The target is always run with its locked format: UNLOCK must induce the behaviour unasked.
+    ``protocol`` (``"library"``, ``"paper"`` or a :class:`~unlock_lens.protocol.Protocol`)
+    supplies every choice left as ``None``: formats and special tokens, the target's format for
+    this kind of key, the last layer's basis, whether key and alignment questions may be
+    shared, aggregator, map, alpha and decoding.
     """
 
     source: Any
     target: Any
     source_unlocked: Any = None
+    protocol: Protocol | str = "library"
     locked_format: PromptFormat | str | None = None
     unlocked_format: PromptFormat | str | None = None
     target_format: PromptFormat | str | None = None
-    aggregator: Aggregator = "mean"
-    method: str = "svd"
-    rank: int = 16
-    alpha: float = 0.1
-    normalisation: Normalisation = "rotate"
-    positions: Positions = "last_prompt"
+    aggregator: Aggregator | None = None
+    method: str | None = None
+    rank: int | None = None
+    alpha: float | None = None
+    normalisation: Normalisation | None = None
+    positions: Positions | None = None
     batch_size: int = 16
     progress: bool = False
 
     def __post_init__(self) -> None:
-        src_locked, src_unlocked = default_formats(self.source.tokenizer)
+        self.protocol = get_protocol(self.protocol)
+        p = self.protocol
+        src_locked, src_unlocked = p.formats(self.source.tokenizer)
         self.locked_format = get_format(self.locked_format or src_locked)
         self.unlocked_format = get_format(self.unlocked_format or src_unlocked)
-        self.target_format = get_format(self.target_format or default_formats(self.target.tokenizer)[0])
+        self.target_format = get_format(self.target_format or p.target_format(self.target.tokenizer, self.contrast))
+        self.aggregator = self.aggregator or p.aggregator
+        self.method = self.method or p.align.method
+        self.rank = self.rank or p.align.rank
+        self.alpha = p.alpha if self.alpha is None else self.alpha
+        self.normalisation = self.normalisation or p.normalisation
+        self.positions = self.positions or p.positions
+
+    @property
+    def contrast(self) -> Contrast:
+        return "model" if self.source_unlocked is not None else "prompt"
 
     @property
     def locked(self) -> Variant:
@@ -119,26 +138,38 @@ class Unlock:
     def target_variant(self) -> Variant:
         return Variant(self.target, self.target_format)
 
+    @property
+    def spec(self) -> AlignSpec:
+        """The protocol's alignment spec with this pipeline's method and rank."""
+        return replace(self.protocol.align, method=self.method, rank=self.rank)
+
     def extract(self, questions: Sequence[str], **kwargs: Any) -> MasterKey:
+        kwargs.setdefault("final_layer", self.protocol.final_layer)
         return extract_masterkey(
             self.locked, self.unlocked, questions, aggregator=self.aggregator,
             batch_size=self.batch_size, progress=self.progress, **kwargs,
         )
 
     def align(self, key: MasterKey, questions: Sequence[str], spec: AlignSpec | None = None) -> CapabilityPack:
-        """Fit the maps into the target (``spec`` defaults to the pipeline's method and rank)."""
-        return build_pack(key, self.locked, self.target_variant, questions,
-                          spec or AlignSpec(self.method, self.rank), alpha=self.alpha,
-                          normalisation=self.normalisation, positions=self.positions,
-                          batch_size=self.batch_size, progress=self.progress)
+        """Fit the maps into the target (``spec`` defaults to the protocol's with this
+        pipeline's method and rank)."""
+        spec = (spec or self.spec).for_key(key)
+        maps = align_key(key, self.locked, self.target_variant, questions, spec,
+                         batch_size=self.batch_size, progress=self.progress)
+        return CapabilityPack.from_alignment(
+            key, maps, source=self.locked, target=self.target_variant, questions=questions,
+            spec=spec, alpha=self.alpha, normalisation=self.normalisation, positions=self.positions,
+            protocol=self.protocol.name, final_layer=key.final_layer,
+        )
 
     def run(self, key_questions: Sequence[str], align_questions: Sequence[str]) -> CapabilityPack:
-        """Extract on ``key_questions``, align on ``align_questions``; they must be disjoint."""
+        """Extract on ``key_questions``, align on ``align_questions``; they must be disjoint
+        unless the protocol shares them (the authors' code aligns on the key's questions)."""
         overlap = set(key_questions) & set(align_questions)
-        if overlap and key_questions is not align_questions:
+        if overlap and not self.protocol.shared_questions and key_questions is not align_questions:
             raise UnlockLensError(
                 f"{len(overlap)} questions are in both the key and the alignment sets: keep them "
-                "disjoint (split_problems does this)"
+                "disjoint (split_problems does this), or use protocol='paper', which shares them"
             )
         return self.align(self.extract(key_questions), align_questions)
 
@@ -148,16 +179,20 @@ class Unlock:
         pack: CapabilityPack | None = None,
         *,
         alpha: float | None = None,
-        max_new_tokens: int = 256,
-        stop_strings: Sequence[str] = (),
+        max_new_tokens: int | None = None,
+        stop_strings: Sequence[str] | None = None,
     ) -> list[Generation]:
-        """Greedy target completions in the locked format, steered by ``pack`` if given."""
+        """Greedy target completions in the target's format, steered by ``pack`` if given
+        (token budget and stop strings default to the protocol's for this kind of key)."""
+        decoding = self.protocol.decoding_for(self.contrast)
         steering = None
         if pack is not None:
             pack.check_model(self.target)
             steering = pack.steering(alpha)
         return generate(
             self.target, self.target_variant.prompts(questions), steering=steering,
-            max_new_tokens=max_new_tokens, stop_strings=stop_strings, batch_size=self.batch_size,
-            progress=self.progress,
+            max_new_tokens=max_new_tokens or decoding.max_new_tokens,
+            stop_strings=decoding.stop_strings if stop_strings is None else stop_strings,
+            batch_size=self.batch_size, progress=self.progress,
+            special_tokens=self.target_variant.special_tokens,
         )

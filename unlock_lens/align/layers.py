@@ -11,6 +11,7 @@ Everything here is a pure function of tensors: captures, cached or altered activ
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -78,7 +79,9 @@ class AlignSpec:
     """How each layer's map is fitted (the arguments of :func:`~unlock_lens.align.fit_alignment`).
 
     ``centered=None`` means the authors' rule, resolved by :meth:`for_key`: uncentred for a
-    mean-difference key, centred for a PCA key.
+    mean-difference key, centred for a PCA key. ``clamp_rank=True`` lowers a rank above
+    min(n, d_src, d_tgt) to that limit with a warning (the authors' code does it silently);
+    by default such a rank is refused.
     """
 
     method: str = "svd"
@@ -86,6 +89,7 @@ class AlignSpec:
     centered: bool | None = None
     holdout: float = 0.0
     fit_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    clamp_rank: bool = False
 
     def for_key(self, key: Any) -> AlignSpec:
         """This spec with ``centered`` resolved for ``key`` (a MasterKey; ``aggregator`` read)."""
@@ -97,7 +101,7 @@ class AlignSpec:
         """The JSON-able record a pack keeps of how its maps were fitted."""
         return {
             "method": self.method, "rank": self.rank, "centered": bool(self.centered),
-            "holdout": self.holdout,
+            "holdout": self.holdout, **({"clamp_rank": True} if self.clamp_rank else {}),
             "fit_kwargs": {k: v for k, v in self.fit_kwargs.items() if isinstance(v, int | float | str | bool)},
         }
 
@@ -124,11 +128,20 @@ def fit_layer_maps(
             f"pairing needs source layers {s_layers} and target layers {t_layers}: capture those"
         )
     centered = bool(spec.centered)
+    rank = spec.rank
+    if spec.clamp_rank:
+        n = H_src.shape[0]
+        n_fit = n - (max(1, round(spec.holdout * n)) if spec.holdout > 0 else 0)
+        limit = min(n_fit, H_src.shape[-1], H_tgt.shape[-1])
+        if rank > limit:
+            warnings.warn(f"rank {rank} > min(n={n_fit}, d_src={H_src.shape[-1]}, d_tgt="
+                          f"{H_tgt.shape[-1]}): clamped to {limit}", stacklevel=2)
+            rank = limit
     maps: dict[int, LayerMap] = {}
     for j, t in enumerate(t_layers):
         s = pairing.source_of[t]
         maps[t] = fit_alignment(
-            H_src[:, s_layers.index(s)], H_tgt[:, j], method=spec.method, rank=spec.rank,
+            H_src[:, s_layers.index(s)], H_tgt[:, j], method=spec.method, rank=rank,
             centered=centered, holdout=spec.holdout, source_layer=s, target_layer=t,
             **spec.fit_kwargs,
         )

@@ -405,6 +405,7 @@ def generate_on_vllm(
     steering: Any = None,
     max_new_tokens: int = 128,
     stop_strings: Sequence[str] = (),
+    special_tokens: str = "model",
 ) -> list[Any]:
     """``generation.generate`` on a :class:`VLLMSteeredGenerator` (or anything with its
     ``generate(prompt_token_ids, steering=, max_new_tokens=, stop_strings=)``).
@@ -419,7 +420,7 @@ def generate_on_vllm(
 
     if steering is not None and steering.target is not None:
         steering.target.check(model, "this Steering", strict_id=True)
-    ids, mask = encode(model, prompts)
+    ids, mask = encode(model, prompts, special_tokens=special_tokens)  # type: ignore[arg-type]
     rows = [ids[i][mask[i].bool()].tolist() for i in range(len(prompts))]
     outs = generator.generate(rows, steering=steering, max_new_tokens=max_new_tokens,
                               stop_strings=stop_strings)

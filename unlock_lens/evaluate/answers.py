@@ -121,13 +121,19 @@ def _clean(ans: str) -> str:
 def extract_answer(text: str) -> str | None:
     """Final answer of a model output or worked solution, or None if there is none.
 
-    Tried in order: the last ``#### n`` (GSM8K), the last ``\\boxed{..}`` / ``\\fbox{..}``
+    Tried in order: the last ``<atok> .. </atok>`` (the UNLOCK authors' marker; an unclosed
+    last ``<atok>`` counts, since their ``"</atok>"`` stop string cuts the closing tag), the
+    last ``#### n`` (GSM8K), the last ``\\boxed{..}`` / ``\\fbox{..}``
     (nested braces kept), the last "The final answer is .." / "The answer is .."
     (case-insensitive; ``$..$``, bold and a trailing period stripped), then the last number
     (``1,234`` -> ``1234``, decimals, negatives, fractions ``3/4``).
     """
     if not isinstance(text, str) or not text.strip():
         return None
+    if "<atok>" in text:
+        marked = text.rsplit("<atok>", 1)[1].split("</atok>", 1)[0]
+        if _clean(marked):
+            return _clean(marked)
     hashes = _HASH_RE.findall(text)
     if hashes and hashes[-1].strip():
         return _clean(hashes[-1]) or None

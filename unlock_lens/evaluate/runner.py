@@ -33,7 +33,7 @@ from unlock_lens.evaluate.tasks import MATH_WORD_PROBLEMS, Task
 from unlock_lens.generation import ENGINES, Generation, generate
 from unlock_lens.masterkey import extract_masterkey
 from unlock_lens.model_info import ModelInfo
-from unlock_lens.prompts import PromptFormat, default_formats, get_format, prompt_set_hash
+from unlock_lens.prompts import PromptFormat, SpecialTokens, default_formats, get_format, prompt_set_hash
 from unlock_lens.steer import Steering
 
 __all__ = [
@@ -260,22 +260,24 @@ def run_condition(
     decoding: Decoding = Decoding(),  # noqa: B008 - frozen dataclass
     vllm: Any = None,
     progress: bool = False,
+    special_tokens: SpecialTokens = "model",
 ) -> list[dict[str, Any]]:
     """One condition over all problems: generate from ``prompts`` (steered if given), score
-    with ``task``; one row per problem. Every condition of :func:`evaluate` runs through here."""
+    with ``task``; one row per problem. Every condition of :func:`evaluate` runs through here.
+    ``special_tokens``: how the prompts are tokenised (their format's)."""
     run = _Run(condition, list(prompts), alpha, seed, steering)
     if vllm is not None:
         from unlock_lens.backends.vllm import generate_on_vllm
 
         gens = generate_on_vllm(vllm, model, run.prompts, steering=run.steering,
                                 max_new_tokens=decoding.max_new_tokens,
-                                stop_strings=decoding.stop_strings)
+                                stop_strings=decoding.stop_strings, special_tokens=special_tokens)
     else:
         gens = generate(model, run.prompts, steering=run.steering,
                         max_new_tokens=decoding.max_new_tokens,
                         stop_strings=decoding.stop_strings, batch_size=decoding.batch_size,
                         stop_loops=decoding.stop_loops, engine=decoding.engine,
-                        progress=run.label if progress else False)
+                        progress=run.label if progress else False, special_tokens=special_tokens)
     return [_row(p, run, g, task) for p, g in zip(problems, gens, strict=True)]
 
 
@@ -363,6 +365,11 @@ def evaluate(
     alpha_list = _check_alphas(alphas) if steered_like else []
     seed_list = _check_seeds(seeds) if "random" in conds else []
     locked, unlocked = _formats(model, pack, locked_format, unlocked_format)
+    if locked.special_tokens != unlocked.special_tokens:
+        raise UnlockLensError(
+            f"the locked and unlocked formats tokenise differently (special_tokens "
+            f"{locked.special_tokens!r} vs {unlocked.special_tokens!r}): give both the same"
+        )
     questions = [p.question for p in problems]
     locked_prompts = locked.render_all(questions, model.tokenizer)
     unlocked_prompts = unlocked.render_all(questions, model.tokenizer)
@@ -375,7 +382,8 @@ def evaluate(
     for run in runs:
         rows += run_condition(model, problems, run.prompts, condition=run.condition,
                               steering=run.steering, alpha=run.alpha, seed=run.seed, task=task,
-                              decoding=decoding, vllm=vllm, progress=progress)
+                              decoding=decoding, vllm=vllm, progress=progress,
+                              special_tokens=locked.special_tokens)
     meta = _metadata(
         model, problems, pack, task, conditions=list(conds), alphas=alpha_list, seeds=seed_list,
         decoding=decoding.to_dict(), locked_format=locked.to_dict(),
