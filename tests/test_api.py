@@ -61,7 +61,7 @@ LAYERS = [
     ["steer"],
     ["pack", "generation", "backends"],
     ["unlock", "protocol", "evaluate", "export", "lm_eval_adapter"],
-    ["diagnostics"],
+    ["diagnostics", "reproduce", "recipes"],
     ["organisms"],
     ["cli"],
 ]

@@ -1,4 +1,4 @@
-"""unlock-lens command line: demo | extract | align | steer | generate | eval | export | run.
+"""unlock-lens command line: demo | extract | align | steer | generate | eval | export | run | reproduce.
 
 Models are hub names, local HF directories, .gguf files or registry short names
 (smollm2-135m-instruct, gemma-3-270m). Key and alignment questions come from disjoint
@@ -453,6 +453,39 @@ def run(
     with pd.option_context("display.width", 160, "display.max_rows", 200):
         typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     typer.echo(f"\nkey, pack and table written to {out}/")
+
+
+@app.command()
+def reproduce(
+    recipe: Annotated[str | None, typer.Argument(help="a recipe name (see --list) or a .toml file")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="name the shipped recipes and exit")] = False,
+    out: Annotated[Path | None, typer.Option(help="output folder (default out/reproduce/RECIPE)")] = None,
+    model: Annotated[list[str] | None, typer.Option(help="HUB_ID=LOCAL_DIR: use a local copy (repeatable)")] = None,
+    dry_run: Annotated[bool, typer.Option(help="the whole path at the recipe's toy sizes (a check, not a result)")] = False,
+    backend: Annotated[str, typer.Option(help="generation: auto (vLLM when installed and a GPU is present, else torch), torch or vllm")] = "auto",
+    device: str = "cpu",
+) -> None:
+    """Reproduce a headline setting of the paper under the authors' protocol (a GPU and the
+    model hub for the real sizes): the whole grid, both selections, beside the published table."""
+    from unlock_lens.reproduce import load_recipe, parse_substitutes, recipe_names, run_recipe
+
+    if list_:
+        for name in recipe_names():
+            typer.echo(f"{name:32s} {load_recipe(name).description}")
+        return
+    if recipe is None:
+        raise UnlockLensError("name a recipe (unlock-lens reproduce --list shows them) or pass --list")
+    loaded = load_recipe(recipe)
+    substitutes = parse_substitutes(model or [])
+    if backend not in ("auto", "torch", "vllm"):
+        raise UnlockLensError(f"--backend {backend!r}: choose auto, torch or vllm")
+    out = out or Path("out/reproduce") / loaded.name
+    if out.exists() and not out.is_dir():
+        raise UnlockLensError(f"--out {out} is a file: reproduce writes a folder; give a folder path")
+    path = run_recipe(loaded, out, substitutes=substitutes, dry_run=dry_run, backend=backend,
+                      load=lambda name: _load(name, device))
+    typer.echo(path.read_text())
+    typer.echo(f"table -> {path}")
 
 
 @app.command()

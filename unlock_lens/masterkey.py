@@ -206,28 +206,52 @@ def extract_masterkey(
             "locked and unlocked variants are identical (same model, same format): the contrast is zero"
         )
     layers = check_layers(locked.model, layers)
-    locked_prompts = locked.prompts(questions)
-    unlocked_prompts = unlocked.prompts(questions)
-    h_l = capture(locked.model, locked_prompts, layers, hook=hook, batch_size=batch_size,
+    h_l = capture(locked.model, locked.prompts(questions), layers, hook=hook, batch_size=batch_size,
                   progress="capture locked" if progress else False,
                   special_tokens=locked.special_tokens, final_layer=final_layer)
-    h_u = capture(unlocked.model, unlocked_prompts, layers, hook=hook, batch_size=batch_size,
+    h_u = capture(unlocked.model, unlocked.prompts(questions), layers, hook=hook, batch_size=batch_size,
                   progress="capture unlocked" if progress else False,
                   special_tokens=unlocked.special_tokens, final_layer=final_layer)
-    diffs = h_u - h_l
+    return key_from_captures(h_l, h_u, locked, unlocked, questions, layers=layers, aggregator=aggregator,
+                             capability=capability, hook=hook, final_layer=final_layer)
+
+
+def key_from_captures(
+    h_locked: Float[Tensor, "n n_layers d"],
+    h_unlocked: Float[Tensor, "n n_layers d"],
+    locked: Variant,
+    unlocked: Variant,
+    questions: Sequence[str],
+    *,
+    layers: Sequence[int],
+    aggregator: Aggregator = "mean",
+    capability: str = "cot",
+    hook: HookKind = "resid_post",
+    final_layer: FinalLayer = "block",
+) -> MasterKey:
+    """The MasterKey of captures already taken (row i of both = ``questions[i]`` through
+    ``locked`` / ``unlocked``): what :func:`extract_masterkey` returns, without the forward
+    passes, so a grid over n and aggregators captures once and slices."""
+    if h_locked.shape != h_unlocked.shape or h_locked.shape[:2] != (len(questions), len(layers)):
+        raise UnlockLensError(
+            f"captures {tuple(h_locked.shape)} / {tuple(h_unlocked.shape)} do not match "
+            f"{len(questions)} questions x {len(layers)} layers"
+        )
+    same_model = locked.model is unlocked.model
+    diffs = h_unlocked - h_locked
     return MasterKey(
         directions=aggregate_differences(diffs, aggregator),
-        layers=layers,
-        source=info_l,
+        layers=list(layers),
+        source=ModelInfo.of(locked.model),
         capability=capability,
         contrast="prompt" if same_model else "model",
         aggregator=aggregator,
         n_prompts=len(questions),
         hook=hook,
-        source_unlocked_id=None if same_model else info_u.model_id,
+        source_unlocked_id=None if same_model else ModelInfo.of(unlocked.model).model_id,
         locked_format=locked.format.to_dict(),
         unlocked_format=unlocked.format.to_dict(),
-        prompt_hash=prompt_set_hash(locked_prompts + unlocked_prompts),
+        prompt_hash=prompt_set_hash(locked.prompts(questions) + unlocked.prompts(questions)),
         effective_rank=[spectral_entropy_rank(diffs[:, j]) for j in range(len(layers))],
         final_layer=final_layer,
     )

@@ -1,7 +1,7 @@
 """Tiny random-initialised causal LMs saved as Hugging Face directories, built offline.
 
-For tests, notebooks and benchmarks: a real ``transformers`` architecture (Qwen2, Llama,
-Gemma3, GPT-2) with random weights and a byte-level BPE tokenizer trained on a few lines of
+For tests, notebooks and benchmarks: a real ``transformers`` architecture (Qwen2, Qwen3,
+Llama, Gemma3, GPT-2) with random weights and a byte-level BPE tokenizer trained on a few lines of
 math text, so it boots through exactly the same ``load_model`` path as a hub checkpoint.
 """
 
@@ -14,7 +14,7 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-ARCHITECTURES = ("qwen2", "llama", "gemma3", "gpt2")
+ARCHITECTURES = ("qwen2", "llama", "gemma3", "gpt2", "qwen3")
 
 _CORPUS = [
     "Question: Tom has 3 apples and buys 5 more. How many apples does he have now?",
@@ -63,6 +63,13 @@ def _config(arch: str, vocab: int, d_model: int, n_layers: int, n_heads: int, n_
             hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
             num_attention_heads=n_heads, num_key_value_heads=max(1, n_heads // 2),
             max_position_embeddings=n_ctx, tie_word_embeddings=True, **common,
+        )
+    if arch == "qwen3":
+        return transformers.Qwen3Config(
+            hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
+            num_attention_heads=n_heads, num_key_value_heads=max(1, n_heads // 2),
+            head_dim=d_model // n_heads, max_position_embeddings=n_ctx, tie_word_embeddings=True,
+            **common,
         )
     if arch == "llama":
         return transformers.LlamaConfig(
