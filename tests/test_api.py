@@ -57,7 +57,7 @@ LAYERS = [
     ["errors", "compat", "model_info", "artifacts", "interventions", "distributions", "plots"],
     ["prompts", "models", "controls", "random_models"],
     ["activations", "streaming"],
-    ["masterkey", "align"],
+    ["masterkey", "align", "alignment_data"],
     ["steer"],
     ["pack", "generation", "backends"],
     ["unlock", "protocol", "evaluate", "export", "lm_eval_adapter"],

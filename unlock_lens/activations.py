@@ -133,30 +133,41 @@ def published_tokenizer(model: Any) -> Any:
     return tok
 
 
-def encode(
-    model: Any, prompts: Sequence[str], *, special_tokens: SpecialTokens = "model"
-) -> tuple[Int[Tensor, "n pos"], Int[Tensor, "n pos"]]:
-    """Token ids and attention mask, left-padded.
+def tokenize(
+    model: Any, prompt: str, *, special_tokens: SpecialTokens = "model", offsets: bool = False
+) -> tuple[list[int], list[tuple[int, int]] | None]:
+    """One prompt's token ids as :func:`encode` feeds them, and (``offsets=True``) each token's
+    character span in ``prompt`` (special tokens get ``(0, 0)``).
 
     ``special_tokens="model"``: BOS follows ``model.cfg.default_prepend_bos`` (as
     TransformerLens does) unless the text already starts with it (chat templates write their
     own). ``"tokenizer"``: exactly ``tokenizer(text)["input_ids"]`` with the checkpoint's
     published tokenizer (:func:`published_tokenizer`), the Hugging Face defaults.
     """
-    if len(prompts) == 0:
-        raise UnlockLensError("the prompt list is empty: pass at least one prompt")
     if special_tokens not in ("model", "tokenizer"):
         raise UnlockLensError(f"unknown special_tokens {special_tokens!r}; use 'model' or 'tokenizer'")
+    tok = published_tokenizer(model) if special_tokens == "tokenizer" else model.tokenizer
+    enc = tok(prompt, add_special_tokens=special_tokens == "tokenizer", return_offsets_mapping=offsets)
+    ids = list(enc["input_ids"])
+    spans = [tuple(o) for o in enc["offset_mapping"]] if offsets else None
+    bos_id = model.tokenizer.bos_token_id
+    if special_tokens == "model" and model.cfg.default_prepend_bos and bos_id is not None \
+            and (not ids or ids[0] != bos_id):
+        ids = [bos_id, *ids]
+        spans = [(0, 0), *spans] if spans is not None else None
+    return ids, spans
+
+
+def encode(
+    model: Any, prompts: Sequence[str], *, special_tokens: SpecialTokens = "model"
+) -> tuple[Int[Tensor, "n pos"], Int[Tensor, "n pos"]]:
+    """Token ids (:func:`tokenize`) and attention mask, left-padded."""
+    if len(prompts) == 0:
+        raise UnlockLensError("the prompt list is empty: pass at least one prompt")
     tok = model.tokenizer
-    bos = special_tokens == "model" and model.cfg.default_prepend_bos
-    bos_id = tok.bos_token_id
-    if special_tokens == "tokenizer":
-        tok = published_tokenizer(model)
     rows: list[list[int]] = []
     for p in prompts:
-        ids = tok(p, add_special_tokens=special_tokens == "tokenizer")["input_ids"]
-        if bos and bos_id is not None and (not ids or ids[0] != bos_id):
-            ids = [bos_id, *ids]
+        ids, _ = tokenize(model, p, special_tokens=special_tokens)
         if not ids:
             raise UnlockLensError("a prompt tokenises to nothing: remove empty prompts")
         rows.append(ids)
@@ -317,6 +328,57 @@ def iter_capture(
             )
         yield idx, rows
         del rows
+
+
+def iter_capture_positions(
+    model: Any,
+    prompts: Sequence[str],
+    positions: Sequence[Sequence[int]],
+    layers: Sequence[int] | None = None,
+    *,
+    hook: HookKind = "resid_post",
+    batch_size: int = 16,
+    special_tokens: SpecialTokens = "model",
+    final_layer: FinalLayer = "block",
+    progress: bool | str = False,
+) -> Iterator[tuple[list[int], list[Float[Tensor, "m n_layers d_model"]]]]:
+    """Per batch: ``(prompt indices, per prompt the states [len(positions[i]), L, d] float32)``
+    at token indices ``positions[i]`` of :func:`tokenize`'s ids (any positions, not only the
+    last). One batch of rows is held at a time: what a streamed alignment fit consumes."""
+    if len(positions) != len(prompts):
+        raise UnlockLensError(f"{len(positions)} position lists for {len(prompts)} prompts: give one per prompt")
+    layers = check_layers(model, layers)
+    lengths = [len(tokenize(model, p, special_tokens=special_tokens)[0]) for p in prompts]
+    for i, pos in enumerate(positions):
+        if any(not 0 <= int(j) < lengths[i] for j in pos):
+            raise UnlockLensError(f"prompt {i} has {lengths[i]} tokens; positions {list(pos)} fall outside")
+    current: dict[str, Any] = {}
+
+    def make_hook(j: int) -> Callable:
+        def save(x: Tensor, hook: Any) -> Tensor:
+            rows, cols = current["index"]
+            current["buf"][:, j] = x[rows, cols].detach().to(device="cpu", dtype=torch.float32)
+            return x
+
+        return save
+
+    hooks = [(capture_hook_name(model, layer, hook, final_layer), make_hook(j))
+             for j, layer in enumerate(layers)]
+
+    def hooks_for(idx: list[int]) -> list[tuple[str, Callable]]:
+        longest = max(lengths[i] for i in idx)
+        rows = [k for k, i in enumerate(idx) for _ in positions[i]]
+        cols = [longest - lengths[i] + int(j) for i in idx for j in positions[i]]
+        current["index"] = (torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long))
+        current["buf"] = new_rows(len(rows), len(layers), int(model.cfg.d_model), "cpu")
+        return hooks
+
+    for idx, _ in forward_batches(model, prompts, hooks_for, batch_size=batch_size, progress=progress,
+                                  special_tokens=special_tokens):
+        rows = current.pop("buf")
+        if not torch.isfinite(rows).all():
+            raise UnlockLensError("captured activations are NaN/inf: load the model in float32")
+        yield idx, list(rows.split([len(positions[i]) for i in idx]))
 
 
 def new_rows(n: int, n_layers: int, d: int, device: str | torch.device) -> Tensor:

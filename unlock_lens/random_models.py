@@ -101,11 +101,12 @@ def build_random_model(
     seed: int = 0,
     add_bos: bool = True,
     chat_template: str | None = None,
+    vocab_size: int = 512,
 ) -> Path:
     """Build a random ``arch`` model with an offline tokenizer and save it to ``path``
-    (``add_bos``, ``chat_template``: see :func:`build_tokenizer`)."""
+    (``vocab_size``, ``add_bos``, ``chat_template``: see :func:`build_tokenizer`)."""
     path = Path(path)
-    tokenizer = build_tokenizer(add_bos=add_bos, chat_template=chat_template)
+    tokenizer = build_tokenizer(vocab_size, add_bos=add_bos, chat_template=chat_template)
     config = _config(arch, len(tokenizer), d_model, n_layers, n_heads, n_ctx)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config)

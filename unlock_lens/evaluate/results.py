@@ -74,6 +74,42 @@ def shows_working(text: str) -> bool:
     return len(steps) >= 2
 
 
+def degenerate(text: str, *, max_period: int = 64, min_span: int = 96) -> str | None:
+    """Why an output is degenerate, or None: ``"empty"``, ``"whitespace"`` (blank or newlines
+    only) or ``"loop"`` (its last ``max(2p, min_span)`` characters repeat one block of
+    ``p <= max_period`` characters, e.g. the same line over and over).
+
+    >>> degenerate(" \\n"), degenerate("ab" * 60), degenerate("3 + 5 = 8. The final answer is 8.")
+    ('whitespace', 'loop', None)
+    """
+    if text == "":
+        return "empty"
+    if not text.strip():
+        return "whitespace"
+    for p in range(1, max_period + 1):
+        span = max(2 * p, min_span)
+        if len(text) >= span and text[-span + p:] == text[-span:-p]:
+            return "loop"
+    return None
+
+
+def behaviour(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Generation-level measures of one condition's rows (``evaluate`` rows: output, correct,
+    cot_format, n_tokens): the CoT-format rate among non-degenerate outputs, the degenerate
+    rate beside it, mean length in tokens, and accuracy."""
+    if not rows:
+        raise UnlockLensError("no rows to summarise: pass a condition's evaluation rows")
+    healthy = [r for r in rows if degenerate(r["output"]) is None]
+    return {
+        "n": len(rows),
+        "degenerate_rate": 1.0 - len(healthy) / len(rows),
+        "cot_rate_non_degenerate": (sum(bool(r["cot_format"]) for r in healthy) / len(healthy)
+                                    if healthy else float("nan")),
+        "mean_tokens": sum(r["n_tokens"] for r in rows) / len(rows),
+        "accuracy": sum(bool(r["correct"]) for r in rows) / len(rows),
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # summary
 # --------------------------------------------------------------------------------------------

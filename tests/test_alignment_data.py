@@ -1,0 +1,136 @@
+"""Alignment data kinds: pairing across tokenizers (hand-checked), plans, subsampling, and a
+planted map recovered from token pairs with streamed Gram statistics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unlock_lens import Variant, load_model
+from unlock_lens.activations import capture, tokenize
+from unlock_lens.align.pairs import shared_token_ends, word_end_prefixes
+from unlock_lens.alignment_data import parse_data, plan_pairs
+from unlock_lens.errors import UnlockLensError
+from unlock_lens.prompts import GENERAL_DIRECT
+from unlock_lens.random_models import build_random_model, build_tokenizer
+
+TEXT = "Tom has 3 apples and buys 5 more."
+
+
+def spans(tok, text):
+    return [tuple(s) for s in tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
+
+
+def test_pairs_across_two_tokenizers_hand_checked():
+    big, small = build_tokenizer(512), build_tokenizer(300)
+    # big:   To|m| has| 3| apples| and| buys| 5| more|.         (ends 2 3 7 9 16 20 25 27 32 33)
+    # small: T|o|m| h|a|s| 3| a|p|p|les| a|nd| b|u|y|s| 5| m|o|re|.  (22 tokens)
+    assert [TEXT[s:e] for s, e in spans(big, TEXT)] == \
+        ["To", "m", " has", " 3", " apples", " and", " buys", " 5", " more", "."]
+    pairs = shared_token_ends(TEXT, spans(big, TEXT), TEXT, spans(small, TEXT))
+    assert pairs == [(0, 1), (1, 2), (2, 5), (3, 6), (4, 10), (5, 12), (6, 16), (7, 17), (8, 20), (9, 21)]
+    # every pair ends at the same character: both states have read the same text
+    for i, j in pairs:
+        assert spans(big, TEXT)[i][1] == spans(small, TEXT)[j][1]
+
+
+def test_template_tokens_outside_the_shared_text_are_not_paired():
+    src, tgt = "Q: " + TEXT + "\nA:", "<user>" + TEXT + "</user>"
+    pairs = shared_token_ends(src, [(0, 3), (3, 6), (6, 36), (36, 39)], tgt, [(0, 6), (6, 9), (9, 39), (39, 46)])
+    assert pairs == [(1, 1), (2, 2)]  # "Tom" and the rest of the sentence; "Q: ", "\nA:" and tags unpaired
+
+
+def test_word_end_prefixes():
+    assert word_end_prefixes("  a bc  d ") == ["a", "a bc", "a bc  d"]
+
+
+@pytest.fixture(scope="module")
+def two_vocab_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("align_data")
+    a = load_model(str(build_random_model(root / "a", "llama", d_model=32, n_layers=2, seed=0, n_ctx=2048)))
+    b = load_model(str(build_random_model(root / "b", "qwen2", d_model=48, n_layers=3, seed=1, n_ctx=2048,
+                                          vocab_size=300)))
+    return a, b
+
+
+def test_same_tokenizer_pairs_every_position(two_vocab_models):
+    a, _ = two_vocab_models
+    v = Variant(a, GENERAL_DIRECT)
+    plans = plan_pairs(v, v, [TEXT, "What is 2 + 3?"], "tokens")
+    for p in plans:
+        n = len(tokenize(a, p.source_prompt, special_tokens=v.special_tokens)[0])
+        bos = tokenize(a, p.source_prompt, special_tokens=v.special_tokens, offsets=True)[1][0] == (0, 0)
+        assert p.source_positions == p.target_positions == list(range(int(bos), n))
+
+
+def test_cross_tokenizer_plan_and_kinds(two_vocab_models):
+    a, b = two_vocab_models
+    src, tgt = Variant(a, GENERAL_DIRECT), Variant(b, GENERAL_DIRECT)
+    tokens = plan_pairs(src, tgt, [TEXT], "tokens")
+    (p,) = tokens
+    ids_a, sp_a = tokenize(a, p.source_prompt, special_tokens="tokenizer", offsets=True)
+    ids_b, sp_b = tokenize(b, p.target_prompt, special_tokens="tokenizer", offsets=True)
+    assert len(ids_a) < len(ids_b) and len(p.source_positions) >= 0.9 * (len(ids_a) - 1)
+    assert all(sp_a[i][1] == sp_b[j][1] for i, j in zip(p.source_positions, p.target_positions, strict=True))
+    last = plan_pairs(src, tgt, [TEXT], "last")[0]
+    assert (last.source_positions, last.target_positions) == ([len(ids_a) - 1], [len(ids_b) - 1])
+    text = plan_pairs(src, tgt, [TEXT], "text")
+    assert len(text) == len(TEXT.split()) and all(len(q.source_positions) == 1 for q in text)
+    both = plan_pairs(src, tgt, [TEXT], "tokens+last")
+    assert sorted(both[0].source_positions) == sorted(p.source_positions)  # the last token already pairs
+
+
+def test_subsampling_is_seeded_and_capped(two_vocab_models):
+    a, b = two_vocab_models
+    src, tgt = Variant(a, GENERAL_DIRECT), Variant(b, GENERAL_DIRECT)
+    texts = [TEXT, "What is 2 + 3?", "A train goes 60 miles per hour for 2 hours."]
+
+    def chosen(seed):
+        return [(q.source_prompt, i) for q in plan_pairs(src, tgt, texts, "tokens", max_pairs=40, seed=seed)
+                for i in q.source_positions]
+
+    assert len(chosen(0)) == 40 and chosen(0) == chosen(0) and chosen(0) != chosen(1)
+
+
+def test_bad_data_kind_is_refused():
+    with pytest.raises(UnlockLensError, match="tokens\\+last"):
+        parse_data("tokens,last")
+
+
+def rotated_copy(src_dir, out_dir, seed: int = 0):
+    """The same llama with its residual basis turned by a random orthogonal R: every state of the
+    copy is the source's times R (norm weights are ones at init, so RMSNorm commutes with R)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(src_dir, dtype=torch.float32)
+    d = model.config.hidden_size
+    R, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    R = R.float()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                assert torch.equal(p, torch.ones_like(p)), name
+            elif name.endswith(("embed_tokens.weight", "q_proj.weight", "k_proj.weight", "v_proj.weight",
+                                "gate_proj.weight", "up_proj.weight", "lm_head.weight")):
+                p.copy_(p @ R)           # reads the residual stream
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                p.copy_(R.T @ p)         # writes to it
+            else:
+                raise AssertionError(f"unhandled parameter {name}")
+    model.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(src_dir).save_pretrained(out_dir)
+    return R
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("planted")
+    src_dir = build_random_model(root / "src", "llama", d_model=32, n_layers=2, seed=3, n_ctx=2048)
+    R = rotated_copy(src_dir, root / "rot")
+    return load_model(str(src_dir)), load_model(str(root / "rot")), R
+
+
+def test_the_rotated_copy_is_the_source_times_R(planted):
+    src, rot, R = planted
+    prompts = [TEXT, "What is 2 + 3?"]
+    torch.testing.assert_close(capture(rot, prompts), capture(src, prompts) @ R, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,48 @@
+"""Measures that a degenerate change cannot game: degenerate outputs, behaviour among the
+non-degenerate ones, and transfer fidelity."""
+
+from __future__ import annotations
+
+import pytest
+
+from unlock_lens.diagnostics.fidelity import token_agreement, transfer_fidelity
+from unlock_lens.errors import UnlockLensError
+from unlock_lens.evaluate.results import behaviour, degenerate
+from unlock_lens.random_models import build_tokenizer
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("", "empty"), ("\n", "whitespace"), ("  \n\n ", "whitespace"),
+    ("The answer is 4.\n" * 8, "loop"), ("7" * 100, "loop"),
+    ("3 + 5 = 8. The final answer is 8.", None), ("\n3 + 5 = 8", None),
+    ("ab" * 20, None),  # 40 characters: too short to call a loop
+])
+def test_degenerate(text, why):
+    assert degenerate(text) == why
+
+
+def test_behaviour_separates_cot_from_degenerate_outputs():
+    rows = [
+        {"output": "3 + 5 = 8. The final answer is 8.", "cot_format": True, "correct": True, "n_tokens": 12},
+        {"output": "\n", "cot_format": False, "correct": False, "n_tokens": 1},
+        {"output": "\n", "cot_format": False, "correct": False, "n_tokens": 1},
+        {"output": "The final answer is 9.", "cot_format": False, "correct": False, "n_tokens": 6},
+    ]
+    b = behaviour(rows)
+    assert b == {"n": 4, "degenerate_rate": 0.5, "cot_rate_non_degenerate": 0.5, "mean_tokens": 5.0,
+                 "accuracy": 0.25}
+    with pytest.raises(UnlockLensError, match="no rows"):
+        behaviour([])
+
+
+def test_transfer_fidelity():
+    tok = build_tokenizer()
+    assert token_agreement([], []) == 1.0 and token_agreement([1, 2], [3, 2, 1]) == pytest.approx(1 / 3)
+    ours = ["3 + 5 = 8.", "The final answer is 8.", "x"]
+    native = ["3 + 5 = 8.", "The final answer is 9.", "y"]
+    f = transfer_fidelity(ours, native, tok)
+    assert f["identical_rate"] == pytest.approx(1 / 3)
+    n = len(tok("The final answer is 8.", add_special_tokens=False)["input_ids"])
+    assert f["token_agreement"] == pytest.approx((1 + (n - 1) / n + 0) / 3)
+    with pytest.raises(UnlockLensError, match="same problems"):
+        transfer_fidelity(ours, native[:2], tok)

@@ -1,0 +1,161 @@
+"""Alignment data: which paired states of source and target an alignment is fitted on.
+
+``AlignSpec.data`` names one kind or a ``+``-joined combination:
+
+- ``last``: the last prompt token of each alignment prompt (the authors'; one pair per prompt);
+- ``tokens``: every position of the alignment prompts, paired across the two tokenizers where
+  both tokens end at the same character of the text the prompts share
+  (:func:`unlock_lens.align.pairs.shared_token_ends`); with one tokenizer every position pairs;
+- ``text``: prefixes of the alignment texts cut at word ends, each fed in both models' locked
+  formats, paired at their last prompt tokens.
+
+Pairs are planned from tokenisation alone, subsampled to ``max_pairs`` with a seed, then
+captured in lockstep (a chunk of prompts through the source, the same through the target) and
+folded into per-layer :class:`~unlock_lens.align.stats.GramStats`: memory depends on d and
+the chunk, never on the number of pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from unlock_lens.activations import FinalLayer, HookKind, Variant, iter_capture_positions, tokenize
+from unlock_lens.align.layers import LayerPairing
+from unlock_lens.align.pairs import shared_token_ends, word_end_prefixes
+from unlock_lens.errors import UnlockLensError
+
+DATA_KINDS = ("last", "tokens", "text")
+
+
+def parse_data(data: str) -> tuple[str, ...]:
+    """``"tokens+last"`` -> ``("tokens", "last")``; refuses unknown kinds."""
+    kinds = tuple(k.strip() for k in str(data).split("+") if k.strip())
+    bad = [k for k in kinds if k not in DATA_KINDS]
+    if not kinds or bad:
+        raise UnlockLensError(f"alignment data {data!r}: use one of {DATA_KINDS} or a '+'-joined "
+                              "combination, e.g. 'tokens+last'")
+    return kinds
+
+
+@dataclass
+class PromptPairs:
+    """One source prompt, one target prompt, and the paired token positions in each."""
+
+    source_prompt: str
+    target_prompt: str
+    source_positions: list[int] = field(default_factory=list)
+    target_positions: list[int] = field(default_factory=list)
+
+    def add(self, i_src: int, i_tgt: int) -> None:
+        if i_src not in self.source_positions:
+            self.source_positions.append(i_src)
+            self.target_positions.append(i_tgt)
+
+
+def plan_pairs(source: Variant, target: Variant, texts: Sequence[str], data: str = "tokens", *,
+               max_pairs: int | None = None, seed: int = 0) -> list[PromptPairs]:
+    """The prompt pairs and token positions to capture (no forward pass)."""
+    kinds = parse_data(data)
+    plans: dict[tuple[str, str], PromptPairs] = {}
+
+    def plan(question: str) -> tuple[PromptPairs, list[int], list[int]]:
+        ps, pt = source.format.render(question, source.model.tokenizer), target.format.render(
+            question, target.model.tokenizer)
+        entry = plans.setdefault((ps, pt), PromptPairs(ps, pt))
+        return entry, *(tokenize(v.model, p, special_tokens=v.special_tokens)[0]
+                        for v, p in ((source, ps), (target, pt)))
+
+    for text in texts:
+        if "last" in kinds:
+            entry, ids_s, ids_t = plan(text)
+            entry.add(len(ids_s) - 1, len(ids_t) - 1)
+        if "tokens" in kinds:
+            entry, _, _ = plan(text)
+            _, spans_s = tokenize(source.model, entry.source_prompt, special_tokens=source.special_tokens, offsets=True)
+            _, spans_t = tokenize(target.model, entry.target_prompt, special_tokens=target.special_tokens, offsets=True)
+            for i_s, i_t in shared_token_ends(entry.source_prompt, spans_s, entry.target_prompt, spans_t):
+                entry.add(i_s, i_t)
+        if "text" in kinds:
+            for prefix in word_end_prefixes(text):
+                entry, ids_s, ids_t = plan(prefix)
+                entry.add(len(ids_s) - 1, len(ids_t) - 1)
+    out = [p for p in plans.values() if p.source_positions]
+    return subsample(out, max_pairs, seed)
+
+
+def subsample(plans: list[PromptPairs], max_pairs: int | None, seed: int) -> list[PromptPairs]:
+    """At most ``max_pairs`` pairs, drawn uniformly with ``seed`` (prompts left without a pair
+    are dropped)."""
+    total = sum(len(p.source_positions) for p in plans)
+    if max_pairs is None or total <= max_pairs:
+        return plans
+    if max_pairs < 2:
+        raise UnlockLensError(f"max_pairs={max_pairs}: an alignment needs at least 2 pairs")
+    gen = torch.Generator().manual_seed(int(seed))
+    keep = set(torch.randperm(total, generator=gen)[:max_pairs].tolist())
+    out, k = [], 0
+    for p in plans:
+        chosen = [j for j in range(len(p.source_positions)) if k + j in keep]
+        k += len(p.source_positions)
+        if chosen:
+            out.append(PromptPairs(p.source_prompt, p.target_prompt,
+                                   [p.source_positions[j] for j in chosen],
+                                   [p.target_positions[j] for j in chosen]))
+    return out
+
+
+def alignment_stats(
+    source: Variant,
+    target: Variant,
+    texts: Sequence[str],
+    pairing: LayerPairing,
+    *,
+    data: str = "tokens",
+    max_pairs: int | None = None,
+    seed: int = 0,
+    hook: HookKind = "resid_post",
+    final_layer: FinalLayer = "block",
+    batch_size: int = 16,
+    progress: bool = False,
+) -> dict[int, Any]:
+    """Per target layer of ``pairing``: the Gram statistics of (source layer s(t), target layer t)
+    states over every planned pair, captured a chunk of ``batch_size`` prompts at a time."""
+    from unlock_lens.align.stats import GramStats
+
+    plans = plan_pairs(source, target, texts, data, max_pairs=max_pairs, seed=seed)
+    n_pairs = sum(len(p.source_positions) for p in plans)
+    if n_pairs < 2:
+        raise UnlockLensError(f"alignment data {data!r} gave {n_pairs} token pairs: pass more "
+                              "alignment texts (or texts the two prompts share)")
+    s_layers, t_layers = pairing.source_layers, pairing.target_layers
+    d_s, d_t = int(source.model.cfg.d_model), int(target.model.cfg.d_model)
+    stats = {t: GramStats.empty(d_s, d_t) for t in t_layers}
+    bar = tqdm(total=n_pairs, desc=f"alignment pairs ({data})", disable=not progress, unit="pair")
+    for start in range(0, len(plans), batch_size):
+        chunk = plans[start : start + batch_size]
+        h_s = _states(source, [p.source_prompt for p in chunk], [p.source_positions for p in chunk],
+                      s_layers, hook, final_layer)
+        h_t = _states(target, [p.target_prompt for p in chunk], [p.target_positions for p in chunk],
+                      t_layers, hook, final_layer)
+        for j, t in enumerate(t_layers):
+            stats[t].update(h_s[:, s_layers.index(pairing.source_of[t])], h_t[:, j])
+        bar.update(h_s.shape[0])
+    bar.close()
+    return stats
+
+
+def _states(variant: Variant, prompts: list[str], positions: list[list[int]], layers: list[int],
+            hook: HookKind, final_layer: FinalLayer) -> torch.Tensor:
+    """[pairs, L, d] for one chunk, rows in the chunk's pair order."""
+    rows: dict[int, torch.Tensor] = {}
+    for idx, states in iter_capture_positions(
+        variant.model, prompts, positions, layers, hook=hook, batch_size=len(prompts),
+        special_tokens=variant.special_tokens, final_layer=final_layer,
+    ):
+        rows.update(zip(idx, states, strict=True))
+    return torch.cat([rows[i] for i in range(len(prompts))])
