@@ -28,7 +28,7 @@ import pandas as pd
 from unlock_lens.activations import Variant
 from unlock_lens.diagnostics.ablations import AblationSetup, prepare_ablation
 from unlock_lens.masterkey import MasterKey, extract_masterkey
-from unlock_lens.plots import save_figure
+from unlock_lens.plots import METRIC_LABELS, save_figure
 from unlock_lens.prompts import PromptFormat, default_formats
 
 
@@ -94,7 +94,7 @@ class Pair:
         """The target's own key (same contrast, same key questions): the transfer's reference."""
         locked, unlocked = self.target_formats
         return extract_masterkey(Variant(self.target, locked), Variant(self.target, unlocked),
-                                 self.questions["key"])
+                                 self.questions["key"], progress=True)
 
     def ablation(self, **kwargs: Any) -> AblationSetup:
         """:func:`prepare_ablation` on this pair (target's unlocked format as reference)."""
@@ -112,15 +112,16 @@ def load_pair(source: str, target: str, n_key: int, n_align: int, n_eval: int,
     src, tgt = load_any(source), load_any(target)
     qs = question_sets(is_organism(source), n_key, n_align, n_eval, seed)
     s_fmt, t_fmt = formats_for(source, src), formats_for(target, tgt)
-    key = extract_masterkey(Variant(src, s_fmt[0]), Variant(src, s_fmt[1]), qs["key"])
+    key = extract_masterkey(Variant(src, s_fmt[0]), Variant(src, s_fmt[1]), qs["key"],
+                            progress=True)
     return Pair(source, target, src, tgt, s_fmt, t_fmt, qs, key)
 
 
 def metric_title(metric: str, target: str) -> str:
-    """Axis title of a proxy metric, naming the target's unlocked prompt."""
-    ref = "STEP trigger" if is_organism(target) else "CoT prompt"
-    return {"kl": f"KL({ref} ‖ steered direct prompt) [nats]",
-            "logp": f"log p(top-5 first tokens under the {ref})"}[metric]
+    """Axis title of a proxy metric: the label every figure uses (``plots.METRIC_LABELS``),
+    saying that an organism's CoT prompt is its ``STEP`` trigger."""
+    title = METRIC_LABELS[metric]
+    return f"{title}<br><sup>CoT prompt = STEP trigger</sup>" if is_organism(target) else title
 
 
 def readable_scale(fig: Any, frame: pd.DataFrame, metric: str) -> Any:

@@ -4,9 +4,10 @@
         --out analysis/results/layer_sweep/chain-s_to_chain-m
 
 Extracts the source's prompt-driven key, fits the maps (``--method``, ``--rank``) on the
-alignment questions, then for each target layer steers only that layer (``single_layer``) or
-every layer but that one (``leave_one_out``) at ``--alpha`` and scores the target's next-token
-distribution on the direct prompt against its own unlocked-prompt distribution
+alignment questions, then for each target layer steers only that layer (``single_layer``, at
+``--alpha``) or every layer but that one (``leave_one_out``, at ``--loo-alpha``: with three of
+the organism's four layers steered at 0.5 every variant reaches KL ~0) and scores the target's
+next-token distribution on the direct prompt against its own unlocked-prompt distribution
 (:mod:`unlock_lens.diagnostics.ablations`: KL, lower = closer; log-mass on the unlocked top
 tokens, higher = closer), with random-direction controls and the unsteered baseline.
 
@@ -21,7 +22,15 @@ import time
 
 import pandas as pd
 
-from analysis import common_args, load_pair, log, metric_title, readable_scale, start, write
+from analysis import (
+    common_args,
+    load_pair,
+    log,
+    metric_title,
+    readable_scale,
+    start,
+    write,
+)
 from unlock_lens.align.layers import AlignSpec
 from unlock_lens.diagnostics.ablations import leave_one_out_sweep, single_layer_sweep
 from unlock_lens.evaluate import markdown_table
@@ -60,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--method", default="svd")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=float, default=0.5, help="steering strength per layer")
+    p.add_argument("--loo-alpha", type=float, default=0.2,
+                   help="steering strength of the leave-one-out sweep")
     p.add_argument("--seeds", default="0,1,2", help="random-control seeds")
     p.add_argument("--sweeps", default="single_layer,leave_one_out",
                    help=f"comma list of {list(SWEEPS)}")
@@ -75,10 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     log(t0, "activations and reference logits cached")
     seeds = [int(s) for s in args.seeds.split(",") if s]
     lines = [f"# Layer sweep: {args.source} → {args.target}", "",
-             f"method {args.method}, rank {args.rank}, alpha {args.alpha}, n_key {args.n_key}, "
-             f"n_align {args.n_align}, n_eval {args.n_eval}, seeds {seeds}", ""]
+             f"method {args.method}, rank {args.rank}, alpha {args.alpha} (leave-one-out "
+             f"{args.loo_alpha}), n_key {args.n_key}, n_align {args.n_align}, n_eval "
+             f"{args.n_eval}, seeds {seeds}", ""]
     for name in args.sweeps.split(","):
-        frame = SWEEPS[name](setup, seeds=seeds)
+        alpha = args.loo_alpha if name == "leave_one_out" else args.alpha
+        frame = SWEEPS[name](setup, seeds=seeds, alpha=alpha, progress=True)
         frame.insert(0, "target", args.target)
         frame.insert(0, "source", args.source)
         write(frame, None, args, name)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from unlock_lens.activations import capture
 from unlock_lens.align.layers import AlignSpec, LayerPairing, fit_layer_maps, map_directions
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # 1. base models
     R["base"] = {}
-    for n, m in models.items():
+    for n, m in tqdm(models.items(), desc="base models", unit="model"):
         R["base"][n] = {
             "direct": rec(evaluate(m, test, LOCKED)),
             "trigger": rec(evaluate(m, test, UNLOCKED)),
@@ -111,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     R["same"] = {}
     for n, key in keys.items():
         m = models[n]
-        dev_acc = {a: evaluate(m, dev, LOCKED, self_pack(key, m, a)).accuracy for a in ALPHAS}
+        dev_acc = {a: evaluate(m, dev, LOCKED, self_pack(key, m, a)).accuracy
+                   for a in tqdm(ALPHAS, desc=f"{n}: alpha on dev", unit="alpha")}
         best = max(ALPHAS, key=lambda a: (dev_acc[a], -a))
         res = evaluate(m, test, LOCKED, self_pack(key, m, best))
         prompt_pos = evaluate(m, test, LOCKED, Steering(
@@ -136,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
             sweep = []
             settings = ([(m, r) for m in METHODS for r in RANKS] if not args.skip_sweep
                         else [("svd", 16)])
-            for method, rank in settings:
+            for method, rank in tqdm(settings, desc=f"{pair} {regime}: method x rank",
+                                     unit="map"):
                 if method == "procrustes" and rank > min(int(src.cfg.d_model), int(tgt.cfg.d_model)):
                     continue
                 try:
@@ -156,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
             dirs = pack.target_directions()
             res = evaluate(tgt, test, LOCKED, Steering(dirs, alpha=best["alpha"]))
             ctl = [rec(evaluate(tgt, test, LOCKED, c))
-                   for c in random_controls(dirs, best["alpha"], range(args.seeds))]
+                   for c in tqdm(random_controls(dirs, best["alpha"], range(args.seeds)),
+                                 desc=f"{pair} {regime}: random controls", unit="seed")]
             cos = cosine_to_native(dirs, native)
             R["cross"][pair][regime] = {
                 "best": best, "test": rec(res), "random": ctl,
@@ -172,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     base, post = models["chain-s"], models["chain-s-post"]
     mkey = model_key(base, post, args.n_key)
     R["model_driven"] = {}
-    dev_acc = {a: evaluate(base, dev, LOCKED, self_pack(mkey, base, a)).accuracy for a in ALPHAS}
+    dev_acc = {a: evaluate(base, dev, LOCKED, self_pack(mkey, base, a)).accuracy
+               for a in tqdm(ALPHAS, desc="model-driven key: alpha on dev", unit="alpha")}
     a_best = max(ALPHAS, key=lambda a: (dev_acc[a], -a))
     R["model_driven"]["chain-s (same model)"] = {
         "dev": dev_acc, "alpha": a_best,
@@ -184,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     tgt = models["chain-m"]
     qs = align_questions("trigger-free", args.n_align)
     sweep = []
-    for rank in RANKS:
+    for rank in tqdm(RANKS, desc="model-driven key: rank", unit="map"):
         dirs = transfer(mkey, base, tgt, qs, AlignSpec("svd", rank)).target_directions()
         cos = cosine_to_native(dirs, keys["chain-m"])
         for a in ALPHAS:
@@ -194,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     best = max(sweep, key=lambda s: (s["dev_acc"], -s["alpha"]))
     dirs = transfer(mkey, base, tgt, qs, AlignSpec("svd", int(best["rank"]))).target_directions()
     ctl = [rec(evaluate(tgt, test, LOCKED, c))
-           for c in random_controls(dirs, best["alpha"], range(args.seeds))]
+           for c in tqdm(random_controls(dirs, best["alpha"], range(args.seeds)),
+                         desc="model-driven key: random controls", unit="seed")]
     R["model_driven"]["chain-s->chain-m (trigger-free fit)"] = {
         "best": best, "test": rec(evaluate(tgt, test, LOCKED, Steering(dirs, alpha=best["alpha"]))),
         "random": ctl, "random_mean": sum(c["acc"] for c in ctl) / len(ctl),
@@ -207,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     # 5. mechanism checks on the trigger-free regime: a fit on shuffled pairs (the rows of the
     # source no longer match the target's), centred fits, and the target's own minus-mean state
     R["checks"] = {}
-    for s_name, t_name in (("chain-s", "chain-m"), ("chain-m", "chain-s")):
+    for s_name, t_name in tqdm((("chain-s", "chain-m"), ("chain-m", "chain-s")),
+                               desc="mechanism checks", unit="pair"):
         src, tgt = models[s_name], models[t_name]
         pair = f"{s_name}->{t_name}"
         a = R["cross"][pair]["trigger-free"]["best"]["alpha"]

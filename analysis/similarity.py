@@ -8,7 +8,10 @@ questions (each model in its locked format) and on the held-out evaluation quest
 the maps on the alignment questions (``--method``, ``--rank``), then writes
 (:mod:`unlock_lens.diagnostics.similarity`):
 
-- ``cka.csv`` + ``cka`` heatmap: linear CKA, every source layer x every target layer
+- ``cka.csv`` + ``cka`` heatmaps: linear CKA, every source layer x every target layer, on the
+  alignment questions and on the held-out evaluation questions (column ``prompts``; on the
+  organisms the alignment set mixes short and long chains, whose split dominates the variance
+  and puts every cell above 0.93; the held-out short chains show the layers apart)
   (``--debiased`` for the unbiased estimator, whose null value is ~0 when n is small vs d);
 - ``principal_angles.csv`` + figure: per fitted map, the angles between the mapped source
   top-``--k`` subspace and the target's own top-k subspace, measured on the *held-out*
@@ -35,7 +38,7 @@ from unlock_lens.diagnostics.similarity import (
     principal_angle_table,
 )
 from unlock_lens.evaluate import markdown_table
-from unlock_lens.plots import cka_heatmap, principal_angles_figure
+from unlock_lens.plots import cka_panels, principal_angles_figure
 from unlock_lens.unlock import align_key
 
 
@@ -44,15 +47,19 @@ def cka_kind(args) -> str:
 
 
 def figures(cka: pd.DataFrame, angles: pd.DataFrame, args) -> None:
-    """``cka`` heatmap and ``principal_angles`` figure (titles from the flags)."""
-    fig = cka_heatmap(cka, title=f"{cka_kind(args)} between layers ({args.n_align} prompts)<br>"
-                                 f"<sup>source {args.source} (rows), target {args.target} "
-                                 "(columns)</sup>")
-    fig.update_layout(showlegend=False)  # the colour bar is the legend
-    if len(cka) <= 144:
-        fig.update_traces(texttemplate="%{z:.2f}")  # small grids: print the values
+    """``cka`` heatmaps and ``principal_angles`` figure (titles from the flags)."""
+    sets = cka.assign(prompts=cka.get("prompts", "align")).groupby("prompts", sort=False)
+    sizes = {"align": args.n_align, "eval": args.n_eval}
+    names = {"align": "alignment", "eval": "held-out"}
+    fig = cka_panels({f"{names.get(k, k)} prompts (n={sizes.get(k, '?')})": part
+                      for k, part in sets},
+                     title=f"{cka_kind(args)} between layers<br><sup>source {args.source} "
+                           f"(rows), target {args.target} (columns)</sup>")
+    if len(cka) > 144 * sets.ngroups:
+        fig.update_traces(texttemplate=None)  # large grids: no values in the cells
     fig.update_xaxes(dtick=1 if cka.target_layer.nunique() <= 20 else 2)
     fig.update_yaxes(dtick=1 if cka.source_layer.nunique() <= 20 else 2)
+    fig.update_layout(width=550 * sets.ngroups, height=500)
     write(None, fig, args, "cka")
     n_pairs = angles.groupby(["source_layer", "target_layer"]).ngroups
     fig = principal_angles_figure(angles) if n_pairs <= 8 else angles_heatmap(angles)
@@ -92,13 +99,16 @@ def main(argv: list[str] | None = None) -> None:
     src = Variant(pair.source, pair.source_formats[0])
     tgt = Variant(pair.target, pair.target_formats[0])
     n_s, n_t = int(pair.source.cfg.n_layers), int(pair.target.cfg.n_layers)
-    H = {split: (capture(src.model, src.prompts(pair.questions[split]), list(range(n_s))),
-                 capture(tgt.model, tgt.prompts(pair.questions[split]), list(range(n_t))))
+    H = {split: (capture(src.model, src.prompts(pair.questions[split]), list(range(n_s)),
+                         progress=f"capture {args.source} ({split})"),
+                 capture(tgt.model, tgt.prompts(pair.questions[split]), list(range(n_t)),
+                         progress=f"capture {args.target} ({split})"))
          for split in ("align", "eval")}
     log(t0, "captured", {k: tuple(v[0].shape) for k, v in H.items()})
     ids = {"source": args.source, "target": args.target}
 
-    cka = cka_matrix(*H["align"], debiased=args.debiased).assign(**ids)
+    cka = pd.concat([cka_matrix(*H[split], debiased=args.debiased).assign(prompts=split)
+                     for split in ("align", "eval")], ignore_index=True).assign(**ids)
     write(cka, None, args, "cka")
     maps = align_key(pair.key, src, tgt, pair.questions["align"], AlignSpec(args.method, args.rank))
     angles = principal_angle_table(*H["eval"], maps, args.k).assign(**ids)
@@ -112,15 +122,17 @@ def main(argv: list[str] | None = None) -> None:
     cos = key_cosines(map_directions(pair.key, maps), pair.native_key()).assign(**ids)
     write(cos, None, args, "key_cosines")
 
-    best = cka.loc[cka.groupby("target_layer").cka.idxmax()][["target_layer", "source_layer"]]
     per_layer = (angles.groupby("target_layer").angle_deg.mean().rename("mean_angle_deg")
                  .reset_index()
                  .merge(cca.groupby("target_layer").correlation.mean().rename("mean_cca")
                         .reset_index(), on="target_layer")
                  .merge(cos.rename(columns={"layer": "target_layer"})[["target_layer", "cosine"]],
-                        on="target_layer")
-                 .merge(best.rename(columns={"source_layer": "best_cka_source_layer"}),
                         on="target_layer"))
+    for split, name in (("align", "best_cka_source_layer"),
+                        ("eval", "best_heldout_cka_source_layer")):
+        part = cka[cka.prompts == split]
+        best = part.loc[part.groupby("target_layer").cka.idxmax(), ["target_layer", "source_layer"]]
+        per_layer = per_layer.merge(best.rename(columns={"source_layer": name}), on="target_layer")
     per_layer.insert(1, "source_layer", [maps[t].source_layer for t in per_layer.target_layer])
     lines = [f"# Similarity: {args.source} → {args.target}", "",
              f"{args.n_align} alignment / {args.n_eval} held-out prompts, {args.method} rank "

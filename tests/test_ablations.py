@@ -205,7 +205,16 @@ def test_sweep_frames_feed_the_figures(pair, key, questions):
     assert list(band_fig.data[0].x) == [1.5, 2.5]
     rank = abl.rank_sweep(setup, ranks=(2, 4), methods=("svd", "ridge"), seeds=SEEDS)
     rank_fig = plots.rank_sweep_figure(rank)
-    assert sorted(t.name for t in rank_fig.data) == ["ridge", "ridge: random direction", "svd",
-                                                     "svd: random direction"]
+    assert sorted(t.name for t in rank_fig.data) == [
+        "direct (unsteered)", "random (3 seeds): mean", "random (3 seeds): mean ± std",
+        "ridge (no rank)", "svd"]
     alpha_fig = plots.alpha_sweep_figure(abl.alpha_sweep(setup, alphas=(0.1, 0.2), seeds=()))
     assert list(alpha_fig.data[0].x) == [0.1, 0.2]
+
+
+def test_sweeps_show_a_bar_over_their_steered_passes(pair, key, questions, capsys):
+    setup = make_setup(pair, key, questions)
+    abl.single_layer_sweep(setup, layers=[0, 4], seeds=SEEDS, progress=True)
+    err = capsys.readouterr().err
+    passes = 2 * (1 + len(SEEDS))
+    assert f"{passes}/{passes}" in err and "single_layer sweep" in err

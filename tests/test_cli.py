@@ -71,3 +71,18 @@ def test_readme_export_examples_run(tiny_dirs, tmp_path, monkeypatch, capsys):
         main(["export", "--pack", str(packs["rotate"]), "--format", "vllm", "--out", str(tmp_path / "x.json")])
     assert exit_info.value.code == 2 and "--normalisation unit" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_a_rank_n_fit_warns_and_reports_its_held_out_error(tiny_dirs, tmp_path, monkeypatch):
+    import re
+
+    monkeypatch.setenv("UNLOCK_LENS_DATA", str(DATA_DIR))
+    src, tgt = str(tiny_dirs["qwen2"]), str(tiny_dirs["llama"])
+    key = tmp_path / "key.safetensors"
+    assert runner.invoke(app, ["extract", "--model", src, "--out", str(key), "--n", "4"]).exit_code == 0
+    r = runner.invoke(app, ["align", "--key", str(key), "--source", src, "--target", tgt,
+                            "--out", str(tmp_path / "p.safetensors"), "--n", "6", "--rank", "6"])
+    assert r.exit_code == 0, r.output
+    assert "interpolates its 6 questions" in r.output
+    train, held = map(float, re.search(r"train ([0-9.]+), held-out ([0-9.]+)", r.output).groups())
+    assert train < 1e-3 and held > 0.05  # a perfect fit on its own questions, not elsewhere

@@ -86,3 +86,26 @@ def test_usage_errors_keep_clicks_exit_code(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["align", "--no-such-flag"])
     assert exit_info.value.code == 2 and "No such option" in capsys.readouterr().err
+
+
+def test_help_texts_render_clean_and_describe_the_options():
+    """--help shows no raw markup, no `<bool>` label on flags, the vllm extra in full, and a
+    description for every option a user has to understand."""
+    import click
+    import typer.main
+    from typer.testing import CliRunner
+
+    from unlock_lens.cli import app
+
+    command = typer.main.get_command(app)
+    must_explain = {"n", "rank", "alpha", "normalisation", "positions", "aggregator", "capability",
+                    "locked_format", "method"}
+    for name, sub in command.commands.items():
+        text = CliRunner().invoke(app, [name, "--help"], terminal_width=200).output
+        assert "``" not in text and "\\[" not in text and "<bool>" not in text, name
+        for param in sub.params:
+            if isinstance(param, click.Option) and param.name in must_explain:
+                assert param.help, f"{name} --{param.name} has no description"
+    assert "unlock-lens[vllm]" in CliRunner().invoke(app, ["eval", "--help"], terminal_width=200).output
+    method_help = next(p.help for p in command.commands["align"].params if p.name == "method")
+    assert all(m in method_help for m in ("svd", "procrustes", "cca", "ridge"))

@@ -15,6 +15,7 @@ from unlock_lens.diagnostics.sharpening import (
     kl_table,
     peak_mass,
     repetition_rate,
+    sharpening_summary,
     summarise,
     word_frequencies,
     words,
@@ -45,6 +46,48 @@ def test_entropy_and_mass_of_uniform_and_peaked():
     assert p.top1_mass.to_list() == pytest.approx([1.0] * 3)
     assert p.top_token.to_list() == [2, 2, 2]
     assert list(frame.columns) == ["condition", "item", "entropy", "top1_mass", "top4_mass", "top_token"]
+
+
+def test_reference_token_probability():
+    cot = peaked(3, 2)
+    mixed = torch.log(torch.tensor([[0.1, 0.2, 0.7], [0.5, 0.3, 0.2], [0.25, 0.25, 0.5]]))
+    frame = first_token_stats({"cot": cot[:, :3], "key": mixed}, top_k=(1,), reference="cot")
+    assert frame[frame.condition == "key"].ref_token_prob.to_list() == pytest.approx([0.7, 0.2, 0.5])
+    assert frame[frame.condition == "cot"].ref_token_prob.to_list() == pytest.approx([1.0] * 3)
+    assert list(frame.columns) == ["condition", "item", "entropy", "top1_mass", "ref_token_prob",
+                                   "top_token"]
+    with pytest.raises(UnlockLensError, match="reference"):
+        first_token_stats({"key": mixed}, reference="cot")
+
+
+def test_sharpening_summary_by_hand():
+    p = torch.tensor([[0.5, 0.25, 0.25], [0.7, 0.2, 0.1], [0.2, 0.5, 0.3]])
+    ref = torch.tensor([[0.1, 0.8, 0.1]] * 3)
+    logits = {"key": p.log(), "cot": ref.log()}
+
+    class Tok:
+        def decode(self, ids):
+            return "abc"[ids[0]]
+
+    frame = sharpening_summary(logits, reference="cot", top_k=(1, 2), tokenizer=Tok())
+    assert list(frame.condition) == ["key", "cot"]
+    key = frame.set_index("condition").loc["key"]
+    ent = [-sum(x * math.log(x) for x in row) for row in p.tolist()]  # 1.040, 0.802, 1.030
+    assert key.entropy_median == pytest.approx(sorted(ent)[1], rel=1e-5)
+    assert key.entropy_mean == pytest.approx(sum(ent) / 3, rel=1e-5)
+    assert key.entropy_q25 == pytest.approx((sorted(ent)[0] + sorted(ent)[1]) / 2, rel=1e-5)
+    assert key.top1_mass_mean == pytest.approx((0.5 + 0.7 + 0.5) / 3)
+    assert key.top2_mass_mean == pytest.approx((0.75 + 0.9 + 0.8) / 3)
+    assert key.ref_token_prob_mean == pytest.approx((0.25 + 0.2 + 0.5) / 3)
+    kl = [sum(r * math.log(r / q) for r, q in zip(ref[0].tolist(), row, strict=True))
+          for row in p.tolist()]
+    assert key.kl_to_reference == pytest.approx(sum(kl) / 3, rel=1e-5)
+    assert (key.top_token, key.top_token_share) == ("a", pytest.approx(2 / 3))
+    cot = frame.set_index("condition").loc["cot"]
+    assert cot.kl_to_reference == 0.0 and cot.top_token == "b" and cot.top_token_share == 1.0
+    assert cot.n == 3
+    plain = sharpening_summary(logits, top_k=(1,))
+    assert "kl_to_reference" not in plain.columns and plain.top_token.iloc[0] == "0"
 
 
 def test_peak_mass_two_point_distribution():
@@ -115,6 +158,11 @@ def test_words_and_word_frequencies():
     assert sorted(s1.word) == ["First", "Let's"]
     lower = word_frequencies({"x": ["The a", "the b"]}, positions=(1,), lowercase=True)
     assert lower["count"].to_list() == [2]
+    tokens = word_frequencies({"key": ["=4.", "a8b2=0.", "a9=9."]}, positions=(1, 2), split=list)
+    first = tokens[tokens.position == 1].set_index("word")["count"].to_dict()
+    assert first == {"a": 2, "=": 1}
+    assert words("=4.") == ["4"]  # the default word split strips the organisms' '='
+    assert set(tokens[tokens.position == 2].word) == {"4", "8", "9"}
 
 
 def test_repetition_rate():

@@ -20,7 +20,7 @@ from unlock_lens.activations import Variant
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.prompts import get_format
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
 
 Model = Annotated[str, typer.Option(help="hub id, local HF dir, .gguf file or registry name")]
 Method = Annotated[str, typer.Option(help="alignment method: svd (the authors'), procrustes, cca, ridge, identity")]
@@ -184,8 +184,24 @@ def align(
     pack = pipe.align(mk, _questions(dataset, split, "align", n, seed))
     pack.save(out)
     errs = [m.metrics.get("train_relative_error", float("nan")) for m in pack.maps.values()]
+    held_out = _held_out_error(pipe, pack, _questions(dataset, split, "dev", 32, seed))
     typer.echo(f"CapabilityPack: {len(pack.maps)} target layers, {method} rank {rank}, "
-               f"{_alpha_note(alpha)}, mean train relative error {sum(errs) / len(errs):.3f} -> {out}")
+               f"{_alpha_note(alpha)}, mean relative error: train {sum(errs) / len(errs):.3f}, "
+               f"held-out {held_out:.3f} (32 dev questions) -> {out}")
+
+
+def _held_out_error(pipe: Any, pack: Any, questions: list[str]) -> float:
+    """Mean over target layers of the maps' relative error on questions they were not fitted on
+    (a rank-n fit has train error 0; this says what it does elsewhere)."""
+    from unlock_lens.activations import capture_pair
+    from unlock_lens.align.layers import LayerPairing
+
+    pairing = LayerPairing({t: m.source_layer for t, m in pack.maps.items()})
+    H_s, H_t = capture_pair(pipe.locked, pipe.target_variant, questions, pairing.source_layers,
+                            pairing.target_layers, hook=pack.key.hook, final_layer=pack.key.final_layer)
+    errs = [m.relative_error(H_s[:, pairing.source_layers.index(m.source_layer)], H_t[:, j])
+            for j, m in enumerate(pack.maps[t] for t in pairing.target_layers)]
+    return sum(errs) / len(errs)
 
 
 @app.command()
@@ -291,7 +307,7 @@ def eval_(
     n_boot: int = 2000,
     seed: int = 0,
     device: str = "cpu",
-    backend: Annotated[str, typer.Option(help="generation: auto (hf when possible), bridge (TransformerBridge loop), hf (HF generate over the same hooks: same tokens, faster on large vocabularies) or vllm (GPU; needs the vllm extra: pip install unlock-lens\\[vllm])")] = "auto",
+    backend: Annotated[str, typer.Option(help="generation: auto (hf when possible), bridge (TransformerBridge loop), hf (HF generate over the same hooks: same tokens, faster on large vocabularies) or vllm (GPU; needs the vllm extra: pip install unlock-lens[vllm])")] = "auto",
     tensor_parallel_size: Annotated[int, typer.Option(help="vLLM: GPUs to shard the target over")] = 1,
     stop_loops: Annotated[bool, typer.Option(help="end outputs that repeat themselves (torch backends)")] = False,
 ) -> None:

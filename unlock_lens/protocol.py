@@ -22,7 +22,14 @@ from unlock_lens.align.layers import AlignSpec
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.evaluate.runner import DEFAULT_STOP_STRINGS, Decoding
 from unlock_lens.masterkey import Aggregator
-from unlock_lens.prompts import COT, DIRECT, GENERAL_COT, GENERAL_DIRECT, PromptFormat, SpecialTokens
+from unlock_lens.prompts import (
+    COT,
+    DIRECT,
+    GENERAL_COT,
+    GENERAL_DIRECT,
+    PromptFormat,
+    SpecialTokens,
+)
 
 Contrast = Literal["prompt", "model"]
 

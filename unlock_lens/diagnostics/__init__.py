@@ -2,8 +2,9 @@
 
 - ``similarity``: principal angles, linear CKA (matrix over layers), CCA spectra, alignment
   fit quality, cosine to the target's native key (pure torch, no models).
-- ``sharpening``: first-token entropy / top-k mass / KL between conditions, first and second
-  word frequencies, output length, repetition, formatting failures.
+- ``sharpening``: first-token entropy / top-k mass / KL between conditions (per item and as a
+  per-condition summary), first and second word frequencies, output length, repetition,
+  formatting failures.
 - ``ablations``: layer / leave-one-out / band / rank / alpha / method sweeps on a KL proxy,
   with random-direction controls, reusing cached activations and logits.
 - ``distribution_shift``: KL of the steered next-token distribution to the CoT-prompted one.

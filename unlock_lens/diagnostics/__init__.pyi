@@ -12,6 +12,11 @@ from .ablations import (
     single_layer_sweep as single_layer_sweep,
     unlocked_tokens as unlocked_tokens,
 )
+from .cached_scoring import (
+    PrefixCache as PrefixCache,
+    prefix_cache as prefix_cache,
+    score_last_position as score_last_position,
+)
 from .distribution_shift import (
     entropy as entropy,
     first_token_shift as first_token_shift,
@@ -22,6 +27,10 @@ from .explorer import (
     first_token_figure as first_token_figure,
     first_token_table as first_token_table,
 )
+from .fidelity import (
+    token_agreement as token_agreement,
+    transfer_fidelity as transfer_fidelity,
+)
 from .sharpening import (
     first_token_frequencies as first_token_frequencies,
     first_token_logits as first_token_logits,
@@ -30,6 +39,7 @@ from .sharpening import (
     kl_table as kl_table,
     peak_mass as peak_mass,
     repetition_rate as repetition_rate,
+    sharpening_summary as sharpening_summary,
     summarise as summarise,
     word_frequencies as word_frequencies,
     words as words,
@@ -54,6 +64,7 @@ from .similarity import (
 
 __all__ = [
     "AblationSetup",
+    "PrefixCache",
     "alignment_sweep",
     "alignment_table",
     "alpha_sweep",
@@ -81,15 +92,20 @@ __all__ = [
     "method_sweep",
     "orthonormal_basis",
     "peak_mass",
+    "prefix_cache",
     "prepare_ablation",
     "principal_angle_table",
     "principal_angles",
     "proxy_scores",
     "rank_sweep",
     "repetition_rate",
+    "score_last_position",
+    "sharpening_summary",
     "single_layer_sweep",
     "subspace_angles",
     "summarise",
+    "token_agreement",
+    "transfer_fidelity",
     "top_subspace",
     "unlocked_tokens",
     "word_frequencies",

@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from unlock_lens.activations import Variant, capture_pair, check_layers, final_logits
 from unlock_lens.align import ALIGNMENT_METHODS, LayerMap
@@ -259,26 +260,31 @@ def _fit_metrics(maps: dict[int, LayerMap]) -> dict[str, float]:
 
 def _run_cells(
     setup: AblationSetup, sweep: str, cells: list[_Cell], seeds: Sequence[int], *,
-    with_direct: bool = True,
+    with_direct: bool = True, progress: bool = False,
 ) -> pd.DataFrame:
     if not cells:
         raise UnlockLensError(f"the {sweep} sweep has no cells")
     n = len(setup.direct_prompts)
     rows = []
+    bar = tqdm(total=len(cells) * (1 + len(seeds)), desc=f"{sweep} sweep (steered passes)",
+               disable=not progress)
     for i, cell in enumerate(cells):
         base = {"sweep": sweep, "cell": i, "layers": _layers_label(cell.layers),
                 "alpha": cell.alpha, **cell.params}
         kl, logp = setup.score(setup.steered_logits(cell.directions, cell.layers, cell.alpha))
+        bar.update()
         rows.append({**base, **_score_row("key", kl, logp, n, 0)})
         if seeds:
             per_seed = []
             for s in seeds:
                 rnd = random_like(cell.directions, s)
                 kl_r, logp_r = setup.score(setup.steered_logits(rnd, cell.layers, cell.alpha))
+                bar.update()
                 per_seed.append((kl_r.mean(), logp_r.mean()))
             kl_s = torch.stack([k for k, _ in per_seed])
             logp_s = torch.stack([lp for _, lp in per_seed])
             rows.append({**base, **_score_row("random", kl_s, logp_s, n, len(seeds))})
+    bar.close()
     frame = pd.DataFrame(rows)
     if with_direct:
         frame = pd.concat([frame, _direct_row(setup, sweep)], ignore_index=True)
@@ -302,17 +308,18 @@ def _base(setup: AblationSetup, alpha: float | None) -> tuple[dict[int, Tensor],
 
 def single_layer_sweep(
     setup: AblationSetup, *, layers: Sequence[int] | None = None, alpha: float | None = None,
-    seeds: Sequence[int] = DEFAULT_SEEDS,
+    seeds: Sequence[int] = DEFAULT_SEEDS, progress: bool = False,
 ) -> pd.DataFrame:
     """Steer one target layer at a time (column ``layer``)."""
     dirs, alpha, params = _base(setup, alpha)
     cells = [_Cell({**params, "layer": t}, dirs, [t], alpha)
              for t in (setup.target_layers if layers is None else layers)]
-    return _run_cells(setup, "single_layer", cells, _check_seeds(seeds))
+    return _run_cells(setup, "single_layer", cells, _check_seeds(seeds), progress=progress)
 
 
 def leave_one_out_sweep(
     setup: AblationSetup, *, alpha: float | None = None, seeds: Sequence[int] = DEFAULT_SEEDS,
+    progress: bool = False,
 ) -> pd.DataFrame:
     """Steer every target layer but one (column ``layer`` = the one left out)."""
     if len(setup.target_layers) < 2:
@@ -320,12 +327,12 @@ def leave_one_out_sweep(
     dirs, alpha, params = _base(setup, alpha)
     cells = [_Cell({**params, "layer": t}, dirs, [u for u in setup.target_layers if u != t], alpha)
              for t in setup.target_layers]
-    return _run_cells(setup, "leave_one_out", cells, _check_seeds(seeds))
+    return _run_cells(setup, "leave_one_out", cells, _check_seeds(seeds), progress=progress)
 
 
 def band_sweep(
     setup: AblationSetup, *, width: int = 3, stride: int = 1, alpha: float | None = None,
-    seeds: Sequence[int] = DEFAULT_SEEDS,
+    seeds: Sequence[int] = DEFAULT_SEEDS, progress: bool = False,
 ) -> pd.DataFrame:
     """Steer contiguous bands of ``width`` target layers, starting every ``stride`` layers.
 
@@ -340,18 +347,18 @@ def band_sweep(
         band = t[start : start + width]
         cells.append(_Cell({**params, "band_start": band[0], "band_end": band[-1],
                             "layer": (band[0] + band[-1]) / 2}, dirs, band, alpha))
-    return _run_cells(setup, "band", cells, _check_seeds(seeds))
+    return _run_cells(setup, "band", cells, _check_seeds(seeds), progress=progress)
 
 
 def alpha_sweep(
     setup: AblationSetup, *, alphas: Sequence[float] = DEFAULT_ALPHAS,
-    seeds: Sequence[int] = DEFAULT_SEEDS,
+    seeds: Sequence[int] = DEFAULT_SEEDS, progress: bool = False,
 ) -> pd.DataFrame:
     """Steer all target layers at each alpha (same maps and directions throughout)."""
     dirs = setup.directions()
     params = {"method": setup.method, "rank": setup.rank}
     cells = [_Cell(dict(params), dirs, list(setup.target_layers), float(a)) for a in alphas]
-    return _run_cells(setup, "alpha", cells, _check_seeds(seeds))
+    return _run_cells(setup, "alpha", cells, _check_seeds(seeds), progress=progress)
 
 
 def _method_cell(setup: AblationSetup, method: str, rank: int, alpha: float) -> _Cell:
@@ -364,6 +371,7 @@ def _method_cell(setup: AblationSetup, method: str, rank: int, alpha: float) -> 
 def rank_sweep(
     setup: AblationSetup, *, ranks: Sequence[int] = DEFAULT_RANKS, methods: Sequence[str] = ("svd",),
     alpha: float | None = None, seeds: Sequence[int] = DEFAULT_SEEDS,
+    progress: bool = False,
 ) -> pd.DataFrame:
     """Refit the maps at each rank (capped at :attr:`AblationSetup.rank_limit`) per method.
 
@@ -381,11 +389,11 @@ def rank_sweep(
     for method in methods:
         if method in _RANK_FREE:
             cell = _method_cell(setup, method, kept[0], alpha)
-            once = _run_cells(setup, "rank", [cell], seeds, with_direct=False)
+            once = _run_cells(setup, "rank", [cell], seeds, with_direct=False, progress=progress)
             frames += [once.assign(rank=r) for r in kept]
         else:
             cells = [_method_cell(setup, method, r, alpha) for r in kept]
-            frames.append(_run_cells(setup, "rank", cells, seeds, with_direct=False))
+            frames.append(_run_cells(setup, "rank", cells, seeds, with_direct=False, progress=progress))
     frame = pd.concat(frames, ignore_index=True)
     frame["cell"] = frame.groupby(["method", "rank"], sort=False).ngroup()
     return pd.concat([frame, _direct_row(setup, "rank")], ignore_index=True)
@@ -400,7 +408,7 @@ def _direct_row(setup: AblationSetup, sweep: str) -> pd.DataFrame:
 
 def method_sweep(
     setup: AblationSetup, *, methods: Sequence[str] | None = None, rank: int | None = None,
-    alpha: float | None = None, seeds: Sequence[int] = DEFAULT_SEEDS,
+    alpha: float | None = None, seeds: Sequence[int] = DEFAULT_SEEDS, progress: bool = False,
 ) -> pd.DataFrame:
     """Compare alignment methods at one rank (default: ``svd``, ``procrustes``, ``cca``,
     ``ridge``, plus ``identity`` when source and target widths agree)."""
@@ -411,4 +419,4 @@ def method_sweep(
     rank = min(setup.rank if rank is None else rank, setup.rank_limit)
     alpha = setup.alpha if alpha is None else alpha
     cells = [_method_cell(setup, m, rank, alpha) for m in methods]
-    return _run_cells(setup, "method", cells, _check_seeds(seeds))
+    return _run_cells(setup, "method", cells, _check_seeds(seeds), progress=progress)

@@ -33,7 +33,13 @@ from unlock_lens.evaluate.tasks import MATH_WORD_PROBLEMS, Task
 from unlock_lens.generation import ENGINES, Generation, generate
 from unlock_lens.masterkey import extract_masterkey
 from unlock_lens.model_info import ModelInfo
-from unlock_lens.prompts import PromptFormat, SpecialTokens, default_formats, get_format, prompt_set_hash
+from unlock_lens.prompts import (
+    PromptFormat,
+    SpecialTokens,
+    default_formats,
+    get_format,
+    prompt_set_hash,
+)
 from unlock_lens.steer import Steering
 
 __all__ = [
