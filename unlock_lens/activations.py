@@ -251,7 +251,7 @@ def forward_batches(
         ids, mask = encode(model, [prompts[i] for i in idx], special_tokens=special_tokens)
         ids, mask = ids.to(device), mask.to(device)
         ctx = steering.applied(model) if steering is not None else nullcontext()
-        kwargs = _forward_kwargs(model, mask)
+        kwargs = forward_kwargs(model, mask)
         with torch.inference_mode(), ctx, model.hooks(fwd_hooks=fwd_hooks(idx)):
             out = model(ids, return_type="logits" if return_logits else None, **kwargs)
         yield idx, (out[:, -1].float() if return_logits else None)
@@ -265,7 +265,7 @@ def _accepts_kwarg(model: Any, name: str) -> bool:
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-def _forward_kwargs(model: Any, mask: Tensor) -> dict[str, Any]:
+def forward_kwargs(model: Any, mask: Tensor) -> dict[str, Any]:
     """Mask and positions for left padding; ``logits_to_keep=1`` (HF) so the unembedding runs
     for the final position only (a 262k-token vocabulary costs as much as the blocks).
     TransformerLens 3 models take neither extra keyword."""

@@ -8,6 +8,9 @@
 - ``ablations``: layer / leave-one-out / band / rank / alpha / method sweeps on a KL proxy,
   with random-direction controls, reusing cached activations and logits.
 - ``distribution_shift``: KL of the steered next-token distribution to the CoT-prompted one.
+- ``cached_scoring``: first-token logits of many last-prompt-token steerings from one shared
+  prefix KV cache (one one-position forward per configuration).
+- ``fidelity``: transferred-key outputs against the native key's (identical share, token agreement).
 
 Names load lazily (``__init__.pyi`` lists them), so importing
 ``unlock_lens.diagnostics.similarity`` does not load model libraries.

@@ -1,0 +1,224 @@
+"""Cached first-token scoring equals the full steered prefill (``final_logits``), 1e-4.
+
+One prefix cache per prompt set, many steering configurations on it, in any order; position
+rules that would also edit the cached prefix are refused; two deliberately wrong variants
+(no copy of the cache, the last position left unedited) must differ, so the checks can fail.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unlock_lens.activations import final_logits
+from unlock_lens.diagnostics import cached_scoring
+from unlock_lens.diagnostics.cached_scoring import (
+    edits_last_prompt_only,
+    prefix_cache,
+    score_last_position,
+)
+from unlock_lens.errors import UnlockLensError
+from unlock_lens.steer import Steering, attached_hooks
+
+ARCHS = ("llama", "qwen2", "gemma3", "gpt2", "qwen3")
+# different lengths, so batches are left-padded; the last one is longer than the tiny Gemma3's
+# sliding window (64 tokens), so its cache keeps only the window
+PROMPTS = [
+    "Tom has 3 apples and buys 5 more. How many apples does he have?",
+    "Each box holds",
+    "A train travels 60 miles per hour for 2 hours.",
+    "If x / 4 = 6",
+    "Sam had 20 dollars and spent 8. How much money is left?",
+    "What is 100 minus 37?",
+    "A farmer has 15 cows",
+    " ".join(["There are 12 birds on a tree and 4 fly away."] * 8),
+]
+ATOL = 1e-4
+
+
+def _directions(model, seed: int = 0, scale: float = 1.0) -> dict[int, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    n, d = int(model.cfg.n_layers), int(model.cfg.d_model)
+    return {layer: scale * torch.randn(d, generator=g) for layer in range(n)}
+
+
+def _grid(model) -> dict[str, Steering | None]:
+    dirs = _directions(model)
+    return {
+        "none": None,
+        "rotate-0.1": Steering(dirs, alpha=0.1),
+        "rotate-0.5": Steering(dirs, alpha=0.5),
+        "rotate-0.5-layer1": Steering(dirs, alpha=0.5, layers=[1]),
+        "rotate-0.5-layers0,2": Steering(_directions(model, seed=1), alpha=0.5, layers=[0, 2]),
+        "raw-1.0": Steering(dirs, alpha=1.0, normalisation="raw"),
+        "clamp-final": Steering(dirs, alpha=2.0, normalisation="clamp", positions="final"),
+        "resid-pre": Steering(dirs, alpha=0.3, hook="resid_pre"),
+    }
+
+
+def _assert_close(got, want):
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cached_scores_equal_full_steered_prefills(tiny_models, arch):
+    model = tiny_models[arch]
+    cache = prefix_cache(model, PROMPTS, batch_size=3)
+    plain = final_logits(model, PROMPTS, batch_size=3)
+    for name, steering in _grid(model).items():
+        want = final_logits(model, PROMPTS, batch_size=3, steering=steering)
+        got = score_last_position(model, cache, steering)
+        assert got.dtype == torch.float32 and got.device.type == "cpu"
+        _assert_close(got, want)
+        if steering is not None:  # the steering must move the logits, or this proves little
+            assert (want - plain).abs().max() > 100 * ATOL, name
+    assert attached_hooks(model) == {}
+
+
+@pytest.mark.parametrize(("arch", "batch_size"), [("gemma3", 1), ("gemma3", 4), ("llama", 16)])
+def test_any_batch_size_and_the_cache_survives_any_order(tiny_models, arch, batch_size):
+    """Gemma3's layers are sliding-window ones (the long prompt overflows the window), Llama's
+    plain dynamic ones: neither is changed by scoring."""
+    model = tiny_models[arch]
+    grid = _grid(model)
+    want = {name: final_logits(model, PROMPTS, batch_size=batch_size, steering=s) for name, s in grid.items()}
+    cache = prefix_cache(model, PROMPTS, batch_size=batch_size)
+    names = list(grid)
+    for order in (names, names[::-1], names[1::2] + names[::2], names):
+        for name in order:
+            _assert_close(score_last_position(model, cache, grid[name]), want[name])
+
+
+def test_tokenizer_special_tokens(tiny_models):
+    model = tiny_models["qwen2"]
+    steering = Steering(_directions(model), alpha=0.5)
+    cache = prefix_cache(model, PROMPTS, special_tokens="tokenizer", batch_size=4)
+    want = final_logits(model, PROMPTS, batch_size=4, steering=steering, special_tokens="tokenizer")
+    _assert_close(score_last_position(model, cache, steering), want)
+
+
+def test_deeper_model_one_layer_and_negative_alpha(tiny_models):
+    model = tiny_models["qwen2-deep"]
+    cache = prefix_cache(model, PROMPTS, batch_size=5)
+    dirs = _directions(model, seed=3)
+    for steering in (Steering(dirs, alpha=-0.4), Steering(dirs, alpha=0.5, layers=[4]),
+                     Steering(dirs, alpha=0.0)):
+        want = final_logits(model, PROMPTS, batch_size=5, steering=steering)
+        _assert_close(score_last_position(model, cache, steering), want)
+
+
+@pytest.mark.parametrize("positions", ["prompt", "all"])
+def test_rules_that_edit_the_prefix_are_refused(tiny_models, positions):
+    model = tiny_models["llama"]
+    cache = prefix_cache(model, PROMPTS[:2])
+    steering = Steering(_directions(model), alpha=0.5, positions=positions)
+    with pytest.raises(UnlockLensError, match="final_logits"):
+        score_last_position(model, cache, steering)
+    assert attached_hooks(model) == {}
+
+
+def test_which_rules_edit_only_the_last_prompt_position():
+    assert edits_last_prompt_only("last_prompt") and edits_last_prompt_only("final")
+    assert not edits_last_prompt_only("prompt") and not edits_last_prompt_only("all")
+
+
+def test_refuses_another_model_and_a_hooked_prefix(tiny_models):
+    llama, qwen = tiny_models["llama"], tiny_models["qwen2"]
+    cache = prefix_cache(llama, PROMPTS[:2])
+    with pytest.raises(UnlockLensError, match="another model"):
+        score_last_position(qwen, cache)
+    with Steering(_directions(qwen), alpha=0.5).applied(qwen), pytest.raises(UnlockLensError, match="unsteered"):
+        prefix_cache(qwen, PROMPTS[:2])
+    assert attached_hooks(qwen) == {}
+
+
+def test_hooks_are_removed_when_the_forward_raises(tiny_models):
+    model = tiny_models["qwen2"]
+    cache = prefix_cache(model, PROMPTS[:3])
+
+    def boom(module, args, output):
+        raise RuntimeError("boom")
+
+    handle = model.ln_final.register_forward_hook(boom)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            score_last_position(model, cache, Steering(_directions(model), alpha=0.5))
+    finally:
+        handle.remove()
+    assert attached_hooks(model) == {}
+    want = final_logits(model, PROMPTS[:3])
+    _assert_close(score_last_position(model, cache), want)  # the cache is still good
+
+
+# --- the checks can fail: deliberately wrong variants must not match --------------------------
+
+
+def test_reusing_the_cache_without_a_copy_is_caught(tiny_models, monkeypatch):
+    model = tiny_models["llama"]
+    steering = Steering(_directions(model), alpha=0.5)
+    want = final_logits(model, PROMPTS, batch_size=4, steering=steering)
+    plain = final_logits(model, PROMPTS, batch_size=4)
+    monkeypatch.setattr(cached_scoring, "_fresh_kv", lambda kv: kv)  # the wrong variant
+    cache = prefix_cache(model, PROMPTS, batch_size=4)
+    _assert_close(score_last_position(model, cache, steering), want)  # first use: still right
+    # the prefix now also holds the steered last token: the next configuration attends to it
+    assert (score_last_position(model, cache) - plain).abs().max() > 100 * ATOL
+
+
+def test_leaving_the_last_position_unedited_is_caught(tiny_models, monkeypatch):
+    """If the one-position call counted as a decode step, last_prompt would edit nothing."""
+    model = tiny_models["gemma3"]
+    steering = Steering(_directions(model), alpha=0.5)
+    want = final_logits(model, PROMPTS, batch_size=4, steering=steering)
+    cache = prefix_cache(model, PROMPTS, batch_size=4)
+
+    def seen_a_prefill() -> None:  # the wrong variant: a prefill already "seen" in the context
+        steering._state.seen_prefill = True
+
+    monkeypatch.setattr(steering, "reset", seen_a_prefill)
+    got = score_last_position(model, cache, steering)
+    assert (got - want).abs().max() > 100 * ATOL
+    _assert_close(got, final_logits(model, PROMPTS, batch_size=4))  # = unsteered
+
+
+def test_a_dropped_cache_is_caught(tiny_models):
+    """Emulate the transformers 5.24 break (attention sees no cache): the scores must differ."""
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+    def drop_cache(module, args, kwargs):
+        return args, {k: v for k, v in kwargs.items() if k not in ("past_key_values", "cache", "layer_past")}
+
+    model = tiny_models["qwen2"]
+    cache = prefix_cache(model, PROMPTS, batch_size=4)
+    want = final_logits(model, PROMPTS, batch_size=4)
+    handles = [m.register_forward_pre_hook(drop_cache, with_kwargs=True)
+               for m in model.modules() if isinstance(m, AttentionBridge)]
+    assert handles
+    try:
+        broken = score_last_position(model, cache)
+    finally:
+        for h in handles:
+            h.remove()
+    assert (broken - want).abs().max() > 100 * ATOL
+    _assert_close(score_last_position(model, cache), want)
+
+
+@pytest.mark.slow
+def test_real_gemma_matches_full_prefills(questions):
+    """Gemma-3-270M (sliding-window and global layers, 262k vocabulary), the authors' format."""
+    from unlock_lens.errors import UnlockLensError
+    from unlock_lens.models import load_model
+    from unlock_lens.prompts import get_format
+
+    try:
+        model = load_model("gemma-3-270m")
+    except UnlockLensError as err:
+        pytest.skip(f"gemma-3-270m not available offline: {err}")
+    fmt = get_format("general-direct")
+    prompts = fmt.render_all(questions, model.tokenizer)
+    cache = prefix_cache(model, prompts, special_tokens=fmt.special_tokens, batch_size=4)
+    dirs = _directions(model)
+    for steering in (None, Steering(dirs, alpha=0.1), Steering(dirs, alpha=0.5, layers=[3, 9, 15])):
+        want = final_logits(model, prompts, batch_size=4, steering=steering,
+                            special_tokens=fmt.special_tokens)
+        _assert_close(score_last_position(model, cache, steering), want)
