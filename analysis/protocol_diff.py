@@ -190,13 +190,16 @@ def direction_section(run_dir: Path) -> str:
 
 
 def report(args: argparse.Namespace) -> Path:
+    """Both directions' tables into ``--md``; a ``## Reading`` section already there is kept."""
     runs = sorted(p for p in args.out.iterdir() if (p / "run.json").exists())
     if not runs:
         raise SystemExit(f"no runs in {args.out}: run both directions first")
-    head = (Path(__file__).with_name("protocol_diff_reading.md").read_text()
-            if Path(__file__).with_name("protocol_diff_reading.md").exists() else "")
-    text = "# Protocol differences on the real pair, first generated token\n\n" + head + "\n" + \
-        "\n".join(direction_section(r) for r in runs)
+    reading = ""
+    if args.md.exists() and "\n## Reading" in args.md.read_text():
+        reading = "\n## Reading" + args.md.read_text().split("\n## Reading", 1)[1]
+    text = ("# Protocol differences on the real pair, first generated token\n\n"
+            + __doc__.split("\n\n", 1)[1].split("\n\n    python")[0] + "\n\n"
+            + "\n".join(direction_section(r) for r in runs) + reading)
     args.md.write_text(text)
     return args.md
 

@@ -134,3 +134,51 @@ def test_the_rotated_copy_is_the_source_times_R(planted):
     src, rot, R = planted
     prompts = [TEXT, "What is 2 + 3?"]
     torch.testing.assert_close(capture(rot, prompts), capture(src, prompts) @ R, atol=1e-4, rtol=1e-4)
+
+
+QUESTIONS = [
+    "Tom has 3 apples and buys 5 more. How many apples does he have now?",
+    "There are 12 birds on a tree and 4 fly away. How many birds are left?",
+    "A train travels 60 miles per hour for 2 hours. How far does it go?",
+    "Each box holds 7 pens. How many pens are in 3 boxes?",
+]
+
+
+def test_a_planted_map_is_recovered_from_token_pairs(planted):
+    """Target = the source with its residual basis turned by R: the map fitted on token pairs
+    (streamed Gram statistics, rank d) is R itself; the paper's last-token data (4 prompts)
+    cannot pin a 32-dimensional map."""
+    from unlock_lens.align.layers import AlignSpec, LayerPairing
+    from unlock_lens.alignment_data import alignment_stats
+    from unlock_lens.masterkey import extract_masterkey
+    from unlock_lens.prompts import GENERAL_COT
+    from unlock_lens.unlock import align_key
+
+    src, rot, R = planted
+    s, t = Variant(src, GENERAL_DIRECT), Variant(rot, GENERAL_DIRECT)
+    key = extract_masterkey(s, Variant(src, GENERAL_COT), QUESTIONS)
+    stats = alignment_stats(s, t, QUESTIONS, LayerPairing.by_depth(2, 2), data="tokens")
+    assert all(st.n > 300 for st in stats.values())  # every position of every prompt pairs
+    maps = align_key(key, s, t, QUESTIONS, AlignSpec("svd", rank=32, data="tokens"))
+    for m in maps.values():
+        torch.testing.assert_close(m.weight, R, atol=2e-3, rtol=0)
+    last = align_key(key, s, t, QUESTIONS, AlignSpec("svd", rank=4, data="last"))
+    assert all(float((m.weight - R).norm() / R.norm()) > 0.5 for m in last.values())
+    # the key itself lands where the target's own key is
+    for layer, m in maps.items():
+        torch.testing.assert_close(m.transform(key.direction(layer)), key.direction(layer) @ R,
+                                   atol=1e-3, rtol=1e-3)
+
+
+def test_pack_records_the_alignment_data(planted):
+    from unlock_lens import Unlock
+
+    src, rot, _ = planted
+    pipe = Unlock(src, rot, protocol="paper", rank=8)
+    pipe_spec = pipe.spec
+    from dataclasses import replace
+
+    key = pipe.extract(QUESTIONS)
+    pack = pipe.align(key, QUESTIONS, replace(pipe_spec, data="tokens+last", max_pairs=200, data_seed=3))
+    assert (pack.alignment["data"], pack.alignment["max_pairs"], pack.alignment["data_seed"]) == \
+        ("tokens+last", 200, 3)

@@ -68,7 +68,8 @@ def test_spec_resolves_the_centring_rule_once():
     assert AlignSpec().for_key(Key("mean")).centered is False
     assert AlignSpec(centered=False).for_key(Key("pca")).centered is False  # explicit wins
     rec = AlignSpec("cca", 4, True, 0.25, {"reg": 0.1, "obj": object()}).record()
-    assert rec == {"method": "cca", "rank": 4, "centered": True, "holdout": 0.25, "fit_kwargs": {"reg": 0.1}}
+    assert rec == {"method": "cca", "rank": 4, "centered": True, "holdout": 0.25, "fit_kwargs": {"reg": 0.1},
+                   "data": "last", "max_pairs": None, "data_seed": 0}
 
 
 def _captures(n=40, s_layers=3, t_layers=5, d_s=12, d_t=10, seed=0):

@@ -7,14 +7,17 @@ from .activations import (
     final_logits as final_logits,
 )
 from .align import (
+    GramStats as GramStats,
     LayerMap as LayerMap,
     fit_alignment as fit_alignment,
+    fit_from_stats as fit_from_stats,
 )
 from .align.layers import (
     AlignSpec as AlignSpec,
     LayerPairing as LayerPairing,
     depth_match as depth_match,
     fit_layer_maps as fit_layer_maps,
+    fit_layer_maps_from_stats as fit_layer_maps_from_stats,
     map_directions as map_directions,
 )
 from .controls import (

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 from unlock_lens.activations import FinalLayer, HookKind, Variant, iter_capture_positions, tokenize
 from unlock_lens.align.layers import LayerPairing
 from unlock_lens.align.pairs import shared_token_ends, word_end_prefixes
+from unlock_lens.align.stats import GramStats
 from unlock_lens.errors import UnlockLensError
 
 DATA_KINDS = ("last", "tokens", "text")
@@ -122,11 +122,9 @@ def alignment_stats(
     final_layer: FinalLayer = "block",
     batch_size: int = 16,
     progress: bool = False,
-) -> dict[int, Any]:
+) -> dict[int, GramStats]:
     """Per target layer of ``pairing``: the Gram statistics of (source layer s(t), target layer t)
     states over every planned pair, captured a chunk of ``batch_size`` prompts at a time."""
-    from unlock_lens.align.stats import GramStats
-
     plans = plan_pairs(source, target, texts, data, max_pairs=max_pairs, seed=seed)
     n_pairs = sum(len(p.source_positions) for p in plans)
     if n_pairs < 2:

@@ -16,7 +16,13 @@ from typing import Any
 
 from unlock_lens.activations import Variant, capture_pair, check_layers
 from unlock_lens.align import LayerMap
-from unlock_lens.align.layers import AlignSpec, LayerPairing, fit_layer_maps
+from unlock_lens.align.layers import (
+    AlignSpec,
+    LayerPairing,
+    fit_layer_maps,
+    fit_layer_maps_from_stats,
+)
+from unlock_lens.alignment_data import alignment_stats
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.generation import Generation, generate
 from unlock_lens.masterkey import Aggregator, MasterKey, extract_masterkey
@@ -42,7 +48,9 @@ def align_key(
     """Fit one LayerMap per target layer on the same questions through source and target.
 
     ``source`` is the source-locked variant (the key's model, locked format); each side uses
-    its own tokenizer. Both sides' last layers are read in the key's ``final_layer`` basis.
+    its own tokenizer. ``spec.data`` picks the paired states (``last``: the last prompt token of
+    each question; ``tokens`` / ``text``: :mod:`unlock_lens.alignment_data`, fitted from
+    streamed Gram statistics). Both sides' last layers are read in the key's ``final_layer`` basis.
     ``spec.centered=None`` resolves to the authors' choice for this key
     (:meth:`AlignSpec.for_key`).
     """
@@ -51,6 +59,11 @@ def align_key(
     t_layers = check_layers(target.model, target_layers)
     pairing = LayerPairing.by_depth(key.source.n_layers, int(target.model.cfg.n_layers), t_layers)
     pairing.require_source(key.layers)
+    if spec.data != "last":  # token / text pairs: streamed into Gram statistics, bounded memory
+        stats = alignment_stats(source, target, questions, pairing, data=spec.data,
+                                max_pairs=spec.max_pairs, seed=spec.data_seed, hook=key.hook,
+                                final_layer=key.final_layer, batch_size=batch_size, progress=progress)
+        return fit_layer_maps_from_stats(stats, pairing, spec)
     H_s, H_t = capture_pair(source, target, questions, pairing.source_layers, pairing.target_layers,
                             hook=key.hook, batch_size=batch_size, progress=progress,
                             final_layer=key.final_layer)

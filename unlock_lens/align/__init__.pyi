@@ -15,13 +15,20 @@ from .estimators import (
     SVDAlignment as SVDAlignment,
 )
 from .identity import fit_identity as fit_identity
+from .layers import fit_layer_maps_from_stats as fit_layer_maps_from_stats
 from .procrustes import fit_procrustes as fit_procrustes, procrustes_rotation as procrustes_rotation
 from .ridge import fit_ridge as fit_ridge
+from .stats import (
+    GramStats as GramStats,
+    fit_from_stats as fit_from_stats,
+    stats_metrics as stats_metrics,
+)
 from .svd import fit_svd as fit_svd
 
 __all__ = [
     "ALIGNMENT_METHODS",
     "CCAAlignment",
+    "GramStats",
     "LayerMap",
     "LinearAlignment",
     "ProcrustesAlignment",
@@ -29,10 +36,13 @@ __all__ = [
     "SVDAlignment",
     "fit_alignment",
     "fit_cca",
+    "fit_from_stats",
     "fit_identity",
+    "fit_layer_maps_from_stats",
     "fit_procrustes",
     "fit_ridge",
     "fit_svd",
     "procrustes_rotation",
     "register_method",
+    "stats_metrics",
 ]

@@ -10,8 +10,8 @@ Everything here is a pure function of tensors: captures, cached or altered activ
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,6 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from unlock_lens.align.base import LayerMap, fit_alignment
+from unlock_lens.align.stats import GramStats, fit_from_stats
 from unlock_lens.errors import UnlockLensError
 
 
@@ -81,7 +82,9 @@ class AlignSpec:
     ``centered=None`` means the authors' rule, resolved by :meth:`for_key`: uncentred for a
     mean-difference key, centred for a PCA key. ``clamp_rank=True`` lowers a rank above
     min(n, d_src, d_tgt) to that limit with a warning (the authors' code does it silently);
-    by default such a rank is refused.
+    by default such a rank is refused. ``data``: which paired states the maps are fitted on
+    (:mod:`unlock_lens.alignment_data`: ``last``, the authors'; ``tokens``; ``text``; or a
+    ``+``-joined combination), at most ``max_pairs`` pairs drawn with ``data_seed``.
     """
 
     method: str = "svd"
@@ -90,6 +93,9 @@ class AlignSpec:
     holdout: float = 0.0
     fit_kwargs: Mapping[str, Any] = field(default_factory=dict)
     clamp_rank: bool = False
+    data: str = "last"
+    max_pairs: int | None = None
+    data_seed: int = 0
 
     def for_key(self, key: Any) -> AlignSpec:
         """This spec with ``centered`` resolved for ``key`` (a MasterKey; ``aggregator`` read)."""
@@ -102,6 +108,7 @@ class AlignSpec:
         return {
             "method": self.method, "rank": self.rank, "centered": bool(self.centered),
             "holdout": self.holdout, **({"clamp_rank": True} if self.clamp_rank else {}),
+            "data": self.data, "max_pairs": self.max_pairs, "data_seed": self.data_seed,
             "fit_kwargs": {k: v for k, v in self.fit_kwargs.items() if isinstance(v, int | float | str | bool)},
         }
 
@@ -168,3 +175,39 @@ def map_directions(
             )
         out[t] = r
     return out
+
+
+def fit_layer_maps_from_stats(
+    stats: Mapping[int, GramStats], pairing: LayerPairing, spec: AlignSpec
+) -> dict[int, LayerMap]:
+    """:func:`fit_layer_maps` from per-layer sufficient statistics instead of captured rows.
+
+    ``stats[t]`` is the :class:`GramStats` of (source layer ``pairing.source_of[t]``, target
+    layer ``t``) rows, for every target layer of ``pairing``. Memory depends on d, not on the
+    number of rows. ``spec.holdout`` must be 0 (the rows are gone); ``clamp_rank`` clamps to
+    the smallest ``min(n, d_src, d_tgt)`` over the layers.
+    """
+    if spec.holdout > 0:
+        raise UnlockLensError(
+            f"spec.holdout={spec.holdout}: a seeded holdout needs the rows, which statistics do "
+            "not keep; fit with holdout=0 and score held-out rows with align.stats_metrics"
+        )
+    t_layers = pairing.target_layers
+    missing = [t for t in t_layers if t not in stats]
+    if missing:
+        raise UnlockLensError(
+            f"no statistics for target layers {missing} (have {sorted(stats)}); accumulate a "
+            "GramStats for every target layer of the pairing"
+        )
+    rank = spec.rank
+    if spec.clamp_rank:
+        limit = min(min(stats[t].n, stats[t].d_src, stats[t].d_tgt) for t in t_layers)
+        if rank > limit:
+            warnings.warn(f"rank {rank} > min(n, d_src, d_tgt) = {limit} over the layers' "
+                          f"statistics: clamped to {limit}", stacklevel=2)
+            rank = limit
+    return {
+        t: fit_from_stats(stats[t], spec.method, rank, bool(spec.centered), source_layer=pairing.source_of[t],
+                          target_layer=t, **spec.fit_kwargs)
+        for t in t_layers
+    }

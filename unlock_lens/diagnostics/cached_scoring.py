@@ -30,7 +30,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
-from unlock_lens.activations import forward_kwargs, encode, model_device, plan_batches
+from unlock_lens.activations import encode, forward_kwargs, model_device, plan_batches
 from unlock_lens.compat import bridge_kv_cache_keyword
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.interventions import selects
