@@ -82,13 +82,15 @@ def build_pack(
     positions: Positions = "last_prompt",
     batch_size: int = 16,
     progress: bool = False,
+    **record: Any,
 ) -> CapabilityPack:
-    """``align_key`` + a CapabilityPack that records how the maps were fitted."""
+    """``align_key`` + a CapabilityPack that records how the maps were fitted (``record``:
+    extra provenance fields, e.g. the protocol's name)."""
     spec = spec.for_key(key)
     maps = align_key(key, source, target, questions, spec, batch_size=batch_size, progress=progress)
     return CapabilityPack.from_alignment(
         key, maps, source=source, target=target, questions=questions, spec=spec, alpha=alpha,
-        normalisation=normalisation, positions=positions,
+        normalisation=normalisation, positions=positions, final_layer=key.final_layer, **record,
     )
 
 
@@ -166,14 +168,9 @@ class Unlock:
     def align(self, key: MasterKey, questions: Sequence[str], spec: AlignSpec | None = None) -> CapabilityPack:
         """Fit the maps into the target (``spec`` defaults to the protocol's with this
         pipeline's method and rank)."""
-        spec = (spec or self.spec).for_key(key)
-        maps = align_key(key, self.locked, self.target_variant, questions, spec,
-                         batch_size=self.batch_size, progress=self.progress)
-        return CapabilityPack.from_alignment(
-            key, maps, source=self.locked, target=self.target_variant, questions=questions,
-            spec=spec, alpha=self.alpha, normalisation=self.normalisation, positions=self.positions,
-            protocol=self.protocol.name, final_layer=key.final_layer,
-        )
+        return build_pack(key, self.locked, self.target_variant, questions, spec or self.spec,
+                          alpha=self.alpha, normalisation=self.normalisation, positions=self.positions,
+                          batch_size=self.batch_size, progress=self.progress, protocol=self.protocol.name)
 
     def run(self, key_questions: Sequence[str], align_questions: Sequence[str]) -> CapabilityPack:
         """Extract on ``key_questions``, align on ``align_questions``; they must be disjoint
