@@ -29,7 +29,6 @@ outputs, against a random-mapped control.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import shlex
@@ -45,9 +44,17 @@ from tqdm.auto import tqdm
 from analysis import load_any
 from analysis.protocol_diff import METRICS, first_token_metrics, interval
 from unlock_lens import Steering, Unlock, generate, load_dataset
-from unlock_lens.align.layers import AlignSpec
+from unlock_lens.activations import capture_pair
+from unlock_lens.align.layers import (
+    AlignSpec,
+    LayerPairing,
+    fit_layer_maps,
+    fit_layer_maps_from_stats,
+    map_directions,
+)
+from unlock_lens.alignment_data import alignment_stats
+from unlock_lens.controls import random_like
 from unlock_lens.diagnostics.cached_scoring import prefix_cache, score_last_position
-from unlock_lens.diagnostics.distribution_shift import mapped_random_like
 from unlock_lens.diagnostics.fidelity import transfer_fidelity
 from unlock_lens.distributions import kl_divergence
 from unlock_lens.evaluate.results import degenerate, shows_working
@@ -121,22 +128,31 @@ def run_direction(args: argparse.Namespace) -> Path:
         rows.append({"kind": "-", "condition": "native key", "rank": 0, "alpha": a,
                      **first_token_metrics(reference, native_logits[a])})
     packs, cos_rows = {}, []
-    for kind, rank in tqdm(list(itertools.product(args.kinds.split(","), ranks)), desc="fits"):
+    pairing = LayerPairing.by_depth(key.source.n_layers, int(target.cfg.n_layers))
+    for kind in tqdm(args.kinds.split(","), desc="data kinds"):
+        # one capture per kind; every rank is fitted from it
+        if kind == "last":
+            captured = capture_pair(pipe.locked, tv, align_qs, pairing.source_layers, pairing.target_layers)
+        else:
+            captured = alignment_stats(pipe.locked, tv, align_qs, pairing, data=kind,
+                                       max_pairs=args.max_pairs, progress=True)
         n_fit = args.n_align if kind == "last" else args.max_pairs
-        if rank > min(n_fit, key.directions.shape[-1], int(target.cfg.d_model)):
-            continue
-        spec = AlignSpec("svd", rank, data=kind, max_pairs=args.max_pairs)
-        pack = pipe.align(key, align_qs, spec)
-        packs[kind, rank] = pack
-        dirs = pack.target_directions()
-        cos_rows += [{"kind": kind, "rank": rank, "target_layer": t, "cosine_to_native": c}
-                     for t, c in zip(sorted(dirs), cosines(dirs, native), strict=True)]
-        for a in alphas:
-            logits = score_last_position(target, cache, pack.steering(a))
-            rows.append({"kind": kind, "condition": "transferred key", "rank": rank, "alpha": a,
-                         **first_token_metrics(reference, logits),
-                         "kl_to_native": float(kl_divergence(native_logits[a], logits).mean())})
-        log(f"{kind} rank {rank}: mean cos to native {sum(c['cosine_to_native'] for c in cos_rows[-len(dirs):]) / len(dirs):.3f}")
+        for rank in ranks:
+            if rank > min(n_fit, key.directions.shape[-1], int(target.cfg.d_model)):
+                continue
+            spec = AlignSpec("svd", rank)
+            maps = (fit_layer_maps(*captured, pairing, spec) if kind == "last"
+                    else fit_layer_maps_from_stats(captured, pairing, spec))
+            packs[kind, rank] = maps
+            dirs = map_directions(key, maps)
+            cos_rows += [{"kind": kind, "rank": rank, "target_layer": t, "cosine_to_native": c}
+                         for t, c in zip(sorted(dirs), cosines(dirs, native), strict=True)]
+            for a in alphas:
+                logits = score_last_position(target, cache, Steering(dirs, alpha=a))
+                rows.append({"kind": kind, "condition": "transferred key", "rank": rank, "alpha": a,
+                             **first_token_metrics(reference, logits),
+                             "kl_to_native": float(kl_divergence(native_logits[a], logits).mean())})
+            log(f"{kind} rank {rank}: mean cos to native {_mean_cos(cos_rows, kind, rank):.3f}")
     grid = pd.DataFrame(rows)
 
     # alpha: the smallest at which the native key changes the first token on most dev questions
@@ -158,16 +174,17 @@ def run_direction(args: argparse.Namespace) -> Path:
     base_texts = gen(None)
     native_texts: dict[float, list[str]] = {}
     for _, pick in tqdm(list(picks.iterrows()), desc="kinds: controls + generation"):
-        pack, a = packs[pick.kind, int(pick["rank"])], float(pick.alpha)
+        maps, a = packs[pick.kind, int(pick["rank"])], float(pick.alpha)
         per_seed, random_texts = [], None
         for seed in range(args.seeds):
-            steering = Steering(mapped_random_like(pack, seed), alpha=a)
+            rnd = random_like({layer: key.direction(layer) for layer in key.layers}, seed)
+            steering = Steering(map_directions(rnd, maps), alpha=a)
             per_seed.append(first_token_metrics(reference, score_last_position(target, cache, steering)))
             if seed == 0:
                 random_texts = gen(steering)
         if a not in native_texts:
             native_texts[a] = gen(Steering(native.directions, alpha=a))
-        texts = gen(pack.steering(a))
+        texts = gen(Steering(map_directions(key, maps), alpha=a))
         row = {"kind": pick.kind, "rank": int(pick["rank"]), "alpha": a,
                **{m: pick[m] for m in METRICS}, "kl_to_native": pick.kl_to_native,
                "mean_cos_to_native": _mean_cos(cos_rows, pick.kind, int(pick["rank"]))}
