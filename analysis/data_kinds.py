@@ -292,15 +292,19 @@ def cosine_figure(out: Path) -> Path | None:
             "cosine_to_native").groupby("kind").tail(1)
         keep = c.merge(best[["kind", "rank"]], on=["kind", "rank"])
         keep["direction"] = run_dir.name.replace("_to_", " → ")
-        keep["data"] = keep["kind"] + " (rank " + keep["rank"].astype(str) + ")"
         frames.append(keep)
     if not frames:
         return None
-    fig = px.line(pd.concat(frames), x="target_layer", y="cosine_to_native", color="data",
-                  facet_col="direction", markers=True,
-                  title="Mapped key vs the target's native key, per target layer")
+    fig = px.line(pd.concat(frames), x="target_layer", y="cosine_to_native", color="kind",
+                  facet_col="direction", markers=True, hover_data=["rank"],
+                  category_orders={"kind": list(KINDS)},
+                  labels={"kind": "alignment data (best rank)", "cosine_to_native": "cosine to native key",
+                          "target_layer": "target layer"},
+                  title="Mapped key vs the target's native key, per target layer (each data kind at its best rank)")
+    fig.update_xaxes(matches=None)
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
     fig.add_hline(y=0, line_dash="dot", line_color="grey")
-    paths = save_figure(fig, out / "cosine_to_native", png=False, include_plotlyjs=True)
+    paths = save_figure(fig, out / "cosine_to_native", png=False, include_plotlyjs="cdn")  # small to commit
     return paths[0]
 
 
@@ -314,7 +318,7 @@ def report(args: argparse.Namespace) -> Path:
     cosine_figure(args.out)
     text = ("# Alignment data kinds on the real pair\n\n" + __doc__.split("\n\n", 1)[1].split("\n\n    python")[0]
             + "\n\nFigure: `data_kinds/cosine_to_native.html` (per-layer cosine to the native key, "
-            "each kind at its best rank).\n\n" + "\n".join(direction_section(r) for r in runs) + reading)
+            "each kind at its best rank; loads plotly.js from its CDN).\n\n" + "\n".join(direction_section(r) for r in runs) + reading)
     args.md.write_text(text)
     return args.md
 
