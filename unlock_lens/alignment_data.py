@@ -63,27 +63,27 @@ def plan_pairs(source: Variant, target: Variant, texts: Sequence[str], data: str
     kinds = parse_data(data)
     plans: dict[tuple[str, str], PromptPairs] = {}
 
-    def plan(question: str) -> tuple[PromptPairs, list[int], list[int]]:
+    def plan(question: str) -> PromptPairs:
         ps, pt = source.format.render(question, source.model.tokenizer), target.format.render(
             question, target.model.tokenizer)
-        entry = plans.setdefault((ps, pt), PromptPairs(ps, pt))
-        return entry, *(tokenize(v.model, p, special_tokens=v.special_tokens)[0]
-                        for v, p in ((source, ps), (target, pt)))
+        return plans.setdefault((ps, pt), PromptPairs(ps, pt))
+
+    def last_tokens(entry: PromptPairs) -> None:
+        entry.add(*(len(tokenize(v.model, p, special_tokens=v.special_tokens)[0]) - 1
+                    for v, p in ((source, entry.source_prompt), (target, entry.target_prompt))))
 
     for text in texts:
         if "last" in kinds:
-            entry, ids_s, ids_t = plan(text)
-            entry.add(len(ids_s) - 1, len(ids_t) - 1)
+            last_tokens(plan(text))
         if "tokens" in kinds:
-            entry, _, _ = plan(text)
+            entry = plan(text)
             _, spans_s = tokenize(source.model, entry.source_prompt, special_tokens=source.special_tokens, offsets=True)
             _, spans_t = tokenize(target.model, entry.target_prompt, special_tokens=target.special_tokens, offsets=True)
             for i_s, i_t in shared_token_ends(entry.source_prompt, spans_s, entry.target_prompt, spans_t):
                 entry.add(i_s, i_t)
         if "text" in kinds:
             for prefix in word_end_prefixes(text):
-                entry, ids_s, ids_t = plan(prefix)
-                entry.add(len(ids_s) - 1, len(ids_t) - 1)
+                last_tokens(plan(prefix))
     out = [p for p in plans.values() if p.source_positions]
     return subsample(out, max_pairs, seed)
 

@@ -106,12 +106,9 @@ class Recipe:
         if not self.dry_run:
             raise UnlockLensError(f"recipe {self.name!r} has no [dry_run] section")
         dr = self.dry_run
-        return Recipe(
-            name=self.name, description=self.description, protocol=self.protocol, models=self.models,
-            pool=self.pool, dev=int(dr["problems"]), sets=self.sets, test_limit=int(dr["problems"]),
-            grid={k: tuple(dr.get(k, self.grid[k][:1])) for k in GRID_KEYS},
-            max_new_tokens=int(dr["max_new_tokens"]), published=self.published,
-        )
+        return replace(self, dev=int(dr["problems"]), test_limit=int(dr["problems"]),
+                       grid={k: tuple(dr.get(k, self.grid[k][:1])) for k in GRID_KEYS},
+                       max_new_tokens=int(dr["max_new_tokens"]), dry_run={})
 
 
 def recipe_names() -> list[str]:
