@@ -12,7 +12,12 @@ extract_masterkey / align_key / Steering); this script wires the sweeps:
    contrast-inclusive, task-agnostic): method x rank x alpha swept on ``dev``, the dev-best
    setting measured on ``test`` with random-direction controls (same per-layer norms, several
    seeds) and the cosine of the transferred key to the target's native key;
-4. the model-driven key (chain-s-post minus chain-s, plain prompts) beside the prompt-driven one.
+4. the model-driven key (chain-s-post minus chain-s, plain prompts) beside the prompt-driven one;
+5. mechanism checks (shuffled pairs, centred fits, minus the mean state);
+6. the hard pair: both directions aligned on the paper's data (``short-only``: locked short
+   chains, the kind the key is extracted on), for each alignment data kind (``last``,
+   ``tokens``, ``tokens+last``) the method x rank x alpha sweep on ``dev`` and the dev-best
+   setting on ``test`` beside random controls and the cosine to the native key.
 
 Key questions come from the ``key`` split, alignment questions from ``align``, selection from
 ``dev``, reported numbers from ``test``: four disjoint held-out splits never seen in training.
@@ -31,8 +36,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from unlock_lens.activations import capture
+from unlock_lens.activations import Variant, capture
 from unlock_lens.align.layers import AlignSpec, LayerPairing, fit_layer_maps, map_directions
+from unlock_lens.alignment_data import plan_pairs
 from unlock_lens.evaluate.stats import wilson_interval
 from unlock_lens.organisms import LONG_OPS, SHORT_OPS, generate_problems, load_organism
 from unlock_lens.organisms.demo import (
@@ -53,6 +59,8 @@ ALPHAS = (0.1, 0.2, 0.5, 1.0, 2.0)
 RANKS = (4, 16, 64)
 METHODS = ("svd", "procrustes", "ridge")
 REGIMES = ("trigger-free", "contrast-inclusive", "task-agnostic")
+HARD_REGIME = "short-only"  # the paper's data: locked prompts of the kind the key is extracted on
+HARD_KINDS = ("last", "tokens", "tokens+last")
 
 
 def fmt_acc(k: int, n: int) -> str:
@@ -64,6 +72,57 @@ def rec(res: Any) -> dict[str, Any]:
     lo, hi = res.interval()
     return {"n": res.n, "k": res.n_correct, "acc": res.accuracy, "lo": lo, "hi": hi,
             "step": res.step_rate, "n_step": res.n_step}
+
+
+def fits(method: str, rank: int, src: Any, tgt: Any) -> bool:
+    """Procrustes needs rank <= min(d_src, d_tgt); every other (method, rank) is fitted."""
+    return method != "procrustes" or rank <= min(int(src.cfg.d_model), int(tgt.cfg.d_model))
+
+
+def count_pairs(src: Any, tgt: Any, qs: list[str], data: str) -> int:
+    """How many (source, target) state pairs alignment data ``data`` gives on ``qs``."""
+    plans = plan_pairs(Variant(src, LOCKED), Variant(tgt, LOCKED), qs, data)
+    return sum(len(p.source_positions) for p in plans)
+
+
+def dev_sweep(key: Any, native: Any, src: Any, tgt: Any, qs: list[str], dev: list[Any],
+              settings: list[tuple[str, int]], *, data: str = "last",
+              desc: str = "method x rank") -> list[dict[str, Any]]:
+    """Dev accuracy of every (method, rank) x alpha map fitted on ``qs`` with ``data``, and the
+    mean cosine of its key to the native key (a map that misses the key is recorded as an error)."""
+    sweep: list[dict[str, Any]] = []
+    for method, rank in tqdm(settings, desc=desc, unit="map"):
+        if not fits(method, rank, src, tgt):
+            continue
+        try:
+            dirs = transfer(key, src, tgt, qs, AlignSpec(method, rank, data=data)).target_directions()
+        except Exception as err:  # a map can miss the key (zero direction): record it
+            sweep.append({"method": method, "rank": rank, "error": str(err)[:120]})
+            continue
+        cos = cosine_to_native(dirs, native)
+        for a in ALPHAS:
+            acc = evaluate(tgt, dev, LOCKED, Steering(dirs, alpha=a)).accuracy
+            sweep.append({"method": method, "rank": rank, "alpha": a, "dev_acc": acc,
+                          "cos_native": sum(cos.values()) / len(cos)})
+    return sweep
+
+
+def measure_best(key: Any, native: Any, src: Any, tgt: Any, qs: list[str], test: list[Any],
+                 sweep: list[dict[str, Any]], seeds: Any, *, data: str = "last",
+                 desc: str = "random controls") -> dict[str, Any]:
+    """The dev-best setting of ``sweep`` (ties: smaller alpha) refitted and measured on ``test``,
+    beside random directions of the same per-layer norms (one per seed)."""
+    ok = [s for s in sweep if "dev_acc" in s]
+    best = max(ok, key=lambda s: (s["dev_acc"], -s["alpha"]))
+    dirs = transfer(key, src, tgt, qs, AlignSpec(best["method"], int(best["rank"]), data=data)
+                    ).target_directions()
+    res = evaluate(tgt, test, LOCKED, Steering(dirs, alpha=best["alpha"]))
+    ctl = [rec(evaluate(tgt, test, LOCKED, c))
+           for c in tqdm(random_controls(dirs, best["alpha"], seeds), desc=desc, unit="seed")]
+    return {"best": best, "test": rec(res), "random": ctl,
+            "random_mean": sum(c["acc"] for c in ctl) / len(ctl),
+            "random_max": max(c["acc"] for c in ctl),
+            "cos_native": cosine_to_native(dirs, native), "sweep": sweep}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,40 +194,16 @@ def main(argv: list[str] | None = None) -> None:
         R["cross"][pair] = {}
         for regime in REGIMES:
             qs = align_questions(regime, args.n_align)
-            sweep = []
             settings = ([(m, r) for m in METHODS for r in RANKS] if not args.skip_sweep
                         else [("svd", 16)])
-            for method, rank in tqdm(settings, desc=f"{pair} {regime}: method x rank",
-                                     unit="map"):
-                if method == "procrustes" and rank > min(int(src.cfg.d_model), int(tgt.cfg.d_model)):
-                    continue
-                try:
-                    pack = transfer(key, src, tgt, qs, AlignSpec(method, rank))
-                    dirs = pack.target_directions()
-                except Exception as err:  # a map can miss the key (zero direction): record it
-                    sweep.append({"method": method, "rank": rank, "error": str(err)[:120]})
-                    continue
-                cos = cosine_to_native(dirs, native)
-                for a in ALPHAS:
-                    acc = evaluate(tgt, dev, LOCKED, Steering(dirs, alpha=a)).accuracy
-                    sweep.append({"method": method, "rank": rank, "alpha": a, "dev_acc": acc,
-                                  "cos_native": sum(cos.values()) / len(cos)})
-            ok = [s for s in sweep if "dev_acc" in s]
-            best = max(ok, key=lambda s: (s["dev_acc"], -s["alpha"]))
-            pack = transfer(key, src, tgt, qs, AlignSpec(best["method"], int(best["rank"])))
-            dirs = pack.target_directions()
-            res = evaluate(tgt, test, LOCKED, Steering(dirs, alpha=best["alpha"]))
-            ctl = [rec(evaluate(tgt, test, LOCKED, c))
-                   for c in tqdm(random_controls(dirs, best["alpha"], range(args.seeds)),
-                                 desc=f"{pair} {regime}: random controls", unit="seed")]
-            cos = cosine_to_native(dirs, native)
-            R["cross"][pair][regime] = {
-                "best": best, "test": rec(res), "random": ctl,
-                "random_mean": sum(c["acc"] for c in ctl) / len(ctl),
-                "random_max": max(c["acc"] for c in ctl),
-                "cos_native": cos, "sweep": sweep,
-            }
-            log("cross", pair, regime, best, rec(res)["acc"],
+            sweep = dev_sweep(key, native, src, tgt, qs, dev, settings,
+                              desc=f"{pair} {regime}: method x rank")
+            R["cross"][pair][regime] = measure_best(
+                key, native, src, tgt, qs, test, sweep, range(args.seeds),
+                desc=f"{pair} {regime}: random controls")
+            best = R["cross"][pair][regime]["best"]
+            res = R["cross"][pair][regime]["test"]
+            log("cross", pair, regime, best, res["acc"],
                 "random mean", round(R["cross"][pair][regime]["random_mean"], 3))
             save()
 
@@ -244,6 +279,26 @@ def main(argv: list[str] | None = None) -> None:
         R["checks"][pair] = out
         log("checks", pair, {k: v["test"]["acc"] for k, v in out.items() if k != "alpha"})
         save()
+
+    # 6. the hard pair: the paper's alignment data (locked short chains only), by data kind
+    R["hard"] = {}
+    qs = align_questions(HARD_REGIME, args.n_align)
+    for s_name, t_name in (("chain-s", "chain-m"), ("chain-m", "chain-s")):
+        src, tgt = models[s_name], models[t_name]
+        pair = f"{s_name}->{t_name}"
+        R["hard"][pair] = {}
+        for data in HARD_KINDS:
+            settings = ([(m, r) for m in METHODS for r in RANKS] if not args.skip_sweep
+                        else [("svd", 16)])
+            sweep = dev_sweep(keys[s_name], keys[t_name], src, tgt, qs, dev, settings, data=data,
+                              desc=f"hard {pair} {data}: method x rank")
+            out = measure_best(keys[s_name], keys[t_name], src, tgt, qs, test, sweep,
+                               range(args.seeds), data=data, desc=f"hard {pair} {data}: random")
+            out["n_pairs"] = count_pairs(src, tgt, qs, data)
+            R["hard"][pair][data] = out
+            log("hard", pair, data, out["best"], out["test"]["acc"],
+                "random mean", round(out["random_mean"], 3))
+            save()
     write_markdown(R, args.out / "organisms.md")
     log("wrote", args.out / "organisms.md")
 
@@ -254,6 +309,55 @@ def _row(cells: list[Any]) -> str:
 
 def _acc(r: dict[str, Any]) -> str:
     return fmt_acc(r["k"], r["n"])
+
+
+def _sweep_table(title: str, sweep: list[dict[str, Any]]) -> list[str]:
+    """Dev accuracy by (method, rank) x alpha, with the map's mean cosine to the native key."""
+    L = [f"**{title}**", "", _row(["method", "rank", "cos", *ALPHAS]),
+         _row(["---"] * (3 + len(ALPHAS)))]
+    cells: dict[tuple[str, int], dict[float, float]] = {}
+    coss: dict[tuple[str, int], float] = {}
+    for s in sweep:
+        if "dev_acc" in s:
+            cells.setdefault((s["method"], s["rank"]), {})[s["alpha"]] = s["dev_acc"]
+            coss[(s["method"], s["rank"])] = s["cos_native"]
+    for (m, r), v in cells.items():
+        L.append(_row([m, r, f"{coss[(m, r)]:.2f}", *(f"{v.get(a, float('nan')):.0%}" for a in ALPHAS)]))
+    errors = [f"{s['method']} {s['rank']}: {s['error']}" for s in sweep if "error" in s]
+    return L + ([f"Maps that missed the key: {'; '.join(errors)}."] if errors else []) + [""]
+
+
+def _hard_markdown(R: dict[str, Any]) -> list[str]:
+    """The hard pair's table (each data kind's dev-best setting on test) and its dev sweeps."""
+    L = ["## Hard pair: the paper's alignment data (locked short chains only)", "",
+         f"Maps fitted on `{R['args']['n_align']}` locked short chains of the `align` split "
+         f"(`align_questions(\"{HARD_REGIME}\")`: the kind of prompt the key is extracted on, "
+         "all answered directly, so the key's direction does not vary across them), for each "
+         "alignment data kind; method x rank x alpha chosen on `dev`, measured on `test`. The "
+         "first row of each pair is the target steered with its own (native) key.", "",
+         _row(["pair", "alignment data (pairs)", "dev-best (method, rank, alpha)", "dev acc",
+               "target direct", "UNLOCK test", "gain", "step", "random mean (max) of seeds",
+               "cos to native key (per layer)", "mean cos"]), _row(["---"] * 11)]
+    for pair, kinds in R["hard"].items():
+        t_name = pair.split("->")[1]
+        d = R["base"][t_name]["direct"]["acc"]
+        same = R["same"][t_name]
+        L.append(_row([pair, "native key (no map)", f"alpha {same['alpha']}", "", f"{d:.1%}",
+                       _acc(same["test"]), f"{(same['test']['acc'] - d) * 100:+.1f}",
+                       f"{same['test']['step']:.1%}", "", "1.00", "1.00"]))
+        for data, c in kinds.items():
+            b, cos = c["best"], list(c["cos_native"].values())
+            L.append(_row([pair, f"{data} ({c['n_pairs']})",
+                           f"{b['method']}, {b['rank']}, {b['alpha']}", f"{b['dev_acc']:.0%}",
+                           f"{d:.1%}", _acc(c["test"]), f"{(c['test']['acc'] - d) * 100:+.1f}",
+                           f"{c['test']['step']:.1%}",
+                           f"{c['random_mean']:.1%} ({c['random_max']:.1%}), {len(c['random'])} seeds",
+                           ", ".join(f"{v:.2f}" for v in cos), f"{sum(cos) / len(cos):.2f}"]))
+    L += ["", "### Hard pair dev sweeps (accuracy on dev; mean cosine to the native key)", ""]
+    for pair, kinds in R["hard"].items():
+        for data, c in kinds.items():
+            L += _sweep_table(f"{pair}, {HARD_REGIME}, data {data}", c["sweep"])
+    return L
 
 
 def write_markdown(R: dict[str, Any], path: Path) -> None:
@@ -293,17 +397,7 @@ def write_markdown(R: dict[str, Any], path: Path) -> None:
     L += ["", "### Dev sweeps (accuracy on dev; mean cosine of the transferred key to the native key)", ""]
     for pair, regs in R["cross"].items():
         for regime, c in regs.items():
-            L += [f"**{pair}, {regime}**", "", _row(["method", "rank", "cos", *ALPHAS]),
-                  _row(["---"] * (3 + len(ALPHAS)))]
-            cells: dict[tuple[str, int], dict[float, float]] = {}
-            coss: dict[tuple[str, int], float] = {}
-            for s in c["sweep"]:
-                if "dev_acc" in s:
-                    cells.setdefault((s["method"], s["rank"]), {})[s["alpha"]] = s["dev_acc"]
-                    coss[(s["method"], s["rank"])] = s["cos_native"]
-            for (m, r), v in cells.items():
-                L.append(_row([m, r, f"{coss[(m, r)]:.2f}", *(f"{v.get(a, float('nan')):.0%}" for a in ALPHAS)]))
-            L.append("")
+            L += _sweep_table(f"{pair}, {regime}", c["sweep"])
     md = R["model_driven"]
     same = md["chain-s (same model)"]
     cross = md["chain-s->chain-m (trigger-free fit)"]
@@ -337,6 +431,8 @@ def write_markdown(R: dict[str, Any], path: Path) -> None:
                 L.append(_row([pair, name, _acc(c["test"]), f"{c['test']['step']:.1%}",
                                ", ".join(f"{v:.2f}" for v in c["cos"].values())]))
         L.append("")
+    if "hard" in R:
+        L += _hard_markdown(R)
     path.write_text("\n".join(L) + "\n")
 
 

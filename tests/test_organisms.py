@@ -256,3 +256,57 @@ def test_run_demo_table(tmp_path):
     assert any("UNLOCK" in c for c in df["condition"]) and any("random" in c for c in df["condition"])
     assert (df["n"] > 0).all() and ((df["ci_lo"] <= df["accuracy"]) & (df["accuracy"] <= df["ci_hi"])).all()
     assert (tmp_path / "demo.html").read_text().count("plotly") > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the hard pair: the paper's alignment data (locked short chains only)
+
+
+@pytest.fixture(scope="module")
+def dev_problems():
+    return generate_problems(N_TEST, split="dev", n_ops=SHORT_OPS)
+
+
+def mean_cosine_and_accuracy(zoo, keys, pair, regime, data, dev_problems, alpha=0.5):
+    """Mean cosine to the native key and dev accuracy of an svd-16 map fitted on ``regime``."""
+    from unlock_lens.align.layers import AlignSpec
+    from unlock_lens.organisms.demo import align_questions, cosine_to_native, evaluate, transfer
+    from unlock_lens.steer import Steering
+
+    s_name, t_name = pair
+    dirs = transfer(keys[s_name], zoo[s_name], zoo[t_name], align_questions(regime, 256),
+                    AlignSpec("svd", 16, data=data)).target_directions()
+    cos = cosine_to_native(dirs, keys[t_name])
+    acc = evaluate(zoo[t_name], dev_problems, LOCKED, Steering(dirs, alpha=alpha)).accuracy
+    return sum(cos.values()) / len(cos), acc
+
+
+def test_short_only_regime_is_the_papers_data():
+    from unlock_lens.organisms.demo import align_questions
+
+    qs = align_questions("short-only", 64)
+    assert len(set(qs)) == 64 and all(split_of(q) == "align" for q in qs)
+    assert {Problem.parse(q).n_ops for q in qs} <= set(SHORT_OPS)
+    assert not any(q.startswith(TRIGGER) for q in qs)
+
+
+@pytest.mark.parametrize("pair", [("chain-s", "chain-m"), ("chain-m", "chain-s")],
+                         ids=lambda p: "->".join(p))
+def test_hard_pair_fails_on_the_papers_data_and_works_on_trigger_free_data(zoo, keys, dev_problems,
+                                                                          pair):
+    """On the paper's data (locked short chains) the `last` map misses the key (low cosine, no
+    unlock), while the same map fitted on trigger-free data (half long chains) carries it: the
+    failure is the data's, not the map's. `tokens+last` (every prompt position) does not rescue
+    it on the organisms either: the pair stays hard (analysis/results/organisms.md, hard pair).
+    Measured with the lock's versions, svd 16, alpha 0.5: short-only `last` cos -0.17 (s->m) /
+    0.20 (m->s), `tokens+last` -0.32 / 0.58, dev accuracy at the direct level for both;
+    trigger-free `last` cos 0.96 / 0.99, dev accuracy 100%."""
+    from unlock_lens.organisms.demo import evaluate
+
+    direct = evaluate(zoo[pair[1]], dev_problems, LOCKED).accuracy
+    hard_cos, hard_acc = mean_cosine_and_accuracy(zoo, keys, pair, "short-only", "last", dev_problems)
+    _, tokens_acc = mean_cosine_and_accuracy(zoo, keys, pair, "short-only", "tokens+last", dev_problems)
+    easy_cos, easy_acc = mean_cosine_and_accuracy(zoo, keys, pair, "trigger-free", "last", dev_problems)
+    assert hard_cos < 0.45 and hard_acc <= direct + 0.15, (hard_cos, hard_acc, direct)
+    assert tokens_acc <= direct + 0.15, (tokens_acc, direct)
+    assert easy_cos > 0.85 and easy_acc >= direct + 0.5, (easy_cos, easy_acc, direct)

@@ -62,7 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "n_align": 256,
 }
 
-REGIMES = ("trigger-free", "contrast-inclusive", "task-agnostic")
+REGIMES = ("trigger-free", "contrast-inclusive", "task-agnostic", "short-only")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,12 +77,17 @@ def align_questions(regime: str, n: int, *, seed: int = 0) -> list[str]:
     - ``contrast-inclusive``: ``n/2`` short chains, each with and without the ``STEP`` trigger
       (the trigger is the dominant variance: the map lines up the trigger directions).
     - ``task-agnostic``: random strings over the task's characters (no task structure).
+    - ``short-only``: the paper's data, the hard regime: ``n`` locked short chains, the kind
+      the key is extracted on, all answered directly. The key's direction (trigger vs none)
+      does not vary across these prompts' states, so the maps have nothing to line it up with.
     """
     if regime == "trigger-free":
         short = generate_problems(n - n // 2, split="align", n_ops=SHORT_OPS, seed=seed)
         long = generate_problems(n // 2, split="align", n_ops=LONG_OPS, seed=seed)
         out = [p.question for pair in zip(short, long, strict=False) for p in pair]
         return out + [p.question for p in short[len(long):]]
+    if regime == "short-only":
+        return [p.question for p in generate_problems(n, split="align", n_ops=SHORT_OPS, seed=seed)]
     if regime == "contrast-inclusive":
         qs = [p.question for p in generate_problems(n // 2, split="align", n_ops=SHORT_OPS,
                                                     seed=seed)]
