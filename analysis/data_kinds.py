@@ -282,9 +282,7 @@ def direction_section(run_dir: Path) -> str:
 
 def cosine_figure(out: Path) -> Path | None:
     """Per-layer cosine to the native key, one line per data kind (its best rank), both directions."""
-    import plotly.express as px
-
-    from unlock_lens.plots import save_figure
+    from unlock_lens.plots import cosine_by_layer_figure, save_figure
     frames = []
     for run_dir in sorted(p for p in out.iterdir() if (p / "run.json").exists()):
         c = pd.read_csv(run_dir / "cosine_to_native.csv")
@@ -292,18 +290,12 @@ def cosine_figure(out: Path) -> Path | None:
             "cosine_to_native").groupby("kind").tail(1)
         keep = c.merge(best[["kind", "rank"]], on=["kind", "rank"])
         keep["direction"] = run_dir.name.replace("_to_", " → ")
+        keep["setting"] = "svd k=" + keep["rank"].astype(str)
         frames.append(keep)
     if not frames:
         return None
-    fig = px.line(pd.concat(frames), x="target_layer", y="cosine_to_native", color="kind",
-                  facet_col="direction", markers=True, hover_data=["rank"],
-                  category_orders={"kind": list(KINDS)},
-                  labels={"kind": "alignment data (best rank)", "cosine_to_native": "cosine to native key",
-                          "target_layer": "target layer"},
-                  title="Mapped key vs the target's native key, per target layer (each data kind at its best rank)")
-    fig.update_xaxes(matches=None)
-    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
-    fig.add_hline(y=0, line_dash="dot", line_color="grey")
+    fig = cosine_by_layer_figure(pd.concat(frames), title="Mapped key vs the target's native key, "
+                                 "per target layer (each data kind at its best rank)")
     paths = save_figure(fig, out / "cosine_to_native", png=False, include_plotlyjs="cdn")  # small to commit
     return paths[0]
 

@@ -93,7 +93,8 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    import transformer_lens
+    from importlib.metadata import version
+
     import transformers
 
     return {
@@ -102,7 +103,8 @@ def machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "transformer_lens": getattr(transformer_lens, "__version__", "?"),
+        # transformer_lens has no __version__ attribute: ask the installed distribution
+        "transformer_lens": version("transformer-lens"),
         "python": platform.python_version(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }

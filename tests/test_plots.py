@@ -305,3 +305,18 @@ def test_save_figure_png_required_raises_when_export_fails(tmp_path, monkeypatch
         plots.save_figure(fig, tmp_path / "f", png=True)
     with pytest.warns(UserWarning, match="HTML only"):
         assert plots.save_figure(fig, tmp_path / "g") == [tmp_path / "g.html"]
+
+
+def test_cosine_by_layer_figure_one_line_per_kind_and_panel():
+    rows = [{"direction": d, "kind": k, "target_layer": t, "cosine_to_native": c, "setting": "svd k=4"}
+            for d, n_layers in (("a → b", 3), ("b → a", 2)) for k, c in (("last", 0.1), ("tokens+last", 0.6))
+            for t in range(n_layers)]
+    fig = plots.cosine_by_layer_figure(pd.DataFrame(rows))
+    assert [(tr.name, len(tr.x)) for tr in fig.data] == [("last", 3), ("tokens+last", 3), ("last", 2),
+                                                         ("tokens+last", 2)]
+    assert [tr.showlegend for tr in fig.data] == [True, True, False, False]  # one legend entry per kind
+    assert fig.data[1].line.color == plots.DATA_KINDS["tokens+last"]
+    assert list(fig.data[3].y) == [0.6, 0.6] and fig.data[2].xaxis == "x2"
+    assert "svd k=4" in fig.data[0].hovertemplate
+    with pytest.raises(UnlockLensError, match="cosine_to_native"):
+        plots.cosine_by_layer_figure(pd.DataFrame(rows).drop(columns="cosine_to_native"))

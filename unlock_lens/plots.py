@@ -467,6 +467,49 @@ def length_histogram(frame: pd.DataFrame, *, column: str = "n_words") -> go.Figu
                             x_title=column.replace("n_", "number of ").replace("_", " "))
 
 
+#: alignment data kind -> colour (``AlignSpec.data``), the same in every figure
+DATA_KINDS: dict[str, str] = {
+    "last": "#7f7f7f",
+    "tokens": "#17becf",
+    "text": "#bcbd22",
+    "tokens+last": "#1f77b4",
+}
+
+
+def cosine_by_layer_figure(frame: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """Per target layer, the cosine of the mapped key to the target's native key: one line per
+    alignment data kind (``kind``), one panel per ``direction``, each panel on its own layer axis.
+
+    Columns: ``direction``, ``kind``, ``target_layer``, ``cosine_to_native``; an optional
+    ``setting`` (e.g. ``"svd k=256"``) is named on hover. Zero is drawn dotted: below it
+    the mapped key pushes against the native one.
+    """
+    _need(frame, ["direction", "kind", "target_layer", "cosine_to_native"], "cosine_by_layer_figure")
+    directions = list(dict.fromkeys(frame["direction"]))
+    fig = make_subplots(rows=1, cols=len(directions), subplot_titles=directions, shared_yaxes=True)
+    kinds = [k for k in DATA_KINDS if k in set(frame["kind"])] + sorted(set(frame["kind"]) - set(DATA_KINDS))
+    shown: set[str] = set()
+    for col, direction in enumerate(directions, start=1):
+        for i, kind in enumerate(kinds):
+            rows = frame[(frame["direction"] == direction) & (frame["kind"] == kind)].sort_values("target_layer")
+            if rows.empty:
+                continue
+            setting = f" ({rows['setting'].iloc[0]})" if "setting" in rows else ""
+            fig.add_trace(go.Scatter(
+                x=rows["target_layer"], y=rows["cosine_to_native"], mode="lines+markers", name=kind,
+                legendgroup=kind, showlegend=col == 1 or kind not in shown,
+                line={"color": DATA_KINDS.get(kind, PALETTE[i % len(PALETTE)])},
+                hovertemplate=f"{kind}{setting}<br>layer %{{x}}: cos %{{y:.2f}}<extra>{direction}</extra>",
+            ), row=1, col=col)
+            shown.add(kind)
+        fig.add_hline(y=0, line_dash="dot", line_color="grey", row=1, col=col)
+        fig.update_xaxes(title_text="target layer", row=1, col=col)
+    fig.update_yaxes(title_text="cosine to native key", row=1, col=1)
+    fig.update_layout(template="plotly_white", legend_title_text="alignment data",
+                      title=title or "Mapped key vs the target's native key, per target layer")
+    return fig
+
+
 def save_figure(
     fig: go.Figure, path: str | Path, *, png: bool | None = None,
     include_plotlyjs: bool | str = True,
