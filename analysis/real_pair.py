@@ -376,8 +376,10 @@ def section(args: argparse.Namespace, run: dict[str, Any], selection: pd.DataFra
 
 HEADER = """# UNLOCK on real models: SmolLM2-135M-Instruct ⇄ Gemma-3-270M
 
-Written by `python -m analysis.real_pair --report` from the runs below (see the script's
-docstring for the protocol). Accuracy: 95% Wilson interval; `diff`: paired difference against
+Written by `python -m analysis.real_pair --report`: the reading, then the alignment-data study
+(`python -m analysis.real_pair_data`, both directions, then `--report`), then the first runs with
+the paper's alignment data (`python -m analysis.real_pair`; see each script's docstring for its
+protocol). In the first runs' tables: accuracy: 95% Wilson interval; `diff`: paired difference against
 direct with a 95% paired-bootstrap interval; `mcnemar_p`: exact McNemar test against direct;
 `cot_rate`: share of outputs with multi-step working before the answer; `mean_tokens`: output
 length up to EOS, a stop string or a detected loop; `first_token_entropy`: entropy (nats) of the
@@ -406,6 +408,10 @@ def report(out: Path, path: Path, png: bool | None = None) -> Path:
     reading = out / "reading.md"  # the hand-written interpretation, kept beside the runs
     if reading.is_file():
         parts.append(reading.read_text())
+    by_data = out / "data_kinds.md"  # analysis.real_pair_data --report
+    if by_data.is_file():
+        parts.append(by_data.read_text())
+        parts.append("## The first runs: the paper's alignment data (`last`), α from the paper's grid\n")
     for run_dir in runs:
         parts.append((run_dir / "section.md").read_text())
         args = json.loads((run_dir / "run.json").read_text())["args"]

@@ -182,3 +182,46 @@ def test_pack_records_the_alignment_data(planted):
     pack = pipe.align(key, QUESTIONS, replace(pipe_spec, data="tokens+last", max_pairs=200, data_seed=3))
     assert (pack.alignment["data"], pack.alignment["max_pairs"], pack.alignment["data_seed"]) == \
         ("tokens+last", 200, 3)
+
+
+def test_dense_rows_are_the_pairs_the_statistics_hold(planted, monkeypatch):
+    """``alignment_rows`` keeps the very pairs that ``alignment_stats`` folds (their Gram
+    statistics agree), and a registered method with no fit from statistics fits token data from
+    those rows through ``align_key``, recovering the planted map."""
+    from unlock_lens.align import base
+    from unlock_lens.align.base import LayerMap, register_method
+    from unlock_lens.align.layers import AlignSpec, LayerPairing
+    from unlock_lens.align.stats import STATS_METHODS, GramStats
+    from unlock_lens.alignment_data import alignment_rows, alignment_stats
+    from unlock_lens.masterkey import extract_masterkey
+    from unlock_lens.prompts import GENERAL_COT
+    from unlock_lens.unlock import align_key
+
+    src, rot, R = planted
+    s, t = Variant(src, GENERAL_DIRECT), Variant(rot, GENERAL_DIRECT)
+    pairing = LayerPairing.by_depth(2, 2)
+    stats = alignment_stats(s, t, QUESTIONS, pairing, data="tokens+last", max_pairs=150, seed=1)
+    H_s, H_t = alignment_rows(s, t, QUESTIONS, pairing, data="tokens+last", max_pairs=150, seed=1)
+    assert H_s.shape[:2] == (150, 2) and H_t.shape[:2] == (150, 2)
+    for j, layer in enumerate(pairing.target_layers):
+        dense = GramStats.from_dense(H_s[:, pairing.source_layers.index(pairing.source_of[layer])], H_t[:, j])
+        assert dense.n == stats[layer].n == 150
+        torch.testing.assert_close(dense.src_tgt, stats[layer].src_tgt)
+        torch.testing.assert_close(dense.tgt_tgt, stats[layer].tgt_tgt)
+
+    monkeypatch.setattr(base, "ALIGNMENT_METHODS", dict(base.ALIGNMENT_METHODS))
+    monkeypatch.setattr(base, "_RANK_FREE", set(base._RANK_FREE))
+
+    @register_method("lstsq", uses_rank=False)
+    def fit_lstsq(X_src, X_tgt, rank=None, centered=False):
+        W = torch.linalg.lstsq(X_src.double(), X_tgt.double()).solution.float()
+        d_s, d_t = W.shape
+        return LayerMap(torch.eye(d_s), W, torch.eye(d_t), torch.zeros(d_s), torch.zeros(d_t),
+                        method="lstsq", rank=min(d_s, d_t), centered=False)
+
+    assert "lstsq" not in STATS_METHODS
+    key = extract_masterkey(s, Variant(src, GENERAL_COT), QUESTIONS)
+    maps = align_key(key, s, t, QUESTIONS, AlignSpec("lstsq", data="tokens"))
+    for m in maps.values():
+        assert m.method == "lstsq"
+        torch.testing.assert_close(m.weight, R, atol=2e-3, rtol=0)

@@ -81,8 +81,27 @@ def test_a_rank_n_fit_warns_and_reports_its_held_out_error(tiny_dirs, tmp_path, 
     key = tmp_path / "key.safetensors"
     assert runner.invoke(app, ["extract", "--model", src, "--out", str(key), "--n", "4"]).exit_code == 0
     r = runner.invoke(app, ["align", "--key", str(key), "--source", src, "--target", tgt,
-                            "--out", str(tmp_path / "p.safetensors"), "--n", "6", "--rank", "6"])
+                            "--out", str(tmp_path / "p.safetensors"), "--n", "6", "--rank", "6", "--data", "last"])
     assert r.exit_code == 0, r.output
-    assert "interpolates its 6 questions" in r.output
+    assert "interpolates its 6 questions" in r.output and "on last data" in r.output
     train, held = map(float, re.search(r"train ([0-9.]+), held-out ([0-9.]+)", r.output).groups())
     assert train < 1e-3 and held > 0.05  # a perfect fit on its own questions, not elsewhere
+
+
+def test_align_defaults_to_token_pairs_and_records_them(tiny_dirs, tmp_path, monkeypatch):
+    """The default alignment data is tokens+last (README: which data); the rank defaults to 256,
+    lowered to the models' width; the pack records both."""
+    from unlock_lens.pack import CapabilityPack
+
+    monkeypatch.setenv("UNLOCK_LENS_DATA", str(DATA_DIR))
+    src, tgt = str(tiny_dirs["qwen2"]), str(tiny_dirs["llama"])
+    key = tmp_path / "key.safetensors"
+    assert runner.invoke(app, ["extract", "--model", src, "--out", str(key), "--n", "4"]).exit_code == 0
+    r = runner.invoke(app, ["align", "--key", str(key), "--source", src, "--target", tgt,
+                            "--out", str(tmp_path / "p.safetensors"), "--n", "6", "--max-pairs", "300"])
+    assert r.exit_code == 0, r.output
+    pack = CapabilityPack.load(tmp_path / "p.safetensors")
+    assert (pack.alignment["data"], pack.alignment["max_pairs"]) == ("tokens+last", 300)
+    width = min(min(m.weight.shape) for m in pack.maps.values())  # min(d_src, d_tgt)
+    assert {m.rank for m in pack.maps.values()} == {width} and width < 256
+    assert f"rank {width} on tokens+last data" in r.output

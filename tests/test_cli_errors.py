@@ -11,7 +11,11 @@ OUT = "OUT"  # replaced by a path in the test's folder
 
 CASES = {
     "align rank above n": (["align", "--key", "k.safetensors", "--source", "s", "--target", "t",
-                            "--out", "OUT/p.safetensors", "--rank", "1000"], "--rank"),
+                            "--out", "OUT/p.safetensors", "--rank", "1000", "--data", "last"], "--rank"),
+    "align unknown data": (["align", "--key", "k.safetensors", "--source", "s", "--target", "t",
+                            "--out", "OUT/p.safetensors", "--data", "lines"], "tokens+last"),
+    "align zero pairs": (["align", "--key", "k.safetensors", "--source", "s", "--target", "t",
+                          "--out", "OUT/p.safetensors", "--max-pairs", "0"], "--max-pairs"),
     "align unknown method": (["align", "--key", "k.safetensors", "--source", "s", "--target", "t",
                               "--out", "OUT/p.safetensors", "--method", "svdd"], "--method"),
     "align unknown normalisation": (["align", "--key", "k.safetensors", "--source", "s", "--target",
@@ -36,7 +40,9 @@ CASES = {
                                "OUT/x"], "--format"),
     "demo unknown organism": (["demo", "--target", "chain-xl", "--html", "OUT/d.html"], "--target"),
     "demo unknown method": (["demo", "--method", "svdd", "--html", "OUT/d.html"], "--method"),
-    "run rank above n": (["run", "--rank", "300", "--n-align", "256", "--out", "OUT/run"], "--rank"),
+    "run rank above n": (["run", "--rank", "300", "--n-align", "256", "--data", "last", "--out", "OUT/run"],
+                         "--rank"),
+    "run unknown data": (["run", "--data", "words", "--out", "OUT/run"], "tokens+last"),
 }
 
 

@@ -121,3 +121,48 @@ def test_real_pair_script_end_to_end(tmp_path):
     text = real_pair.report(tmp_path, tmp_path / "real_pair.md", png=False).read_text()
     assert (out / "rank_sweep_kl.html").is_file()
     assert "smollm2-135m-instruct → gemma-3-270m" in text and "### svamp: evaluation" in text
+
+
+@pytest.mark.skipif(default_data_dir() is None, reason="needs ../shared/data")
+def test_real_pair_data_script_end_to_end(tmp_path):
+    """``analysis.real_pair_data`` at toy size, Gemma -> SmolLM2: the pruning and the dev pick
+    follow their stated rules, every evaluation condition covers every problem, the report renders."""
+    import pandas as pd
+
+    from analysis import real_pair_data
+
+    _real("smollm2-135m-instruct"), _real("gemma-3-270m")
+    argv = ["--source", "gemma-3-270m", "--target", "smollm2-135m-instruct", "--n-key", "4", "--n-align", "4",
+            "--n-dev", "2", "--n-eval", "3", "--ranks", "2,4", "--methods", "svd,cca", "--alphas", "0.01,0.1",
+            "--max-pairs", "50", "--seeds", "2", "--dev-tokens", "8", "--max-new-tokens", "8", "--threads", "2",
+            "--out", str(tmp_path), "--md", str(tmp_path / "dk.md")]
+    real_pair_data.main(argv)
+    out = tmp_path / "gemma-3-270m_to_smollm2-135m-instruct"
+    grid = pd.read_csv(out / "grid.csv")
+    keyed = grid[grid.condition == "transferred key"]
+    assert set(zip(keyed.kind, keyed.method, keyed["rank"], strict=True)) == {
+        (k, m, r) for k in ("last", "tokens+last") for m in ("svd", "cca") for r in (2, 4)}
+    assert keyed.kl_to_cot.nunique() > 1 and keyed.mean_cos_to_native.between(-1, 1).all()
+    unsteered_p = grid[grid.condition == "unsteered"].p_cot_top.iloc[0]
+    dev = pd.read_csv(out / "dev_generation.csv")
+    candidates = dev[dev.condition == "transferred key"]
+    assert len(candidates) == 4  # every (kind, alpha) reaches generation
+    for _, cand in candidates.iterrows():
+        # the pruned candidate at (kind, alpha): lowest KL among cells that keep p(CoT top)
+        cells = keyed[(keyed.kind == cand.kind) & (keyed.alpha == cand.alpha)]
+        keep = cells[cells.p_cot_top >= unsteered_p]  # else: the lowest KL, flagged
+        best = (keep if len(keep) else cells).loc[(keep if len(keep) else cells).kl_to_cot.idxmin()]
+        assert cand.keeps_p_cot_top == bool(len(keep))
+        assert (best.method, best["rank"]) == (cand.method, cand["rank"])
+    picks = pd.read_csv(out / "picks.csv").set_index("condition")
+    for name, rows in (("native key", dev[dev.condition == "native key"]), ("last", dev[dev.kind == "last"])):
+        top = rows.sort_values(["healthy_cot", "alpha"], ascending=[False, True]).iloc[0]
+        assert picks.loc[name, "alpha"] == top.alpha
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary.condition) == {"direct", "native key", "last", "tokens+last", "random-mapped", "cot-prompt"}
+    assert (summary[summary.dataset == "all"].n == 6).all() and (summary[summary.dataset != "all"].n == 3).all()
+    assert ((summary.accuracy * summary.n).round(9) % 1 == 0).all() and (summary.mean_tokens <= 8).all()
+    text = real_pair_data.report(real_pair_data.parse_args(["--out", str(tmp_path), "--md", str(tmp_path / "dk.md")])
+                                 ).read_text()
+    assert "gemma-3-270m → smollm2-135m-instruct" in text and "**Evaluation**" in text
+    assert (tmp_path / "data_kinds_cosine.html").is_file()

@@ -17,10 +17,12 @@ the chunk, never on the number of pairs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from unlock_lens.activations import FinalLayer, HookKind, Variant, iter_capture_positions, tokenize
@@ -109,6 +111,30 @@ def subsample(plans: list[PromptPairs], max_pairs: int | None, seed: int) -> lis
     return out
 
 
+def _pair_chunks(
+    source: Variant, target: Variant, texts: Sequence[str], pairing: LayerPairing, data: str,
+    max_pairs: int | None, seed: int, hook: HookKind, final_layer: FinalLayer, batch_size: int,
+    progress: bool,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(source [pairs, Ls, d_s], target [pairs, Lt, d_t]) states of every planned pair, a chunk
+    of ``batch_size`` prompts at a time (layers in ``pairing``'s source / target order)."""
+    plans = plan_pairs(source, target, texts, data, max_pairs=max_pairs, seed=seed)
+    n_pairs = sum(len(p.source_positions) for p in plans)
+    if n_pairs < 2:
+        raise UnlockLensError(f"alignment data {data!r} gave {n_pairs} token pairs: pass more "
+                              "alignment texts (or texts the two prompts share)")
+    bar = tqdm(total=n_pairs, desc=f"alignment pairs ({data})", disable=not progress, unit="pair")
+    for start in range(0, len(plans), batch_size):
+        chunk = plans[start : start + batch_size]
+        h_s = _states(source, [p.source_prompt for p in chunk], [p.source_positions for p in chunk],
+                      pairing.source_layers, hook, final_layer)
+        h_t = _states(target, [p.target_prompt for p in chunk], [p.target_positions for p in chunk],
+                      pairing.target_layers, hook, final_layer)
+        bar.update(h_s.shape[0])
+        yield h_s, h_t
+    bar.close()
+
+
 def alignment_stats(
     source: Variant,
     target: Variant,
@@ -125,26 +151,35 @@ def alignment_stats(
 ) -> dict[int, GramStats]:
     """Per target layer of ``pairing``: the Gram statistics of (source layer s(t), target layer t)
     states over every planned pair, captured a chunk of ``batch_size`` prompts at a time."""
-    plans = plan_pairs(source, target, texts, data, max_pairs=max_pairs, seed=seed)
-    n_pairs = sum(len(p.source_positions) for p in plans)
-    if n_pairs < 2:
-        raise UnlockLensError(f"alignment data {data!r} gave {n_pairs} token pairs: pass more "
-                              "alignment texts (or texts the two prompts share)")
     s_layers, t_layers = pairing.source_layers, pairing.target_layers
     d_s, d_t = int(source.model.cfg.d_model), int(target.model.cfg.d_model)
     stats = {t: GramStats.empty(d_s, d_t) for t in t_layers}
-    bar = tqdm(total=n_pairs, desc=f"alignment pairs ({data})", disable=not progress, unit="pair")
-    for start in range(0, len(plans), batch_size):
-        chunk = plans[start : start + batch_size]
-        h_s = _states(source, [p.source_prompt for p in chunk], [p.source_positions for p in chunk],
-                      s_layers, hook, final_layer)
-        h_t = _states(target, [p.target_prompt for p in chunk], [p.target_positions for p in chunk],
-                      t_layers, hook, final_layer)
+    for h_s, h_t in _pair_chunks(source, target, texts, pairing, data, max_pairs, seed, hook,
+                                 final_layer, batch_size, progress):
         for j, t in enumerate(t_layers):
             stats[t].update(h_s[:, s_layers.index(pairing.source_of[t])], h_t[:, j])
-        bar.update(h_s.shape[0])
-    bar.close()
     return stats
+
+
+def alignment_rows(
+    source: Variant,
+    target: Variant,
+    texts: Sequence[str],
+    pairing: LayerPairing,
+    *,
+    data: str = "tokens",
+    max_pairs: int | None = None,
+    seed: int = 0,
+    hook: HookKind = "resid_post",
+    final_layer: FinalLayer = "block",
+    batch_size: int = 16,
+    progress: bool = False,
+) -> tuple[Float[Tensor, "pairs Ls d_src"], Float[Tensor, "pairs Lt d_tgt"]]:
+    """The same pairs as :func:`alignment_stats`, kept as dense rows (``fit_layer_maps`` input)
+    for methods that have no fit from statistics; memory grows with the pairs (cap them)."""
+    chunks = list(_pair_chunks(source, target, texts, pairing, data, max_pairs, seed, hook,
+                               final_layer, batch_size, progress))
+    return torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
 
 
 def _states(variant: Variant, prompts: list[str], positions: list[list[int]], layers: list[int],

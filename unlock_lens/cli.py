@@ -25,6 +25,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich
 Model = Annotated[str, typer.Option(help="hub id, local HF dir, .gguf file or registry name")]
 Method = Annotated[str, typer.Option(help="alignment method: svd (the authors'), procrustes, cca, ridge, identity")]
 Rank = Annotated[int, typer.Option(help="rank k of the map (top-k subspaces); at most the number of alignment questions")]
+FitRank = Annotated[int | None, typer.Option(
+    help="rank k of the map; default 256 on token data (lowered to d with a warning), 16 with --data last "
+         "(at most the alignment questions there)")]
+Data = Annotated[str, typer.Option(
+    help="alignment data: tokens+last (default: token pairs at shared character ends plus the last "
+         "token), tokens, text, or last (the paper's: the last prompt token)")]
+MaxPairs = Annotated[int, typer.Option(help="cap on token / text pairs (drawn with --seed)")]
 Alpha = Annotated[float, typer.Option(help="steering strength (negative steers away: removes the capability)")]
 AlphaOr = Annotated[float | None, typer.Option(help="steering strength (default: the pack's)")]
 Normalisation = Annotated[str, typer.Option(help="edit: rotate (the paper's, norm-preserving), unit, resid, raw, clamp")]
@@ -84,6 +91,28 @@ def _check_method(method: str) -> None:
     if method not in ALIGNMENT_METHODS:
         raise UnlockLensError(f"--method {method!r} is not an alignment method; choose one of "
                               f"{sorted(ALIGNMENT_METHODS)}")
+
+
+def _fit_spec(pipe: Any, method: str, rank: int | None, data: str, max_pairs: int, n: int, seed: int) -> Any:
+    """The AlignSpec of ``--data`` / ``--rank`` / ``--max-pairs``, checked before any model loads
+    (``pipe=None``: check only). One pair per question for ``last``, so its rank is bounded by n."""
+    from dataclasses import replace
+
+    from unlock_lens.alignment_data import parse_data
+
+    last_only = parse_data(data) == ("last",)
+    _check_positive(max_pairs, "--max-pairs")
+    rank = rank or (16 if last_only else 256)
+    if last_only:
+        _check_fit(method, rank, n)
+    else:
+        _check_method(method)
+        _check_positive(rank, "--rank")
+        _check_positive(n, "--n")
+    if pipe is None:
+        return None
+    return replace(pipe.spec, method=method, rank=rank, data=data,
+                   max_pairs=None if last_only else max_pairs, data_seed=seed)
 
 
 def _check_fit(method: str, rank: int, n: int) -> None:
@@ -154,7 +183,9 @@ def align(
     split: str = "train",
     n: Annotated[int, typer.Option(help="alignment questions (the align split, disjoint from the key's)")] = 256,
     method: Method = "svd",
-    rank: Rank = 16,
+    rank: FitRank = None,
+    data: Data = "tokens+last",
+    max_pairs: MaxPairs = 4000,
     alpha: Alpha = 0.1,
     normalisation: Normalisation = "rotate",
     positions: Positions = "last_prompt",
@@ -169,7 +200,7 @@ def align(
     from unlock_lens.unlock import Unlock
 
     _check_dataset(dataset)
-    _check_fit(method, rank, n)
+    _fit_spec(None, method, rank, data, max_pairs, n, seed)
     _check_steering(normalisation, positions)
     _check_alpha(alpha)
     _check_out_file(out)
@@ -178,14 +209,16 @@ def align(
     pipe = Unlock(
         source=_load(source, device), target=_load(target, device),
         locked_format=fmt, unlocked_format=fmt, target_format=target_format, method=method,
-        rank=rank, alpha=alpha, normalisation=normalisation, positions=positions,  # type: ignore[arg-type]
+        alpha=alpha, normalisation=normalisation, positions=positions,  # type: ignore[arg-type]
         batch_size=batch_size, progress=True,
     )
-    pack = pipe.align(mk, _questions(dataset, split, "align", n, seed))
+    spec = _fit_spec(pipe, method, rank, data, max_pairs, n, seed)
+    pack = pipe.align(mk, _questions(dataset, split, "align", n, seed), spec)
     pack.save(out)
     errs = [m.metrics.get("train_relative_error", float("nan")) for m in pack.maps.values()]
     held_out = _held_out_error(pipe, pack, _questions(dataset, split, "dev", 32, seed))
-    typer.echo(f"CapabilityPack: {len(pack.maps)} target layers, {method} rank {rank}, "
+    typer.echo(f"CapabilityPack: {len(pack.maps)} target layers, {method} rank "
+               f"{next(iter(pack.maps.values())).rank} on {data} data, "
                f"{_alpha_note(alpha)}, mean relative error: train {sum(errs) / len(errs):.3f}, "
                f"held-out {held_out:.3f} (32 dev questions) -> {out}")
 
@@ -404,7 +437,9 @@ def run(
     n_align: Annotated[int, typer.Option(help="alignment questions, disjoint from the key's")] = 128,
     n_eval: Annotated[int, typer.Option(help="questions the distribution shift is measured on")] = 32,
     method: Method = "svd",
-    rank: Rank = 16,
+    rank: FitRank = None,
+    data: Data = "tokens+last",
+    max_pairs: MaxPairs = 4000,
     alphas: Annotated[str, typer.Option(help="comma list of steering strengths")] = "0.05,0.2",
     seed: int = 0,
     device: str = "cpu",
@@ -428,7 +463,7 @@ def run(
     from unlock_lens.steer import Steering
     from unlock_lens.unlock import Unlock
 
-    _check_fit(method, rank, n_align)
+    _fit_spec(None, method, rank, data, max_pairs, n_align, seed)
     _check_positive(n_key, "--n-key")
     _check_positive(n_eval, "--n-eval")
     alpha_list = _floats(alphas, "alphas")
@@ -443,12 +478,13 @@ def run(
 
     stage(f"1/5 loading {source} and {target}")
     src, tgt = _load(source, device), _load(target, device)
-    pipe = Unlock(source=src, target=tgt, method=method, rank=rank, progress=True)
+    pipe = Unlock(source=src, target=tgt, method=method, progress=True)
+    spec = _fit_spec(pipe, method, rank, data, max_pairs, n_align, seed)
     key_q = _questions("gsm8k", "train", "key", n_key, seed)
     stage(f"2/5 extracting the key from {source} on {n_key} questions")
     key = pipe.extract(key_q)
-    stage(f"3/5 aligning into {target} on {n_align} other questions ({method}, rank {rank})")
-    pack = pipe.align(key, _questions("gsm8k", "train", "align", n_align, seed))
+    stage(f"3/5 aligning into {target} on {n_align} other questions ({method}, rank {spec.rank}, {data} data)")
+    pack = pipe.align(key, _questions("gsm8k", "train", "align", n_align, seed), spec)
     out.mkdir(parents=True, exist_ok=True)
     key.save(out / "key.safetensors")
     pack.save(out / "pack.safetensors")

@@ -137,7 +137,7 @@ DIFFERENCES: dict[str, tuple[str, ...]] = {
     "target_prompt": ("target_prompt",),
     "final_layer": ("final_layer",),
     "shared_questions": ("shared_questions",),
-    "rank_clamp": ("align",),
+    "alignment": ("align",),
     "decoding": ("decoding",),
 }
 
@@ -166,7 +166,9 @@ LIBRARY = Protocol(
     target_prompt={"prompt": "locked", "model": "locked"},
     final_layer="block",
     shared_questions=False,
-    align=AlignSpec("svd", rank=16),
+    # measured (README, "Which data to use"): across tokenizers the last prompt token carries no
+    # key; token pairs at shared character ends plus the last token do, at a high rank
+    align=AlignSpec("svd", rank=256, clamp_rank=True, data="tokens+last", max_pairs=4000),
     decoding={
         "prompt": Decoding(max_new_tokens=512, stop_strings=DEFAULT_STOP_STRINGS),
         "model": Decoding(max_new_tokens=512, stop_strings=DEFAULT_STOP_STRINGS),

@@ -22,7 +22,8 @@ from unlock_lens.align.layers import (
     fit_layer_maps,
     fit_layer_maps_from_stats,
 )
-from unlock_lens.alignment_data import alignment_stats
+from unlock_lens.align.stats import STATS_METHODS
+from unlock_lens.alignment_data import alignment_rows, alignment_stats
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.generation import Generation, generate
 from unlock_lens.masterkey import Aggregator, MasterKey, extract_masterkey
@@ -59,11 +60,14 @@ def align_key(
     t_layers = check_layers(target.model, target_layers)
     pairing = LayerPairing.by_depth(key.source.n_layers, int(target.model.cfg.n_layers), t_layers)
     pairing.require_source(key.layers)
-    if spec.data != "last":  # token / text pairs: streamed into Gram statistics, bounded memory
-        stats = alignment_stats(source, target, questions, pairing, data=spec.data,
-                                max_pairs=spec.max_pairs, seed=spec.data_seed, hook=key.hook,
-                                final_layer=key.final_layer, batch_size=batch_size, progress=progress)
-        return fit_layer_maps_from_stats(stats, pairing, spec)
+    if spec.data != "last":
+        pairs = dict(data=spec.data, max_pairs=spec.max_pairs, seed=spec.data_seed, hook=key.hook,
+                     final_layer=key.final_layer, batch_size=batch_size, progress=progress)
+        if spec.method in STATS_METHODS:  # streamed into Gram statistics: bounded memory
+            return fit_layer_maps_from_stats(alignment_stats(source, target, questions, pairing, **pairs),
+                                             pairing, spec)
+        # a method without a fit from statistics (e.g. one a user registered) gets the rows
+        return fit_layer_maps(*alignment_rows(source, target, questions, pairing, **pairs), pairing, spec)
     H_s, H_t = capture_pair(source, target, questions, pairing.source_layers, pairing.target_layers,
                             hook=key.hook, batch_size=batch_size, progress=progress,
                             final_layer=key.final_layer)
