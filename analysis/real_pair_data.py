@@ -98,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="evaluation-set split")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--report", action="store_true")
+    p.add_argument("--summarize", action="store_true",
+                   help="only rebuild summary.csv / run.json from the finished eval_*.jsonl")
     p.add_argument("--out", type=Path, default=RESULTS / "real_pair_data")
     p.add_argument("--md", type=Path, default=RESULTS / "real_pair" / "data_kinds.md")
     return p.parse_args(argv)
@@ -310,6 +312,15 @@ def run_direction(args: argparse.Namespace) -> Path:
         results["random-mapped"] = evaluated("random-mapped", random_rows)
     results["cot-prompt"] = evaluated("cot-prompt", lambda: gen(held, cot_prompts, None, "cot-prompt", dec))
 
+    write_summary(out, results, picks, held, target.tokenizer, args, time.perf_counter() - t0)
+    log("done")
+    return out
+
+
+def write_summary(out: Path, results: dict[str, list[dict[str, Any]]], picks: dict[str, Any],
+                  held: list[Problem], tokenizer: Any, args: argparse.Namespace, wall_s: float) -> None:
+    """``summary.csv`` (per condition and set: behaviour, accuracy with its Wilson interval,
+    fidelity to the native key's outputs) and ``run.json``."""
     native_out = [r["output"] for r in results["native key"]]
     direct_out = [r["output"] for r in results["direct"]]
     changed = [i for i, (n, d) in enumerate(zip(native_out, direct_out, strict=True)) if n != d]
@@ -321,22 +332,44 @@ def run_direction(args: argparse.Namespace) -> Path:
             k = sum(bool(r["correct"]) for r in sub)
             lo, hi = wilson_interval(k, len(sub))
             pick = picks.get("tokens+last" if name == "random-mapped" else name)
-            row = {"condition": name, "dataset": ds, "alpha": None if pick is None else pick.alpha,
+            row = {"condition": name, "dataset": ds, "alpha": None if pick is None else pick["alpha"],
                    **b, "acc_lo": lo, "acc_hi": hi}
             if ds == "all" and name not in ("native key", "direct", "cot-prompt") and changed:
                 fid = transfer_fidelity([rs[i]["output"] for i in changed], [native_out[i] for i in changed],
-                                        target.tokenizer)
+                                        tokenizer)
                 row |= {"identical_to_native": fid["identical_rate"], "token_agreement": fid["token_agreement"]}
             summary.append(row)
         samples[name] = [r["output"][:200] for r in rs[:4]]
     pd.DataFrame(summary).to_csv(out / "summary.csv", index=False)
-    run = {k: v for k, v in vars(args).items() if k not in ("out", "md", "report")}
-    run |= {"command": " ".join(["python -m analysis.real_pair_data", *map(shlex.quote, sys.argv[1:])]),
-            "wall_s": round(time.perf_counter() - t0), "native_changed": len(changed) / len(held),
+    run = {k: v for k, v in vars(args).items() if k not in ("out", "md", "report", "summarize")}
+    argv = [a for a in sys.argv[1:] if a != "--summarize"]  # the command that runs the whole direction
+    run |= {"command": " ".join(["python -m analysis.real_pair_data", *map(shlex.quote, argv)]),
+            "wall_s": None if math.isnan(wall_s) else round(wall_s), "native_changed": len(changed) / len(held),
             "samples": samples, "sample_questions": [p.id for p in held[:4]],
             "torch": torch.__version__, "n_eval_total": len(held)}
     (out / "run.json").write_text(json.dumps(run, indent=1))
-    log("done")
+
+
+def summarize_finished(args: argparse.Namespace) -> Path:
+    """``--summarize``: the summary of a direction from its finished ``eval_*.jsonl`` (e.g. when
+    conditions were run as separate processes), with the dev picks of its ``picks.csv``."""
+    out = args.out / f"{Path(args.source).name}_to_{Path(args.target).name}"
+    picks = {r["condition"]: r for _, r in pd.read_csv(out / "picks.csv").iterrows()}
+    results = {}
+    for name in ("direct", "native key", *args.kinds.split(","), "random-mapped", "cot-prompt"):
+        path = out / f"eval_{name.replace(' ', '_').replace('+', '_')}.jsonl"
+        if path.is_file():
+            results[name] = [json.loads(line) for line in path.read_text().splitlines()]
+    pool = [p.question for p in load_dataset("gsm8k", "train")]
+    _, held = problem_sets(args, pool[:0])
+    if {"direct", "native key"} - set(results):
+        raise SystemExit(f"{out}: the direct and native-key conditions must be finished to summarise")
+    for name, rows in results.items():
+        if [r["problem_id"] for r in rows] != [p.id for p in held]:
+            raise SystemExit(f"{out}: eval_{name} does not cover the evaluation problems in order")
+    wall = json.loads((out / "run.json").read_text()).get("wall_s") if (out / "run.json").exists() else None
+    wall = math.nan if wall is None else wall
+    write_summary(out, results, picks, held, load_any(args.target).tokenizer, args, wall)
     return out
 
 
@@ -356,7 +389,8 @@ def direction_section(run_dir: Path) -> str:
     dev_gen = pd.read_csv(run_dir / "dev_generation.csv")
     s = pd.read_csv(run_dir / "summary.csv")
     lines = [f"### {run['source']} → {run['target']}", "",
-             f"`{run['command']}` ({run['wall_s']} s, {run['threads']} CPU thread(s); key {run['n_key']}, "
+             f"`{run['command']}` ({'wall time not recorded' if run['wall_s'] is None else str(run['wall_s']) + ' s'}, "
+             f"{run['threads']} CPU thread(s) per process; key {run['n_key']}, "
              f"alignment {run['n_align']} questions (≤ {run['max_pairs']} token pairs), dev {2 * run['n_dev']} "
              f"problems, methods {run['methods']}, ranks {run['ranks']}, α ∈ {{{run['alphas']}}}, "
              f"{run['seeds']} random seeds on dev; evaluation {run['n_eval_total']} problems × "
@@ -446,7 +480,10 @@ def report(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    print(report(args) if args.report else run_direction(args))
+    if args.report:
+        print(report(args))
+    else:
+        print(summarize_finished(args) if args.summarize else run_direction(args))
 
 
 if __name__ == "__main__":

@@ -162,6 +162,9 @@ def test_real_pair_data_script_end_to_end(tmp_path):
     assert set(summary.condition) == {"direct", "native key", "last", "tokens+last", "random-mapped", "cot-prompt"}
     assert (summary[summary.dataset == "all"].n == 6).all() and (summary[summary.dataset != "all"].n == 3).all()
     assert ((summary.accuracy * summary.n).round(9) % 1 == 0).all() and (summary.mean_tokens <= 8).all()
+    # the summary rebuilt from the finished conditions alone is the same table
+    real_pair_data.main([*argv, "--summarize"])
+    pd.testing.assert_frame_equal(pd.read_csv(out / "summary.csv"), summary)
     text = real_pair_data.report(real_pair_data.parse_args(["--out", str(tmp_path), "--md", str(tmp_path / "dk.md")])
                                  ).read_text()
     assert "gemma-3-270m → smollm2-135m-instruct" in text and "**Evaluation**" in text
