@@ -51,7 +51,9 @@ import pandas as pd
 import torch
 
 from analysis import load_any
+from analysis.data_kinds import cosines
 from analysis.protocol_diff import METRICS, first_token_metrics, interval
+from analysis.real_pair import EVAL_PARTS  # the same dev / eval problems as the first runs
 from unlock_lens import Steering, Unlock
 from unlock_lens.activations import capture_pair
 from unlock_lens.align.layers import (
@@ -73,7 +75,6 @@ from unlock_lens.evaluate.stats import wilson_interval
 
 RESULTS = Path("analysis/results")
 KINDS = ("last", "tokens+last")
-EVAL_PARTS = {"dev": 0.2, "eval": 0.8}  # as analysis.real_pair: the same dev / eval problems
 DATASETS = ("svamp", "multiarith")
 
 
@@ -121,12 +122,6 @@ def problem_sets(args: argparse.Namespace, gsm_questions: list[str]) -> tuple[li
            for i, q in enumerate(gsm_questions)]
     check_disjoint(gsm, dev + held, "GSM8K key/align questions and the dev/eval problems")
     return dev, held
-
-
-def mean_cosine(directions: dict[int, torch.Tensor], native: Any) -> tuple[float, list[float]]:
-    cos = [float(torch.nn.functional.cosine_similarity(directions[t], native.direction(t), dim=0))
-           for t in sorted(directions)]
-    return sum(cos) / len(cos), cos
 
 
 def healthy_cot(rows: list[dict[str, Any]]) -> float:
@@ -193,7 +188,8 @@ def run_direction(args: argparse.Namespace) -> Path:
                           else fit_layer_maps_from_stats(captured, pairing, spec))
                 maps[kind, method, rank] = fitted
                 dirs = map_directions(key, fitted)
-                mean_cos, per_layer = mean_cosine(dirs, native)
+                per_layer = cosines(dirs, native)
+                mean_cos = sum(per_layer) / len(per_layer)
                 cos_rows += [{"kind": kind, "method": method, "rank": rank, "target_layer": t, "cosine_to_native": c}
                              for t, c in zip(sorted(dirs), per_layer, strict=True)]
                 for a in alphas:
