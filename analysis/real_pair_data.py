@@ -24,12 +24,19 @@ One direction per run (all method logic is library calls; this script wires them
    norms, carried through the same maps (``--seeds``), give the first-token control with 95%
    t-intervals at each pick.
 4. **Evaluation** on ``--n-eval`` SVAMP and ``--n-eval`` MultiArith problems: direct, the
-   native key, each data kind's key, a random-mapped control (seed s on every third problem,
-   through the ``tokens+last`` maps at its alpha) and the CoT prompt; greedy,
+   native key, each data kind's key, each kind's random-mapped control (random source
+   directions of the key's per-layer norms, seed s on every third problem, through that kind's
+   picked maps at its alpha) and the CoT prompt; greedy,
    ``--max-new-tokens``, the library's stop strings, loops stopped. Per condition: accuracy
-   (Wilson 95%), degenerate rate, CoT-format rate among non-degenerate outputs, mean length,
-   and transfer fidelity against the native key's outputs. Conditions run in that order and
-   each finished one is kept (``eval_<condition>.jsonl``), so a re-run resumes.
+   (Wilson 95%), degenerate rate, CoT-format rate among non-degenerate outputs, the stricter
+   rate of outputs with two or more arithmetic steps ``a op b = c`` among them (Wilson 95%;
+   reported, not used for selection), the share that use a sequence word (first / then /
+   next / step; added post hoc, after reading the outputs), mean length, and transfer
+   fidelity against the native key's outputs. Conditions run in that order and each finished
+   one is kept
+   (``eval_<condition>.jsonl``), so a re-run resumes; ``--reuse-dev --conditions ...`` runs
+   chosen conditions from the dev picks already made (e.g. one process each), and
+   ``--summarize`` joins them.
 
 Files in ``--out/<source>_to_<target>/``: ``run.json``, ``grid.csv``, ``cosine_to_native.csv``,
 ``dev_generation.csv``, ``picks.csv``, ``summary.csv`` and the per-row ``eval_*.jsonl``
@@ -39,8 +46,10 @@ Files in ``--out/<source>_to_<target>/``: ``run.json``, ``grid.csv``, ``cosine_t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+import re
 import shlex
 import sys
 import time
@@ -69,13 +78,16 @@ from unlock_lens.diagnostics.cached_scoring import prefix_cache, score_last_posi
 from unlock_lens.diagnostics.fidelity import transfer_fidelity
 from unlock_lens.evaluate import load_dataset, split_problems
 from unlock_lens.evaluate.datasets import Problem
-from unlock_lens.evaluate.results import behaviour, degenerate
+from unlock_lens.evaluate.results import arithmetic_steps, behaviour, degenerate
 from unlock_lens.evaluate.runner import Decoding, check_disjoint, run_condition
 from unlock_lens.evaluate.stats import wilson_interval
 
 RESULTS = Path("analysis/results")
 KINDS = ("last", "tokens+last")
 DATASETS = ("svamp", "multiarith")
+# Added after reading the outputs (post hoc: reported, never used for selection). Gemma's own key
+# opens its answers with "First, ..."; the shows-working heuristic does not see that signature.
+SEQUENCE_WORDS = re.compile(r"\b(first|then|next|step)\b", re.IGNORECASE)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,6 +113,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--report", action="store_true")
     p.add_argument("--summarize", action="store_true",
                    help="only rebuild summary.csv / run.json from the finished eval_*.jsonl")
+    p.add_argument("--reuse-dev", action="store_true",
+                   help="take the dev picks from an earlier run's picks.csv (skips the grid and dev generation)")
+    p.add_argument("--conditions", default=None,
+                   help="evaluate only these conditions (comma-separated: direct, native-key, a data kind, "
+                        "'random-mapped <kind>', cot-prompt), e.g. in parallel processes; join with --summarize")
     p.add_argument("--out", type=Path, default=RESULTS / "real_pair_data")
     p.add_argument("--md", type=Path, default=RESULTS / "real_pair" / "data_kinds.md")
     return p.parse_args(argv)
@@ -139,6 +156,36 @@ def prune(grid: pd.DataFrame, unsteered_p_cot_top: float) -> pd.DataFrame:
     return ordered.groupby(["kind", "alpha"], sort=False).head(1)
 
 
+class MapBank:
+    """The layer maps of each (data kind, method, rank), fitted on first use; each kind's
+    alignment data is captured once (``last``: dense rows; otherwise streamed statistics)."""
+
+    def __init__(self, pipe: Unlock, align_qs: list[str], pairing: LayerPairing, max_pairs: int) -> None:
+        self.pipe, self.align_qs, self.pairing, self.max_pairs = pipe, align_qs, pairing, max_pairs
+        self.captured: dict[str, Any] = {}
+        self.maps: dict[tuple[str, str, int], Any] = {}
+
+    def data(self, kind: str) -> Any:
+        if kind not in self.captured:
+            p, tv = self.pairing, self.pipe.target_variant
+            self.captured[kind] = (
+                capture_pair(self.pipe.locked, tv, self.align_qs, p.source_layers, p.target_layers) if kind == "last"
+                else alignment_stats(self.pipe.locked, tv, self.align_qs, p, data=kind, max_pairs=self.max_pairs))
+        return self.captured[kind]
+
+    def n_fit(self, kind: str) -> int:
+        """How many pairs the kind's maps are fitted on (bounds the rank)."""
+        data = self.data(kind)
+        return len(self.align_qs) if kind == "last" else min(s.n for s in data.values())
+
+    def __call__(self, kind: str, method: str, rank: int) -> Any:
+        if (kind, method, rank) not in self.maps:
+            spec, data = AlignSpec(method, rank), self.data(kind)
+            self.maps[kind, method, rank] = (fit_layer_maps(*data, self.pairing, spec) if kind == "last"
+                                             else fit_layer_maps_from_stats(data, self.pairing, spec))
+        return self.maps[kind, method, rank]
+
+
 def run_direction(args: argparse.Namespace) -> Path:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -148,6 +195,7 @@ def run_direction(args: argparse.Namespace) -> Path:
     def log(*parts: Any) -> None:
         print(f"[{time.perf_counter() - t0:6.0f}s]", *parts, flush=True)
 
+    wanted = conditions(args)
     source, target = load_any(args.source), load_any(args.target)
     pipe = Unlock(source, target, protocol="library")
     pool = [p.question for p in load_dataset("gsm8k", "train")]
@@ -155,39 +203,83 @@ def run_direction(args: argparse.Namespace) -> Path:
     dev, held = problem_sets(args, key_qs + align_qs)
     key = pipe.extract(key_qs)
     native = Unlock(target, target, protocol="library").extract(key_qs)
+    bank = MapBank(pipe, align_qs, LayerPairing.by_depth(key.source.n_layers, int(target.cfg.n_layers)),
+                   args.max_pairs)
+    log("key and native key ready")
+    if args.reuse_dev:
+        if not (out / "picks.csv").is_file():
+            raise SystemExit(f"--reuse-dev: {out / 'picks.csv'} is missing; run the direction once without it")
+        picks = {str(r["condition"]): r for _, r in pd.read_csv(out / "picks.csv").iterrows()}
+        log("dev picks reused from picks.csv:", {k: (v.get("method"), v.get("rank"), v.alpha) for k, v in picks.items()})
+    else:
+        picks = select_on_dev(args, out, log, pipe, key, native, dev, bank)
+    results = evaluate(args, out, log, pipe, key, native, held, picks, bank, wanted)
+    if wanted is None:
+        write_summary(out, results, picks, held, target.tokenizer, args, time.perf_counter() - t0)
+    log("done" if wanted is None else f"done: {', '.join(results)}; join with --summarize")
+    return out
+
+
+def all_conditions(args: argparse.Namespace) -> list[str]:
+    """The evaluation conditions in run order: references, each kind's key, each kind's
+    random-mapped control (random source directions through that kind's picked maps)."""
+    kinds = args.kinds.split(",")
+    return ["direct", "native key", *kinds, *(f"random-mapped {k}" for k in kinds), "cot-prompt"]
+
+
+def pick_for(picks: dict[str, Any], name: str) -> Any:
+    """The dev pick a condition runs at (a random-mapped control: its data kind's); None if none."""
+    return picks.get(name.removeprefix("random-mapped "))
+
+
+def eval_path(out: Path, name: str) -> Path:
+    return out / f"eval_{name.replace(' ', '_').replace('+', '_')}.jsonl"
+
+
+def conditions(args: argparse.Namespace) -> list[str] | None:
+    """The evaluation conditions ``--conditions`` names (None: all), checked against the known ones."""
+    if args.conditions is None:
+        return None
+    known = all_conditions(args)
+    wanted = [c.strip().replace("native-key", "native key") for c in args.conditions.split(",") if c.strip()]
+    if unknown := [c for c in wanted if c not in known]:
+        raise SystemExit(f"--conditions: unknown {unknown}; choose from {', '.join(known)} (native key as native-key)")
+    return wanted
+
+
+def _gen(pipe: Unlock, problems: list[Problem], prompts: list[str], steering: Steering | None, condition: str,
+         dec: Decoding, **extra: Any) -> list[dict[str, Any]]:
     tv = pipe.target_variant
+    return run_condition(tv.model, problems, prompts, condition=condition, steering=steering, decoding=dec,
+                         special_tokens=tv.special_tokens, **extra)
+
+
+def select_on_dev(args: argparse.Namespace, out: Path, log: Any, pipe: Unlock, key: Any, native: Any,
+                  dev: list[Problem], bank: MapBank) -> dict[str, pd.Series]:
+    """Stages 2 and 3: the first-token grid on dev, its pruning, generation on dev, the picks
+    (written to ``grid.csv``, ``cosine_to_native.csv``, ``dev_generation.csv``, ``picks.csv``)."""
+    tv = pipe.target_variant
+    target = tv.model
     _, t_cot = pipe.protocol.formats(target.tokenizer)
     dev_qs = [p.question for p in dev]
     reference = score_last_position(target, prefix_cache(target, t_cot.render_all(dev_qs, target.tokenizer)))
     cache = prefix_cache(target, tv.prompts(dev_qs))
     unsteered = first_token_metrics(reference, score_last_position(target, cache))
     alphas, ranks = _nums(args.alphas, float), _nums(args.ranks, int)
-    log("key, native key and dev reference ready")
 
     # ---- 2. first-token grid ----
     rows: list[dict[str, Any]] = [{"kind": "-", "condition": "unsteered", "alpha": 0.0, **unsteered}]
     for a in alphas:
         rows.append({"kind": "-", "condition": "native key", "alpha": a,
                      **first_token_metrics(reference, score_last_position(target, cache, Steering(native.directions, alpha=a)))})
-    pairing = LayerPairing.by_depth(key.source.n_layers, int(target.cfg.n_layers))
-    maps: dict[tuple[str, str, int], Any] = {}
     cos_rows = []
     for kind in args.kinds.split(","):
-        if kind == "last":
-            captured = capture_pair(pipe.locked, tv, align_qs, pairing.source_layers, pairing.target_layers)
-            n_fit = len(align_qs)
-        else:
-            captured = alignment_stats(pipe.locked, tv, align_qs, pairing, data=kind, max_pairs=args.max_pairs)
-            n_fit = min(s.n for s in captured.values())
+        n_fit = bank.n_fit(kind)
         for method in args.methods.split(","):
             for rank in ranks:
                 if rank > min(n_fit, key.directions.shape[-1], int(target.cfg.d_model)):
                     continue
-                spec = AlignSpec(method, rank)
-                fitted = (fit_layer_maps(*captured, pairing, spec) if kind == "last"
-                          else fit_layer_maps_from_stats(captured, pairing, spec))
-                maps[kind, method, rank] = fitted
-                dirs = map_directions(key, fitted)
+                dirs = map_directions(key, bank(kind, method, rank))
                 per_layer = cosines(dirs, native)
                 mean_cos = sum(per_layer) / len(per_layer)
                 cos_rows += [{"kind": kind, "method": method, "rank": rank, "target_layer": t, "cosine_to_native": c}
@@ -207,10 +299,7 @@ def run_direction(args: argparse.Namespace) -> Path:
                             batch_size=args.batch_size, stop_loops=True)
     dev_prompts = tv.prompts(dev_qs)
 
-    def gen(problems: list[Problem], prompts: list[str], steering: Steering | None, condition: str,
-            dec: Decoding, **extra: Any) -> list[dict[str, Any]]:
-        return run_condition(target, problems, prompts, condition=condition, steering=steering, decoding=dec,
-                             special_tokens=tv.special_tokens, **extra)
+    gen = functools.partial(_gen, pipe)
 
     candidates = prune(grid, unsteered["p_cot_top"])
     dev_rows = [{"condition": "direct", "kind": "-", "alpha": 0.0,
@@ -219,7 +308,7 @@ def run_direction(args: argparse.Namespace) -> Path:
         b = gen(dev, dev_prompts, Steering(native.directions, alpha=a), "native-key", dev_decoding)
         dev_rows.append({"condition": "native key", "kind": "-", "alpha": a, **behaviour(b), "healthy_cot": healthy_cot(b)})
     for _, c in candidates.iterrows():
-        dirs = map_directions(key, maps[c.kind, c.method, int(c["rank"])])
+        dirs = map_directions(key, bank(c.kind, c.method, int(c["rank"])))
         b = gen(dev, dev_prompts, Steering(dirs, alpha=c.alpha), c.kind, dev_decoding)
         dev_rows.append({"condition": "transferred key", "kind": c.kind, "method": c.method, "rank": int(c["rank"]),
                          "alpha": c.alpha, "keeps_p_cot_top": c.keeps_p_cot_top, **behaviour(b),
@@ -240,7 +329,7 @@ def run_direction(args: argparse.Namespace) -> Path:
         row = {"condition": name, "method": p.get("method"), "rank": p.get("rank"), "alpha": p.alpha,
                "dev_healthy_cot": p.healthy_cot}
         if name != "native key":
-            fitted = maps[name, p.method, int(p["rank"])]
+            fitted = bank(name, p.method, int(p["rank"]))
             per_seed = [first_token_metrics(reference, score_last_position(
                 target, cache, Steering(map_directions(random_like({layer: key.direction(layer) for layer in key.layers}, s),
                                                        fitted), alpha=p.alpha)))
@@ -256,18 +345,39 @@ def run_direction(args: argparse.Namespace) -> Path:
     pd.DataFrame(pick_rows).to_csv(out / "picks.csv", index=False)
     log("picks:", {k: (v.get("method"), v.get("rank"), v.alpha) for k, v in picks.items()})
 
-    # ---- 4. evaluation ----
+    return picks
+
+
+def _pick_config(pick: pd.Series | None) -> dict[str, Any] | None:
+    """What identifies a pick (from dev generation or from ``picks.csv``): method, rank, alpha."""
+    if pick is None:
+        return None
+    method, rank = pick.get("method"), pick.get("rank")
+    return {"method": None if pd.isna(method) else str(method), "rank": None if pd.isna(rank) else int(rank),
+            "alpha": float(pick["alpha"])}
+
+
+def evaluate(args: argparse.Namespace, out: Path, log: Any, pipe: Unlock, key: Any, native: Any,
+             held: list[Problem], picks: dict[str, pd.Series], bank: MapBank,
+             wanted: list[str] | None) -> dict[str, list[dict[str, Any]]]:
+    """Stage 4: each condition (all, or those ``wanted``) on the evaluation problems; a condition
+    finished for the same pick, decoding and problems is read back from its ``eval_*.jsonl``."""
+    tv = pipe.target_variant
+    target = tv.model
+    _, t_cot = pipe.protocol.formats(target.tokenizer)
+    decoding = pipe.protocol.decoding_for()
     dec = Decoding(max_new_tokens=args.max_new_tokens, stop_strings=tuple(decoding.stop_strings),
                    batch_size=args.batch_size, stop_loops=True)
     prompts = tv.prompts([p.question for p in held])
     cot_prompts = t_cot.render_all([p.question for p in held], target.tokenizer)
 
+    gen = functools.partial(_gen, pipe)
+
     def evaluated(name: str, make: Any) -> list[dict[str, Any]]:
-        """A finished condition is reused only when written for the same pick and decoding."""
-        path = out / f"eval_{name.replace(' ', '_').replace('+', '_')}.jsonl"
-        pick = picks.get("tokens+last" if name == "random-mapped" else name)
-        config = json.dumps({"pick": None if pick is None else {k: str(v) for k, v in pick.items()},
-                             "decoding": dec.to_dict(), "problems": [p.id for p in held]}, sort_keys=True)
+        path = eval_path(out, name)
+        pick = pick_for(picks, name)
+        config = json.dumps({"pick": _pick_config(pick), "decoding": dec.to_dict(),
+                             "problems": [p.id for p in held]}, sort_keys=True)
         meta = path.with_suffix(".config.json")
         if path.is_file() and meta.is_file() and meta.read_text() == config:
             return [json.loads(line) for line in path.read_text().splitlines()]
@@ -279,11 +389,11 @@ def run_direction(args: argparse.Namespace) -> Path:
 
     def steered_dirs(name: str) -> dict[int, torch.Tensor]:
         p = picks[name]
-        return map_directions(key, maps[name, p.method, int(p["rank"])])
+        return map_directions(key, bank(name, p.method, int(p["rank"])))
 
-    def random_rows() -> list[dict[str, Any]]:
-        p = picks["tokens+last"]
-        fitted = maps["tokens+last", p.method, int(p["rank"])]
+    def random_rows(kind: str) -> list[dict[str, Any]]:
+        p = picks[kind]
+        fitted = bank(kind, p.method, int(p["rank"]))
         rows: list[dict[str, Any]] = [{}] * len(held)
         for s in range(3):
             idx = list(range(s, len(held), 3))
@@ -294,23 +404,21 @@ def run_direction(args: argparse.Namespace) -> Path:
                 rows[i] = r
         return rows
 
-    results: dict[str, list[dict[str, Any]]] = {}
-    results["direct"] = evaluated("direct", lambda: gen(held, prompts, None, "direct", dec))
-    results["native key"] = evaluated("native key", lambda: gen(
-        held, prompts, Steering(native.directions, alpha=picks["native key"].alpha), "native-key", dec,
-        alpha=picks["native key"].alpha))
+    makers: dict[str, Any] = {
+        "direct": lambda: gen(held, prompts, None, "direct", dec),
+        "native key": lambda: gen(held, prompts, Steering(native.directions, alpha=picks["native key"].alpha),
+                                  "native-key", dec, alpha=picks["native key"].alpha)}
     for kind in args.kinds.split(","):
         if kind in picks:
-            results[kind] = evaluated(kind, lambda kind=kind: gen(
-                held, prompts, Steering(steered_dirs(kind), alpha=picks[kind].alpha), "steered", dec,
-                alpha=picks[kind].alpha))
-    if "tokens+last" in picks:
-        results["random-mapped"] = evaluated("random-mapped", random_rows)
-    results["cot-prompt"] = evaluated("cot-prompt", lambda: gen(held, cot_prompts, None, "cot-prompt", dec))
-
-    write_summary(out, results, picks, held, target.tokenizer, args, time.perf_counter() - t0)
-    log("done")
-    return out
+            makers[kind] = lambda kind=kind: gen(held, prompts, Steering(steered_dirs(kind), alpha=picks[kind].alpha),
+                                                 "steered", dec, alpha=picks[kind].alpha)
+    for kind in args.kinds.split(","):
+        if kind in picks:
+            makers[f"random-mapped {kind}"] = functools.partial(random_rows, kind)
+    makers["cot-prompt"] = lambda: gen(held, cot_prompts, None, "cot-prompt", dec)
+    if wanted is not None and (missing := [c for c in wanted if c not in makers]):
+        raise SystemExit(f"--conditions: {missing} has no dev pick in this direction")
+    return {name: evaluated(name, make) for name, make in makers.items() if wanted is None or name in wanted}
 
 
 def write_summary(out: Path, results: dict[str, list[dict[str, Any]]], picks: dict[str, Any],
@@ -325,11 +433,19 @@ def write_summary(out: Path, results: dict[str, list[dict[str, Any]]], picks: di
         for ds in (*DATASETS, "all"):
             sub = [r for r, p in zip(rs, held, strict=True) if ds in ("all", p.dataset)]
             b = behaviour(sub)
-            k = sum(bool(r["correct"]) for r in sub)
-            lo, hi = wilson_interval(k, len(sub))
-            pick = picks.get("tokens+last" if name == "random-mapped" else name)
+            lo, hi = wilson_interval(sum(bool(r["correct"]) for r in sub), len(sub))
+            healthy = [r for r in sub if degenerate(r["output"]) is None]
+            c_lo, c_hi = (wilson_interval(sum(bool(r["cot_format"]) for r in healthy), len(healthy))
+                          if healthy else (math.nan, math.nan))
+            m_lo, m_hi = (wilson_interval(sum(arithmetic_steps(r["output"]) >= 2 for r in healthy), len(healthy))
+                          if healthy else (math.nan, math.nan))
+            pick = pick_for(picks, name)
             row = {"condition": name, "dataset": ds, "alpha": None if pick is None else pick["alpha"],
-                   **b, "acc_lo": lo, "acc_hi": hi}
+                   **b, "sequence_word_rate_non_degenerate": (
+                       sum(bool(SEQUENCE_WORDS.search(r["output"])) for r in healthy) / len(healthy)
+                       if healthy else math.nan),
+                   "acc_lo": lo, "acc_hi": hi, "cot_lo": c_lo, "cot_hi": c_hi,
+                   "multi_step_lo": m_lo, "multi_step_hi": m_hi}
             if ds == "all" and name not in ("native key", "direct", "cot-prompt") and changed:
                 fid = transfer_fidelity([rs[i]["output"] for i in changed], [native_out[i] for i in changed],
                                         tokenizer)
@@ -337,7 +453,7 @@ def write_summary(out: Path, results: dict[str, list[dict[str, Any]]], picks: di
             summary.append(row)
         samples[name] = [r["output"][:200] for r in rs[:4]]
     pd.DataFrame(summary).to_csv(out / "summary.csv", index=False)
-    run = {k: v for k, v in vars(args).items() if k not in ("out", "md", "report", "summarize")}
+    run = {k: v for k, v in vars(args).items() if k not in ("out", "md", "report", "summarize", "reuse_dev", "conditions")}
     argv = [a for a in sys.argv[1:] if a != "--summarize"]  # the command that runs the whole direction
     run |= {"command": " ".join(["python -m analysis.real_pair_data", *map(shlex.quote, argv)]),
             "wall_s": None if math.isnan(wall_s) else round(wall_s), "native_changed": len(changed) / len(held),
@@ -352,9 +468,8 @@ def summarize_finished(args: argparse.Namespace) -> Path:
     out = args.out / f"{Path(args.source).name}_to_{Path(args.target).name}"
     picks = {r["condition"]: r for _, r in pd.read_csv(out / "picks.csv").iterrows()}
     results = {}
-    for name in ("direct", "native key", *args.kinds.split(","), "random-mapped", "cot-prompt"):
-        path = out / f"eval_{name.replace(' ', '_').replace('+', '_')}.jsonl"
-        if path.is_file():
+    for name in all_conditions(args):
+        if (path := eval_path(out, name)).is_file():
             results[name] = [json.loads(line) for line in path.read_text().splitlines()]
     pool = [p.question for p in load_dataset("gsm8k", "train")]
     _, held = problem_sets(args, pool[:0])
@@ -432,11 +547,16 @@ def direction_section(run_dir: Path) -> str:
                      f"{_f(r.p_cot_top)} | {rndp} |")
     lines += ["", f"**Evaluation** ({run['n_eval']} SVAMP + {run['n_eval']} MultiArith; fidelity on the "
               f"{run['native_changed']:.0%} of problems whose output the native key changed):", "",
-              "| condition | set | α | accuracy [95% CI] | degenerate | CoT among non-degenerate | mean tokens | identical to native | token agreement |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| condition | set | α | accuracy [95% CI] | degenerate | CoT among non-degenerate [95% CI] | "
+              "≥ 2 arithmetic steps among non-degenerate [95% CI] | sequence words (post hoc) | mean tokens | "
+              "identical to native | token agreement |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in s.iterrows():
         lines.append(f"| {r.condition} | {r.dataset} | {_f(r.alpha, 'g')} | {r.accuracy:.1%} [{r.acc_lo:.1%}, {r.acc_hi:.1%}] | "
-                     f"{_f(r.degenerate_rate)} | {_f(r.cot_rate_non_degenerate)} | {_f(r.mean_tokens, '.1f')} | "
+                     f"{_f(r.degenerate_rate)} | {_f(r.cot_rate_non_degenerate)} [{_f(r.cot_lo)}, {_f(r.cot_hi)}] | "
+                     f"{_f(r.multi_step_rate_non_degenerate)} [{_f(r.multi_step_lo)}, {_f(r.multi_step_hi)}] | "
+                     f"{_f(r.sequence_word_rate_non_degenerate)} | "
+                     f"{_f(r.mean_tokens, '.1f')} | "
                      f"{_f(r.get('identical_to_native'))} | {_f(r.get('token_agreement'))} |")
     lines += ["", "First outputs per condition (the same evaluation problems):", ""]
     for name, outs in run["samples"].items():

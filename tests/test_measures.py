@@ -7,7 +7,7 @@ import pytest
 
 from unlock_lens.diagnostics.fidelity import token_agreement, transfer_fidelity
 from unlock_lens.errors import UnlockLensError
-from unlock_lens.evaluate.results import behaviour, degenerate
+from unlock_lens.evaluate.results import arithmetic_steps, behaviour, degenerate
 from unlock_lens.random_models import build_tokenizer
 
 
@@ -21,16 +21,26 @@ def test_degenerate(text, why):
     assert degenerate(text) == why
 
 
+@pytest.mark.parametrize(("text", "steps"), [
+    ("3 + 5 = 8", 1), ("48/2 = 24 clips, then 48 + 24 = 72.", 2), ("<<48/2=24>> <<48+24=72>>", 2),
+    ("She has 8 apples and 2 more. The answer is 10.", 0), ("2023-11-30 = today", 0), ("5 x 3 =", 0),
+])
+def test_arithmetic_steps(text, steps):
+    assert arithmetic_steps(text) == steps
+
+
 def test_behaviour_separates_cot_from_degenerate_outputs():
     rows = [
         {"output": "3 + 5 = 8. The final answer is 8.", "cot_format": True, "correct": True, "n_tokens": 12},
+        {"output": "3 + 5 = 8, and 8 x 2 = 16.\nThe final answer is 16.", "cot_format": True, "correct": True,
+         "n_tokens": 20},
         {"output": "\n", "cot_format": False, "correct": False, "n_tokens": 1},
         {"output": "\n", "cot_format": False, "correct": False, "n_tokens": 1},
         {"output": "The final answer is 9.", "cot_format": False, "correct": False, "n_tokens": 6},
     ]
     b = behaviour(rows)
-    assert b == {"n": 4, "degenerate_rate": 0.5, "cot_rate_non_degenerate": 0.5, "mean_tokens": 5.0,
-                 "accuracy": 0.25}
+    assert b == {"n": 5, "degenerate_rate": 0.4, "cot_rate_non_degenerate": pytest.approx(2 / 3),
+                 "multi_step_rate_non_degenerate": pytest.approx(1 / 3), "mean_tokens": 8.0, "accuracy": 0.4}
     with pytest.raises(UnlockLensError, match="no rows"):
         behaviour([])
 

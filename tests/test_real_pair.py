@@ -159,12 +159,24 @@ def test_real_pair_data_script_end_to_end(tmp_path):
         top = rows.sort_values(["healthy_cot", "alpha"], ascending=[False, True]).iloc[0]
         assert picks.loc[name, "alpha"] == top.alpha
     summary = pd.read_csv(out / "summary.csv")
-    assert set(summary.condition) == {"direct", "native key", "last", "tokens+last", "random-mapped", "cot-prompt"}
+    assert set(summary.condition) == {"direct", "native key", "last", "tokens+last", "random-mapped last",
+                                      "random-mapped tokens+last", "cot-prompt"}
     assert (summary[summary.dataset == "all"].n == 6).all() and (summary[summary.dataset != "all"].n == 3).all()
     assert ((summary.accuracy * summary.n).round(9) % 1 == 0).all() and (summary.mean_tokens <= 8).all()
     # the summary rebuilt from the finished conditions alone is the same table
     real_pair_data.main([*argv, "--summarize"])
     pd.testing.assert_frame_equal(pd.read_csv(out / "summary.csv"), summary)
+    # chosen conditions from the picks on disk (maps refitted from picks.csv) give the same outputs
+    redo = ("eval_last.jsonl", "eval_random-mapped_tokens_last.jsonl")
+    before = {name: (out / name).read_text() for name in redo}
+    grid_written = (out / "grid.csv").stat().st_mtime_ns
+    for name in redo:
+        (out / name).unlink()
+    real_pair_data.main([*argv, "--reuse-dev", "--conditions", "last,random-mapped tokens+last"])
+    assert {name: (out / name).read_text() for name in redo} == before
+    assert (out / "grid.csv").stat().st_mtime_ns == grid_written  # the dev stage did not run again
+    with pytest.raises(SystemExit, match="unknown \\['tokens'\\]"):
+        real_pair_data.main([*argv, "--reuse-dev", "--conditions", "tokens"])
     text = real_pair_data.report(real_pair_data.parse_args(["--out", str(tmp_path), "--md", str(tmp_path / "dk.md")])
                                  ).read_text()
     assert "gemma-3-270m → smollm2-135m-instruct" in text and "**Evaluation**" in text

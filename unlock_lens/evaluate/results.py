@@ -74,6 +74,18 @@ def shows_working(text: str) -> bool:
     return len(steps) >= 2
 
 
+def arithmetic_steps(text: str) -> int:
+    """How many arithmetic steps ``a op b = c`` an output writes (anywhere in it).
+
+    Stricter than :func:`shows_working`, which also counts two sentences of prose: an output
+    with two or more steps has worked in writing, whatever its wording.
+
+    >>> arithmetic_steps("3 + 5 = 8, then 8 * 2 = 16. The answer is 16."), arithmetic_steps("It is 16.")
+    (2, 0)
+    """
+    return len(_EQUATION_RE.findall(text))
+
+
 def degenerate(text: str, *, max_period: int = 64, min_span: int = 96) -> str | None:
     """Why an output is degenerate, or None: ``"empty"``, ``"whitespace"`` (blank or newlines
     only) or ``"loop"`` (its last ``max(2p, min_span)`` characters repeat one block of
@@ -95,8 +107,9 @@ def degenerate(text: str, *, max_period: int = 64, min_span: int = 96) -> str | 
 
 def behaviour(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Generation-level measures of one condition's rows (``evaluate`` rows: output, correct,
-    cot_format, n_tokens): the CoT-format rate among non-degenerate outputs, the degenerate
-    rate beside it, mean length in tokens, and accuracy."""
+    cot_format, n_tokens): the CoT-format rate among non-degenerate outputs, the stricter
+    multi-step rate among them (two or more :func:`arithmetic_steps`), the degenerate rate beside
+    them, mean length in tokens, and accuracy."""
     if not rows:
         raise UnlockLensError("no rows to summarise: pass a condition's evaluation rows")
     healthy = [r for r in rows if degenerate(r["output"]) is None]
@@ -105,6 +118,8 @@ def behaviour(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         "degenerate_rate": 1.0 - len(healthy) / len(rows),
         "cot_rate_non_degenerate": (sum(bool(r["cot_format"]) for r in healthy) / len(healthy)
                                     if healthy else float("nan")),
+        "multi_step_rate_non_degenerate": (sum(arithmetic_steps(r["output"]) >= 2 for r in healthy) / len(healthy)
+                                           if healthy else float("nan")),
         "mean_tokens": sum(r["n_tokens"] for r in rows) / len(rows),
         "accuracy": sum(bool(r["correct"]) for r in rows) / len(rows),
     }
