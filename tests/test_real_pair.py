@@ -177,6 +177,16 @@ def test_real_pair_data_script_end_to_end(tmp_path):
     assert (out / "grid.csv").stat().st_mtime_ns == grid_written  # the dev stage did not run again
     with pytest.raises(SystemExit, match="unknown \\['tokens'\\]"):
         real_pair_data.main([*argv, "--reuse-dev", "--conditions", "tokens"])
+    # the confirmation on fresh problems reads the same picks and run settings
+    from analysis import confirm_signature
+    md = confirm_signature.main(["--source", "gemma-3-270m", "--target", "smollm2-135m-instruct", "--n", "6",
+                                 "--max-new-tokens", "4", "--runs", str(tmp_path), "--md", str(tmp_path / "sig.md")])
+    rows = [line for line in md.read_text().splitlines() if line.startswith("| ") and "[" in line]
+    pick = picks.loc["tokens+last"]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| direct", f"| native key (α {picks.loc['native key', 'alpha']:g})", f"| tokens+last key (α {pick.alpha:g})",
+        f"| random-mapped tokens+last (α {pick.alpha:g})"]
+    assert f"{pick.method} rank {int(pick['rank'])}" in md.read_text() and "the hypothesis **" in md.read_text()
     text = real_pair_data.report(real_pair_data.parse_args(["--out", str(tmp_path), "--md", str(tmp_path / "dk.md")])
                                  ).read_text()
     assert "gemma-3-270m → smollm2-135m-instruct" in text and "**Evaluation**" in text
