@@ -27,7 +27,9 @@ Files in ``--out/<source>_to_<target>/``: ``run.json`` (args, hashes, wall time,
 / ``dev_sanity.csv`` (proxy tables), ``key_cosines.csv``, ``pack.safetensors``,
 ``eval_<set>_<part>.jsonl`` (+ meta; a finished part is reused on re-run),
 ``summary_<set>.csv`` and ``section.md``. ``--report`` joins the sections into
-``analysis/results/real_pair.md`` (after ``--out/reading.md``, the interpretation, if present)
+``analysis/results/real_pair.md`` (after ``--out/reading.md``, the interpretation, then
+``data_kinds.md`` and ``signature.md`` from ``analysis.real_pair_data`` and
+``analysis.confirm_signature``, each if present)
 and draws each run's ``rank_sweep_kl`` figure (HTML; PNG when static export works).
 """
 
@@ -411,6 +413,10 @@ def report(out: Path, path: Path, png: bool | None = None) -> Path:
     by_data = out / "data_kinds.md"  # analysis.real_pair_data --report
     if by_data.is_file():
         parts.append(by_data.read_text())
+    signature = out / "signature.md"  # analysis.confirm_signature
+    if signature.is_file():
+        parts.append(signature.read_text())
+    if by_data.is_file():
         parts.append("## The first runs: the paper's alignment data (`last`), α from the paper's grid\n")
     for run_dir in runs:
         parts.append((run_dir / "section.md").read_text())
