@@ -27,10 +27,9 @@ import pandas as pd
 import torch
 
 from analysis import load_any
-from analysis.real_pair_data import SEQUENCE_WORDS, MapBank, _gen
+from analysis.real_pair_data import SEQUENCE_WORDS, MapBank, generate_rows, random_mapped_rows
 from unlock_lens import Steering, Unlock
 from unlock_lens.align.layers import LayerPairing, map_directions
-from unlock_lens.controls import random_like
 from unlock_lens.evaluate import load_dataset
 from unlock_lens.evaluate.datasets import Problem
 from unlock_lens.evaluate.results import degenerate
@@ -76,23 +75,14 @@ def main(argv: list[str] | None = None) -> Path:
                    batch_size=16, stop_loops=True)
     alpha, native_alpha = float(pick.alpha), float(picks["native key"].alpha)
 
-    def random_rows() -> list[dict]:
-        rows: list[dict] = [{}] * len(problems)
-        for s in range(3):
-            idx = list(range(s, len(problems), 3))
-            rnd = map_directions(random_like({layer: key.direction(layer) for layer in key.layers}, s), fitted)
-            for i, r in zip(idx, _gen(pipe, [problems[i] for i in idx], [prompts[i] for i in idx],
-                                      Steering(rnd, alpha=alpha), "random", dec), strict=True):
-                rows[i] = r
-        return rows
-
+    steered = Steering(map_directions(key, fitted), alpha=alpha)
     results = {
-        "direct": _gen(pipe, problems, prompts, None, "direct", dec),
-        f"native key (α {native_alpha:g})": _gen(pipe, problems, prompts,
-                                                 Steering(native.directions, alpha=native_alpha), "native", dec),
-        f"{args.kind} key (α {alpha:g})": _gen(pipe, problems, prompts,
-                                               Steering(map_directions(key, fitted), alpha=alpha), "steered", dec),
-        f"random-mapped {args.kind} (α {alpha:g})": random_rows(),
+        "direct": generate_rows(pipe, problems, prompts, None, "direct", dec),
+        f"native key (α {native_alpha:g})": generate_rows(
+            pipe, problems, prompts, Steering(native.directions, alpha=native_alpha), "native", dec),
+        f"{args.kind} key (α {alpha:g})": generate_rows(pipe, problems, prompts, steered, "steered", dec),
+        f"random-mapped {args.kind} (α {alpha:g})": random_mapped_rows(
+            pipe, key, fitted, problems, prompts, alpha, dec),
     }
     has_word = {name: [bool(SEQUENCE_WORDS.search(r["output"])) for r in rows] for name, rows in results.items()}
     lines = [f"## Confirmation on fresh problems: the sequence-word signature ({args.source} → {args.target})", "",

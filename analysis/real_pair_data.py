@@ -33,9 +33,8 @@ One direction per run (all method logic is library calls; this script wires them
    reported, not used for selection), the share that use a sequence word (first / then /
    next / step; added post hoc, after reading the outputs), mean length, and transfer
    fidelity against the native key's outputs. Conditions run in that order and each finished
-   one is kept
-   (``eval_<condition>.jsonl``), so a re-run resumes; ``--reuse-dev --conditions ...`` runs
-   chosen conditions from the dev picks already made (e.g. one process each), and
+   one is kept (``eval_<condition>.jsonl``), so a re-run resumes; ``--reuse-dev --conditions
+   ...`` runs chosen conditions from the dev picks already made (e.g. one process each), and
    ``--summarize`` joins them.
 
 Files in ``--out/<source>_to_<target>/``: ``run.json``, ``grid.csv``, ``cosine_to_native.csv``,
@@ -247,11 +246,27 @@ def conditions(args: argparse.Namespace) -> list[str] | None:
     return wanted
 
 
-def _gen(pipe: Unlock, problems: list[Problem], prompts: list[str], steering: Steering | None, condition: str,
-         dec: Decoding, **extra: Any) -> list[dict[str, Any]]:
+def generate_rows(pipe: Unlock, problems: list[Problem], prompts: list[str], steering: Steering | None,
+                  condition: str, dec: Decoding, **extra: Any) -> list[dict[str, Any]]:
+    """Evaluation rows of the pipe's target on ``prompts``, decoded as ``dec`` says."""
     tv = pipe.target_variant
     return run_condition(tv.model, problems, prompts, condition=condition, steering=steering, decoding=dec,
                          special_tokens=tv.special_tokens, **extra)
+
+
+def random_mapped_rows(pipe: Unlock, key: Any, fitted: Any, problems: list[Problem], prompts: list[str],
+                       alpha: float, dec: Decoding, seeds: int = 3) -> list[dict[str, Any]]:
+    """The random-mapped control: random source directions of the key's per-layer norms
+    (seed s on every ``seeds``-th problem from s) carried through the maps ``fitted``."""
+    rows: list[dict[str, Any]] = [{}] * len(problems)
+    for s in range(seeds):
+        idx = list(range(s, len(problems), seeds))
+        rnd = map_directions(random_like({layer: key.direction(layer) for layer in key.layers}, s), fitted)
+        part = generate_rows(pipe, [problems[i] for i in idx], [prompts[i] for i in idx], Steering(rnd, alpha=alpha),
+                    "random", dec, alpha=alpha, seed=s)
+        for i, r in zip(idx, part, strict=True):
+            rows[i] = r
+    return rows
 
 
 def select_on_dev(args: argparse.Namespace, out: Path, log: Any, pipe: Unlock, key: Any, native: Any,
@@ -299,7 +314,7 @@ def select_on_dev(args: argparse.Namespace, out: Path, log: Any, pipe: Unlock, k
                             batch_size=args.batch_size, stop_loops=True)
     dev_prompts = tv.prompts(dev_qs)
 
-    gen = functools.partial(_gen, pipe)
+    gen = functools.partial(generate_rows, pipe)
 
     candidates = prune(grid, unsteered["p_cot_top"])
     dev_rows = [{"condition": "direct", "kind": "-", "alpha": 0.0,
@@ -371,7 +386,7 @@ def evaluate(args: argparse.Namespace, out: Path, log: Any, pipe: Unlock, key: A
     prompts = tv.prompts([p.question for p in held])
     cot_prompts = t_cot.render_all([p.question for p in held], target.tokenizer)
 
-    gen = functools.partial(_gen, pipe)
+    gen = functools.partial(generate_rows, pipe)
 
     def evaluated(name: str, make: Any) -> list[dict[str, Any]]:
         path = eval_path(out, name)
@@ -393,16 +408,7 @@ def evaluate(args: argparse.Namespace, out: Path, log: Any, pipe: Unlock, key: A
 
     def random_rows(kind: str) -> list[dict[str, Any]]:
         p = picks[kind]
-        fitted = bank(kind, p.method, int(p["rank"]))
-        rows: list[dict[str, Any]] = [{}] * len(held)
-        for s in range(3):
-            idx = list(range(s, len(held), 3))
-            rnd = map_directions(random_like({layer: key.direction(layer) for layer in key.layers}, s), fitted)
-            part = gen([held[i] for i in idx], [prompts[i] for i in idx], Steering(rnd, alpha=p.alpha), "random", dec,
-                       alpha=p.alpha, seed=s)
-            for i, r in zip(idx, part, strict=True):
-                rows[i] = r
-        return rows
+        return random_mapped_rows(pipe, key, bank(kind, p.method, int(p["rank"])), held, prompts, p.alpha, dec)
 
     makers: dict[str, Any] = {
         "direct": lambda: gen(held, prompts, None, "direct", dec),

@@ -181,7 +181,7 @@ def test_real_pair_data_script_end_to_end(tmp_path):
     from analysis import confirm_signature
     md = confirm_signature.main(["--source", "gemma-3-270m", "--target", "smollm2-135m-instruct", "--n", "6",
                                  "--max-new-tokens", "4", "--runs", str(tmp_path), "--md", str(tmp_path / "sig.md")])
-    rows = [line for line in md.read_text().splitlines() if line.startswith("| ") and "[" in line]
+    rows = [line for line in md.read_text().splitlines() if line.startswith("| ") and not line.startswith("| condition")]
     pick = picks.loc["tokens+last"]
     assert [r.split(" | ")[0] for r in rows] == [
         "| direct", f"| native key (α {picks.loc['native key', 'alpha']:g})", f"| tokens+last key (α {pick.alpha:g})",
