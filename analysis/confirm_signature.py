@@ -54,7 +54,12 @@ def main(argv: list[str] | None = None) -> Path:
     t0 = time.perf_counter()
 
     run_dir = args.runs / f"{Path(args.source).name}_to_{Path(args.target).name}"
+    if not (run_dir / "picks.csv").is_file() or not (run_dir / "run.json").is_file():
+        raise SystemExit(f"{run_dir}: no picks.csv / run.json; run `python -m analysis.real_pair_data --source "
+                         f"{args.source} --target {args.target}` first (the confirmation reuses its dev picks)")
     picks = {str(r["condition"]): r for _, r in pd.read_csv(run_dir / "picks.csv").iterrows()}
+    if args.kind not in picks or "native key" not in picks:
+        raise SystemExit(f"{run_dir / 'picks.csv'} has no pick for {args.kind!r} (picks: {', '.join(picks)})")
     run = pd.read_json(run_dir / "run.json", typ="series")
     source, target = load_any(args.source), load_any(args.target)
     pipe = Unlock(source, target, protocol="library")
