@@ -26,8 +26,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from analysis import load_any
-from analysis.real_pair_data import SEQUENCE_WORDS, MapBank, generate_rows, random_mapped_rows
+from analysis import MapBank, load_any
+from analysis.real_pair_data import SEQUENCE_WORDS, generate_rows, random_mapped_rows
 from unlock_lens import Steering, Unlock
 from unlock_lens.align.layers import LayerPairing, map_directions
 from unlock_lens.evaluate import load_dataset
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> Path:
                     for i, q in enumerate(key_qs + align_qs)], problems, "key/align questions and ASDiv")
     key = pipe.extract(key_qs)
     native = Unlock(target, target, protocol="library").extract(key_qs)
-    bank = MapBank(pipe, align_qs, LayerPairing.by_depth(key.source.n_layers, int(target.cfg.n_layers)),
-                   int(run["max_pairs"]))
+    bank = MapBank(pipe.locked, pipe.target_variant, align_qs,
+                   LayerPairing.by_depth(key.source.n_layers, int(target.cfg.n_layers)), int(run["max_pairs"]))
     pick = picks[args.kind]
     fitted = bank(args.kind, pick.method, int(pick["rank"]))
     tv = pipe.target_variant

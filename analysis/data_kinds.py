@@ -41,18 +41,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from analysis import load_any
+from analysis import MapBank, load_any
 from analysis.protocol_diff import METRICS, first_token_metrics, interval
 from unlock_lens import Steering, Unlock, generate, load_dataset
-from unlock_lens.activations import capture_pair
-from unlock_lens.align.layers import (
-    AlignSpec,
-    LayerPairing,
-    fit_layer_maps,
-    fit_layer_maps_from_stats,
-    map_directions,
-)
-from unlock_lens.alignment_data import alignment_stats
+from unlock_lens.align.layers import LayerPairing, map_directions
 from unlock_lens.controls import random_like
 from unlock_lens.diagnostics.cached_scoring import prefix_cache, score_last_position
 from unlock_lens.diagnostics.fidelity import transfer_fidelity
@@ -128,21 +120,14 @@ def run_direction(args: argparse.Namespace) -> Path:
         rows.append({"kind": "-", "condition": "native key", "rank": 0, "alpha": a,
                      **first_token_metrics(reference, native_logits[a])})
     packs, cos_rows = {}, []
-    pairing = LayerPairing.by_depth(key.source.n_layers, int(target.cfg.n_layers))
+    bank = MapBank(pipe.locked, tv, align_qs, LayerPairing.by_depth(key.source.n_layers, int(target.cfg.n_layers)),
+                   args.max_pairs, progress=True)
     for kind in tqdm(args.kinds.split(","), desc="data kinds"):
-        # one capture per kind; every rank is fitted from it
-        if kind == "last":
-            captured = capture_pair(pipe.locked, tv, align_qs, pairing.source_layers, pairing.target_layers)
-        else:
-            captured = alignment_stats(pipe.locked, tv, align_qs, pairing, data=kind,
-                                       max_pairs=args.max_pairs, progress=True)
         n_fit = args.n_align if kind == "last" else args.max_pairs
         for rank in ranks:
             if rank > min(n_fit, key.directions.shape[-1], int(target.cfg.d_model)):
                 continue
-            spec = AlignSpec("svd", rank)
-            maps = (fit_layer_maps(*captured, pairing, spec) if kind == "last"
-                    else fit_layer_maps_from_stats(captured, pairing, spec))
+            maps = bank(kind, "svd", rank)  # one capture per kind; every rank is fitted from it
             packs[kind, rank] = maps
             dirs = map_directions(key, maps)
             cos_rows += [{"kind": kind, "rank": rank, "target_layer": t, "cosine_to_native": c}

@@ -58,20 +58,12 @@ from typing import Any
 import pandas as pd
 import torch
 
-from analysis import load_any
+from analysis import MapBank, load_any
 from analysis.data_kinds import cosines
 from analysis.protocol_diff import METRICS, first_token_metrics, interval
 from analysis.real_pair import EVAL_PARTS  # the same dev / eval problems as the first runs
 from unlock_lens import Steering, Unlock
-from unlock_lens.activations import capture_pair
-from unlock_lens.align.layers import (
-    AlignSpec,
-    LayerPairing,
-    fit_layer_maps,
-    fit_layer_maps_from_stats,
-    map_directions,
-)
-from unlock_lens.alignment_data import alignment_stats
+from unlock_lens.align.layers import LayerPairing, map_directions
 from unlock_lens.controls import random_like
 from unlock_lens.diagnostics.cached_scoring import prefix_cache, score_last_position
 from unlock_lens.diagnostics.fidelity import transfer_fidelity
@@ -155,36 +147,6 @@ def prune(grid: pd.DataFrame, unsteered_p_cot_top: float) -> pd.DataFrame:
     return ordered.groupby(["kind", "alpha"], sort=False).head(1)
 
 
-class MapBank:
-    """The layer maps of each (data kind, method, rank), fitted on first use; each kind's
-    alignment data is captured once (``last``: dense rows; otherwise streamed statistics)."""
-
-    def __init__(self, pipe: Unlock, align_qs: list[str], pairing: LayerPairing, max_pairs: int) -> None:
-        self.pipe, self.align_qs, self.pairing, self.max_pairs = pipe, align_qs, pairing, max_pairs
-        self.captured: dict[str, Any] = {}
-        self.maps: dict[tuple[str, str, int], Any] = {}
-
-    def data(self, kind: str) -> Any:
-        if kind not in self.captured:
-            p, tv = self.pairing, self.pipe.target_variant
-            self.captured[kind] = (
-                capture_pair(self.pipe.locked, tv, self.align_qs, p.source_layers, p.target_layers) if kind == "last"
-                else alignment_stats(self.pipe.locked, tv, self.align_qs, p, data=kind, max_pairs=self.max_pairs))
-        return self.captured[kind]
-
-    def n_fit(self, kind: str) -> int:
-        """How many pairs the kind's maps are fitted on (bounds the rank)."""
-        data = self.data(kind)
-        return len(self.align_qs) if kind == "last" else min(s.n for s in data.values())
-
-    def __call__(self, kind: str, method: str, rank: int) -> Any:
-        if (kind, method, rank) not in self.maps:
-            spec, data = AlignSpec(method, rank), self.data(kind)
-            self.maps[kind, method, rank] = (fit_layer_maps(*data, self.pairing, spec) if kind == "last"
-                                             else fit_layer_maps_from_stats(data, self.pairing, spec))
-        return self.maps[kind, method, rank]
-
-
 def run_direction(args: argparse.Namespace) -> Path:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -202,8 +164,8 @@ def run_direction(args: argparse.Namespace) -> Path:
     dev, held = problem_sets(args, key_qs + align_qs)
     key = pipe.extract(key_qs)
     native = Unlock(target, target, protocol="library").extract(key_qs)
-    bank = MapBank(pipe, align_qs, LayerPairing.by_depth(key.source.n_layers, int(target.cfg.n_layers)),
-                   args.max_pairs)
+    bank = MapBank(pipe.locked, pipe.target_variant, align_qs,
+                   LayerPairing.by_depth(key.source.n_layers, int(target.cfg.n_layers)), args.max_pairs)
     log("key and native key ready")
     if args.reuse_dev:
         if not (out / "picks.csv").is_file():
