@@ -19,6 +19,7 @@ from unlock_lens.diagnostics.fidelity import (
     greedy_reference,
     half_split_direction,
     likelihood_fidelity,
+    verdict,
 )
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.steer import Steering
@@ -166,3 +167,22 @@ def test_hard_pair_and_random_map_are_not_significant(calibration):
 def test_planted_rotation_recovers_the_native_key(calibration):
     row = calibration["planted"]["transferred"]
     assert row["F"] >= 0.95 and row["rank"] == 1
+
+
+def test_verdict_states_the_rank_p_and_decision():
+    ref = Reference("native", ("a", "b"), ((1, 2), (3,)))
+    nulls = {f"n{i}": torch.tensor([-4.0 + 0.1 * i, -2.0]) for i in range(30)}  # gains 0 .. 2.9
+    ll = {"unsteered": torch.tensor([-4.0, -2.0]), "native": torch.tensor([-1.0, -1.0]),
+          "transferred": torch.tensor([-1.5, -2.0]), **nulls}       # mean gain 1.25: above nulls 0..24
+    kind = {"unsteered": "unsteered", "native": "native", "transferred": "candidate",
+            **{k: "null" for k in nulls}}
+    kl = {k: torch.tensor([1.0, 1.0]) + (0.01 * int(k[1:]) if k.startswith("n") and k[1:].isdigit() else 0)
+          for k in ll}
+    kl["transferred"] = torch.tensor([0.0, 0.0])                     # closer than all 30
+    summary = FidelityReport(ref, ll, kind, kl).summary(n_boot=100)
+    text = verdict(summary, alpha=0.05)
+    assert "F = 0.62" in text and "above 25 of 30" in text and "p = 0.194" in text  # 6 of 31: nulls 25..29 and the key
+    assert "closer than 30 of 30 (p = 0.032)" in text
+    assert text.endswith("Verdict: not distinguishable from the null directions (rule: p <= 0.05 on F).")
+    ll["transferred"] = torch.tensor([-0.5, -2.0])                   # gain 3.5: above every null
+    assert "beyond the null directions" in verdict(FidelityReport(ref, ll, kind, kl).summary(n_boot=100), alpha=0.05)

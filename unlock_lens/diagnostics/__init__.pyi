@@ -40,6 +40,7 @@ from .fidelity import (
     random_mapped_nulls as random_mapped_nulls,
     token_agreement as token_agreement,
     transfer_fidelity as transfer_fidelity,
+    verdict as verdict,
 )
 from .sharpening import (
     first_token_frequencies as first_token_frequencies,
@@ -73,6 +74,7 @@ from .similarity import (
 )
 
 __all__ = [
+    "verdict",
     "score_continuations",
     "random_mapped_nulls",
     "pack_fidelity",

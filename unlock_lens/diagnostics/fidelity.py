@@ -24,7 +24,7 @@ key's effect. Two measures:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from unlock_lens.activations import final_logits
 from unlock_lens.align.layers import map_directions
 from unlock_lens.controls import random_like
 from unlock_lens.diagnostics.cached_scoring import (
@@ -40,6 +41,7 @@ from unlock_lens.diagnostics.cached_scoring import (
     prefix_cache,
     score_continuations,
 )
+from unlock_lens.distributions import kl_divergence
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.generation import generate
 from unlock_lens.prompts import SpecialTokens
@@ -91,6 +93,7 @@ class Reference:
     prompts: tuple[str, ...]
     tokens: tuple[tuple[int, ...], ...]
     texts: tuple[str, ...] = ()
+    indices: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.prompts) != len(self.tokens) or not self.prompts:
@@ -128,12 +131,12 @@ def greedy_reference(
                               "scored prompts: pass one per prompt")
     gens = generate(model, sources, steering=steering, max_new_tokens=max_new_tokens,
                     stop_strings=stop_strings, batch_size=batch_size, special_tokens=special_tokens)
-    kept = [(p, g) for p, g in zip(prompts, gens, strict=True) if g.tokens]
+    kept = [i for i, g in enumerate(gens) if g.tokens]
     if not kept:
         raise UnlockLensError(f"every {name!r} continuation is empty: nothing to score (raise "
                               "max_new_tokens or check the stop strings)")
-    return Reference(name, tuple(p for p, _ in kept), tuple(g.tokens for _, g in kept),
-                     tuple(g.text for _, g in kept))
+    return Reference(name, tuple(prompts[i] for i in kept), tuple(gens[i].tokens for i in kept),
+                     tuple(gens[i].text for i in kept), tuple(kept))
 
 
 def random_mapped_nulls(key: Any, maps: Mapping[int, Any], n: int, *, seed: int = 0) -> list[dict[int, Tensor]]:
@@ -205,6 +208,7 @@ class FidelityReport:
     reference: Reference
     loglik: dict[str, Tensor]
     kind: dict[str, str]
+    first_token_kl: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def nulls(self) -> list[str]:
@@ -216,7 +220,9 @@ class FidelityReport:
 
     def summary(self, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> Any:
         """One row per condition (nulls summarised by quantiles): gain per token, pooled F with
-        a paired-bootstrap interval over problems, and the rank / p among the null directions."""
+        a paired-bootstrap interval over problems, and the rank / p among the null directions;
+        with a first-token reference also the mean first-token KL to it and its rank / p among
+        the nulls (lower is closer)."""
         import pandas as pd
 
         native = self.gain("native")
@@ -230,13 +236,22 @@ class FidelityReport:
             g = self.gain(name)
             lo, hi = bootstrap_ratio(g, native, n_boot=n_boot, seed=seed, confidence=confidence)
             rank, p = direction_rank(float(g.mean()), null_stats) if null_stats else (0, float("nan"))
-            rows.append({"reference": self.reference.name, "condition": name, "kind": kind,
-                         "gain_per_token": float(g.sum()) / tokens, "F": fidelity_ratio(g, native),
-                         "F_lo": lo, "F_hi": hi, "rank": rank, "n_nulls": len(null_stats), "p": p})
+            row = {"reference": self.reference.name, "condition": name, "kind": kind,
+                   "gain_per_token": float(g.sum()) / tokens, "F": fidelity_ratio(g, native),
+                   "F_lo": lo, "F_hi": hi, "rank": rank, "n_nulls": len(null_stats), "p": p}
+            if self.first_token_kl:
+                kl = float(self.first_token_kl[name].mean())
+                null_kl = [-float(self.first_token_kl[c].mean()) for c in self.nulls]
+                kl_rank, kl_p = direction_rank(-kl, null_kl) if null_kl else (0, float("nan"))
+                row.update({"first_token_kl": kl, "kl_rank": kl_rank, "kl_p": kl_p})
+            rows.append(row)
         if len(null_f):
+            null_kl = np.array([float(self.first_token_kl[c].mean()) for c in self.nulls]
+                               if self.first_token_kl else [np.nan])
             for q in (0.5, 0.95, 1.0):
                 rows.append({"reference": self.reference.name, "condition": f"nulls q{q:g}",
                              "kind": "null", "F": float(np.quantile(null_f, q)),
+                             "first_token_kl": float(np.quantile(null_kl, 1 - q)),
                              "n_nulls": len(null_f)})
         return pd.DataFrame(rows)
 
@@ -248,6 +263,7 @@ def likelihood_fidelity(
     native: Any,
     candidates: Mapping[str, Any],
     nulls: Sequence[Any] | Mapping[str, Any] = (),
+    first_token_reference: Float[Tensor, "n vocab"] | None = None,
     batch_size: int = 16,
     special_tokens: SpecialTokens = "model",
     progress: bool | str = True,
@@ -259,6 +275,9 @@ def likelihood_fidelity(
     Steerings of null directions (>= 30 where cheap), the population a candidate is ranked
     in. Every Steering must edit the last prompt position only (``positions="last_prompt"``):
     each condition then costs one one-position forward plus one over the continuation.
+    ``first_token_reference``: next-token logits of the capability reference (e.g. the
+    capability prompt's) for each reference prompt; each condition's first-token KL to it
+    comes from the same forwards.
     """
     if isinstance(nulls, Mapping):
         null_items = dict(nulls)
@@ -279,12 +298,17 @@ def likelihood_fidelity(
     cache = prefix_cache(model, list(reference.prompts), special_tokens=special_tokens,
                          batch_size=batch_size)
     desc = progress if isinstance(progress, str) else f"fidelity ({reference.name})"
-    loglik, kind = {}, {}
+    if first_token_reference is not None and first_token_reference.shape[0] != len(reference.prompts):
+        raise UnlockLensError(f"first_token_reference has {first_token_reference.shape[0]} rows for "
+                              f"{len(reference.prompts)} reference prompts: pass one per prompt")
+    loglik, kind, kl = {}, {}, {}
     for name, (k, steering) in tqdm(conditions.items(), desc=desc, disable=not progress, leave=False):
-        rows = score_continuations(model, cache, reference.tokens, steering)
+        rows, first = score_continuations(model, cache, reference.tokens, steering, return_first=True)
         loglik[name] = torch.stack([r.double().sum() for r in rows])
         kind[name] = k
-    return FidelityReport(reference, loglik, kind)
+        if first_token_reference is not None:
+            kl[name] = kl_divergence(first_token_reference, first)
+    return FidelityReport(reference, loglik, kind, kl)
 
 
 def pack_fidelity(
@@ -326,11 +350,37 @@ def pack_fidelity(
     refs = [greedy_reference(target, locked_prompts, name="native", steering=native,
                              max_new_tokens=max_new_tokens, stop_strings=stop_strings,
                              batch_size=batch_size)]
+    first_ref = None
     if unlocked_prompts is not None:
         refs.append(greedy_reference(target, locked_prompts, name="unlocked-prompt",
                                      generate_from=unlocked_prompts, max_new_tokens=max_new_tokens,
                                      stop_strings=stop_strings, batch_size=batch_size))
-    return {ref.name: likelihood_fidelity(target, ref, native=native, candidates=candidates,
-                                          nulls=nulls, batch_size=batch_size,
-                                          progress=f"fidelity ({ref.name})" if progress else False)
-            for ref in refs}
+        first_ref = final_logits(target, list(unlocked_prompts), batch_size=batch_size)
+    return {ref.name: likelihood_fidelity(
+        target, ref, native=native, candidates=candidates, nulls=nulls, batch_size=batch_size,
+        first_token_reference=None if first_ref is None else first_ref[list(ref.indices)],
+        progress=f"fidelity ({ref.name})" if progress else False) for ref in refs}
+
+
+def verdict(summary: Any, *, alpha: float, level: float = 0.05,
+            nulls: str = "random-mapped directions") -> str:
+    """One sentence a reader can check: the transferred key's F and first-token KL against the
+    null directions (rank as "above k of N", direction-level p), the native key beside it, and
+    the decision by the rule fixed here: the key carries the behaviour when its F is above the
+    nulls at p <= ``level``."""
+    rows = summary.set_index("condition")
+    key, native = rows.loc["transferred"], rows.loc["native"]
+    n = int(key["n_nulls"])
+
+    def beaten(p: float) -> int:  # nulls strictly below the key: n + 1 - (1 + #null >= key)
+        return int(round(n + 1 - p * (n + 1)))
+
+    text = (f"alpha {alpha:g}: transferred key F = {key['F']:.2f} [{key['F_lo']:.2f}, {key['F_hi']:.2f}], "
+            f"above {beaten(key['p'])} of {n} {nulls} (p = {key['p']:.3f})")
+    if "first_token_kl" in rows.columns and key["first_token_kl"] == key["first_token_kl"]:
+        text += (f"; first-token KL to the capability prompt {key['first_token_kl']:.3f}, closer than "
+                 f"{beaten(key['kl_p'])} of {n} (p = {key['kl_p']:.3f}); native key KL "
+                 f"{native['first_token_kl']:.3f}, closer than {beaten(native['kl_p'])} of {n}")
+    decision = ("carries the native key's behaviour beyond the null directions" if key["p"] <= level
+                else "not distinguishable from the null directions")
+    return f"{text}. Verdict: {decision} (rule: p <= {level:g} on F)."
