@@ -186,3 +186,27 @@ def test_verdict_states_the_rank_p_and_decision():
     assert text.endswith("Verdict: not distinguishable from the null directions (rule: p <= 0.05 on F).")
     ll["transferred"] = torch.tensor([-0.5, -2.0])                   # gain 3.5: above every null
     assert "beyond the null directions" in verdict(FidelityReport(ref, ll, kind, kl).summary(n_boot=100), alpha=0.05)
+
+
+def test_fidelity_by_alpha_on_organisms_gives_one_verdict_per_alpha():
+    """The `unlock-lens run` path at toy size: chain-s -> chain-m (trigger-free maps), two alphas,
+    30 random-mapped nulls; at the organisms' working alpha the transferred key ranks first."""
+    from unlock_lens.align.layers import AlignSpec
+    from unlock_lens.diagnostics.fidelity import fidelity_by_alpha
+    from unlock_lens.organisms import SHORT_OPS, generate_problems, load_organism
+    from unlock_lens.organisms.demo import align_questions, prompt_key, transfer
+    from unlock_lens.organisms.task import LOCKED, UNLOCKED
+
+    src, tgt = load_organism("chain-s"), load_organism("chain-m")
+    pack = transfer(prompt_key(src), src, tgt, align_questions("trigger-free", 128), AlignSpec(rank=4))
+    native = prompt_key(tgt)
+    qs = [p.question for p in generate_problems(16, split="dev", n_ops=SHORT_OPS, seed=3)]
+    table, lines = fidelity_by_alpha(tgt, pack, {t: native.direction(t) for t in native.layers},
+                                     LOCKED.render_all(qs, None), UNLOCKED.render_all(qs, None),
+                                     [0.5, 0.05], n_nulls=30, max_new_tokens=16, batch_size=64,
+                                     progress=False)
+    assert len(lines) == 2 and lines[0].startswith("alpha 0.5: transferred key F = ")
+    key = table[(table.alpha == 0.5) & (table.condition == "transferred")].iloc[0]
+    assert key["rank"] == 1 and key["n_nulls"] == 30 and "above 30 of 30" in lines[0]
+    assert "beyond the null directions" in lines[0]
+    assert set(table.alpha) == {0.5, 0.05}

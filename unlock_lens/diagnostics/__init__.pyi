@@ -32,6 +32,7 @@ from .fidelity import (
     FidelityReport as FidelityReport,
     Reference as Reference,
     direction_rank as direction_rank,
+    fidelity_by_alpha as fidelity_by_alpha,
     fidelity_ratio as fidelity_ratio,
     greedy_reference as greedy_reference,
     half_split_direction as half_split_direction,
@@ -74,6 +75,7 @@ from .similarity import (
 )
 
 __all__ = [
+    "fidelity_by_alpha",
     "verdict",
     "score_continuations",
     "random_mapped_nulls",

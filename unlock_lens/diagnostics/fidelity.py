@@ -319,6 +319,7 @@ def pack_fidelity(
     *,
     alpha: float,
     unlocked_prompts: Sequence[str] | None = None,
+    references: Sequence[str] = ("native", "unlocked-prompt"),
     n_nulls: int = 30,
     seed: int = 0,
     extra_nulls: Mapping[str, Mapping[int, Tensor]] | None = None,
@@ -331,12 +332,18 @@ def pack_fidelity(
 
     References: ``native`` (the target's greedy continuations of ``locked_prompts`` under its
     own key, ``native_directions``) and, given ``unlocked_prompts`` (the same questions in the
-    capability prompt), ``unlocked-prompt``. Candidates: the transferred key and its negation
-    (alpha -> -alpha). Nulls: ``n_nulls`` random-mapped directions (seeds ``seed..``) and
-    ``extra_nulls`` (structured nulls already in the target's space, e.g. a half split or a
-    paraphrased-template contrast through the same maps). Every steering uses the pack's
-    normalisation and positions.
+    capability prompt), ``unlocked-prompt`` (its continuations there, scored after the locked
+    prompts); the unlocked prompts' next-token logits are also every condition's first-token
+    reference. Candidates: the transferred key and its negation (alpha -> -alpha). Nulls:
+    ``n_nulls`` random-mapped directions (seeds ``seed..``) and ``extra_nulls`` (structured
+    nulls already in the target's space, e.g. a half split or a paraphrased-template contrast
+    through the same maps). Every steering uses the pack's normalisation and positions.
     """
+    unknown = sorted(set(references) - {"native", "unlocked-prompt"})
+    if unknown or not references:
+        raise UnlockLensError(f"references {unknown or list(references)}: choose from 'native', 'unlocked-prompt'")
+    if "unlocked-prompt" in references and unlocked_prompts is None:
+        raise UnlockLensError("the unlocked-prompt reference needs unlocked_prompts (the capability prompts)")
     steered = pack.steering(alpha)
 
     def like(directions: Mapping[int, Tensor], a: float = alpha) -> Steering:
@@ -347,19 +354,19 @@ def pack_fidelity(
     nulls = {f"random-mapped {seed + i}": like(d)
              for i, d in enumerate(random_mapped_nulls(pack.key, pack.maps, n_nulls, seed=seed))}
     nulls.update({name: like(d) for name, d in (extra_nulls or {}).items()})
-    refs = [greedy_reference(target, locked_prompts, name="native", steering=native,
-                             max_new_tokens=max_new_tokens, stop_strings=stop_strings,
-                             batch_size=batch_size)]
-    first_ref = None
-    if unlocked_prompts is not None:
+    decoding = dict(max_new_tokens=max_new_tokens, stop_strings=stop_strings, batch_size=batch_size)
+    refs = []
+    if "native" in references:
+        refs.append(greedy_reference(target, locked_prompts, name="native", steering=native, **decoding))
+    if "unlocked-prompt" in references:
         refs.append(greedy_reference(target, locked_prompts, name="unlocked-prompt",
-                                     generate_from=unlocked_prompts, max_new_tokens=max_new_tokens,
-                                     stop_strings=stop_strings, batch_size=batch_size))
-        first_ref = final_logits(target, list(unlocked_prompts), batch_size=batch_size)
+                                     generate_from=unlocked_prompts, **decoding))
+    first_ref = (None if unlocked_prompts is None
+                 else final_logits(target, list(unlocked_prompts), batch_size=batch_size))
     return {ref.name: likelihood_fidelity(
         target, ref, native=native, candidates=candidates, nulls=nulls, batch_size=batch_size,
         first_token_reference=None if first_ref is None else first_ref[list(ref.indices)],
-        progress=f"fidelity ({ref.name})" if progress else False) for ref in refs}
+        progress=f"alpha {alpha:g}, {ref.name} reference" if progress else False) for ref in refs}
 
 
 def verdict(summary: Any, *, alpha: float, level: float = 0.05,
@@ -384,3 +391,29 @@ def verdict(summary: Any, *, alpha: float, level: float = 0.05,
     decision = ("carries the native key's behaviour beyond the null directions" if key["p"] <= level
                 else "not distinguishable from the null directions")
     return f"{text}. Verdict: {decision} (rule: p <= {level:g} on F)."
+
+
+def fidelity_by_alpha(
+    target: Any,
+    pack: Any,
+    native_directions: Mapping[int, Tensor],
+    locked_prompts: Sequence[str],
+    unlocked_prompts: Sequence[str],
+    alphas: Sequence[float],
+    **kwargs: Any,
+) -> tuple[Any, list[str]]:
+    """:func:`pack_fidelity` with the native-key reference at each alpha: every alpha's summary
+    rows in one table (column ``alpha``), and one :func:`verdict` sentence per alpha.
+    ``kwargs`` go to :func:`pack_fidelity` (``n_nulls``, ``max_new_tokens``, ...)."""
+    import pandas as pd
+
+    if not alphas:
+        raise UnlockLensError("no alphas given: pass at least one steering strength")
+    tables, lines = [], []
+    for alpha in alphas:
+        report = pack_fidelity(target, pack, native_directions, locked_prompts, alpha=alpha,
+                               unlocked_prompts=unlocked_prompts, references=("native",), **kwargs)
+        summary = report["native"].summary()
+        tables.append(summary.assign(alpha=alpha))
+        lines.append(verdict(summary, alpha=alpha))
+    return pd.concat(tables, ignore_index=True), lines
