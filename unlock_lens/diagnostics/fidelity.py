@@ -314,7 +314,7 @@ def likelihood_fidelity(
 def pack_fidelity(
     target: Any,
     pack: Any,
-    native_directions: Mapping[int, Tensor],
+    native_directions: Mapping[int, Tensor] | Float[Tensor, "layers d"],
     locked_prompts: Sequence[str],
     *,
     alpha: float,
@@ -347,7 +347,7 @@ def pack_fidelity(
     steered = pack.steering(alpha)
 
     def like(directions: Mapping[int, Tensor], a: float = alpha) -> Steering:
-        return Steering(dict(directions), a, steered.normalisation, steered.positions, None, steered.hook)
+        return Steering(directions, a, steered.normalisation, steered.positions, None, steered.hook)
 
     native = like(native_directions)
     candidates = {"transferred": steered, "-transferred": like(steered.directions, -alpha)}
@@ -396,7 +396,7 @@ def verdict(summary: Any, *, alpha: float, level: float = 0.05,
 def fidelity_by_alpha(
     target: Any,
     pack: Any,
-    native_directions: Mapping[int, Tensor],
+    native_directions: Mapping[int, Tensor] | Float[Tensor, "layers d"],
     locked_prompts: Sequence[str],
     unlocked_prompts: Sequence[str],
     alphas: Sequence[float],
