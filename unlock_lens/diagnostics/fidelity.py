@@ -34,8 +34,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from unlock_lens.activations import final_logits
-from unlock_lens.align.layers import map_directions
-from unlock_lens.controls import random_like
+from unlock_lens.controls import random_mapped
 from unlock_lens.diagnostics.cached_scoring import (
     check_cacheable,
     prefix_cache,
@@ -144,8 +143,7 @@ def random_mapped_nulls(key: Any, maps: Mapping[int, Any], n: int, *, seed: int 
     per-layer norms (seeds ``seed .. seed + n - 1``), carried through the same maps."""
     if n < 1:
         raise UnlockLensError(f"need at least one null direction, got n={n}")
-    source = {layer: key.direction(layer) for layer in key.layers}
-    return [map_directions(random_like(source, seed + i), maps) for i in range(n)]
+    return [random_mapped(key, maps, seed + i) for i in range(n)]
 
 
 def half_split_direction(
