@@ -23,7 +23,12 @@ from unlock_lens.align.layers import (
     fit_layer_maps_from_stats,
 )
 from unlock_lens.align.stats import STATS_METHODS
-from unlock_lens.alignment_data import alignment_rows, alignment_stats, generate_continuations, parse_data
+from unlock_lens.alignment_data import (
+    alignment_rows,
+    alignment_stats,
+    generate_continuations,
+    parse_data,
+)
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.generation import Generation, generate
 from unlock_lens.masterkey import Aggregator, MasterKey, extract_masterkey
