@@ -104,37 +104,35 @@ def plan_pairs(source: Variant, target: Variant, texts: Sequence[str], data: str
     _check_continuations(kinds, texts, continuations)
     plans: dict[tuple[str, str], PromptPairs] = {}
 
-    def plan(question: str) -> PromptPairs:
-        ps, pt = source.format.render(question, source.model.tokenizer), target.format.render(
-            question, target.model.tokenizer)
+    def plan(question: str, cont: str = "") -> PromptPairs:
+        ps, pt = (v.format.render(question, v.model.tokenizer) + cont for v in (source, target))
         return plans.setdefault((ps, pt), PromptPairs(ps, pt))
 
     def last_tokens(entry: PromptPairs) -> None:
         entry.add(*(len(tokenize(v.model, p, special_tokens=v.special_tokens)[0]) - 1
                     for v, p in ((source, entry.source_prompt), (target, entry.target_prompt))))
 
-    def continuation(question: str, cont: str) -> None:
-        ps, pt = (v.format.render(question, v.model.tokenizer) for v in (source, target))
-        entry = plans.setdefault((ps + cont, pt + cont), PromptPairs(ps + cont, pt + cont))
-        _, spans_s = tokenize(source.model, entry.source_prompt, special_tokens=source.special_tokens, offsets=True)
-        _, spans_t = tokenize(target.model, entry.target_prompt, special_tokens=target.special_tokens, offsets=True)
-        for i_s, i_t in block_token_ends(spans_s, spans_t, len(ps), len(pt), len(cont)):
-            entry.add(i_s, i_t)
+    def spans(entry: PromptPairs) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        return tuple(tokenize(v.model, p, special_tokens=v.special_tokens, offsets=True)[1]  # type: ignore[return-value]
+                     for v, p in ((source, entry.source_prompt), (target, entry.target_prompt)))
 
     for i, text in enumerate(texts):
         if "last" in kinds:
             last_tokens(plan(text))
         if "tokens" in kinds:
             entry = plan(text)
-            _, spans_s = tokenize(source.model, entry.source_prompt, special_tokens=source.special_tokens, offsets=True)
-            _, spans_t = tokenize(target.model, entry.target_prompt, special_tokens=target.special_tokens, offsets=True)
+            spans_s, spans_t = spans(entry)
             for i_s, i_t in shared_token_ends(entry.source_prompt, spans_s, entry.target_prompt, spans_t):
                 entry.add(i_s, i_t)
         if "text" in kinds:
             for prefix in word_end_prefixes(text):
                 last_tokens(plan(prefix))
-        if "continuations" in kinds:
-            continuation(text, continuations[i])  # type: ignore[index]
+        if "continuations" in kinds:  # paired inside the continuation only, after each locked prompt
+            cont = continuations[i]  # type: ignore[index]
+            entry = plan(text, cont)
+            for i_s, i_t in block_token_ends(*spans(entry), len(entry.source_prompt) - len(cont),
+                                             len(entry.target_prompt) - len(cont), len(cont)):
+                entry.add(i_s, i_t)
     out = [p for p in plans.values() if p.source_positions]
     return subsample(out, max_pairs, seed)
 
