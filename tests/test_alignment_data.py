@@ -354,3 +354,27 @@ def test_a_planted_map_is_recovered_from_continuations(planted):
         torch.testing.assert_close(m.weight, R, atol=2e-3, rtol=0)
     assert (pack.alignment["data"], pack.alignment["continuation_tokens"], pack.alignment["continuation_stop"]) == \
         ("continuations", 24, [])
+
+
+def test_unlock_align_generates_continuations_with_its_unlocked_variant_and_stop_strings(planted):
+    """``Unlock.align`` hands its unlocked variant (the CoT format) to the continuation kind and
+    cuts continuations at its protocol's stop strings, recorded in the pack."""
+    from dataclasses import replace
+
+    from unlock_lens import Unlock
+    from unlock_lens.align.layers import LayerPairing
+    from unlock_lens.alignment_data import alignment_stats
+
+    src, rot, _ = planted
+    pipe = Unlock(src, rot, protocol="paper", rank=8)
+    key = pipe.extract(QUESTIONS)
+    spec = replace(pipe.spec, data="continuations", continuation_tokens=12)
+    pack = pipe.align(key, QUESTIONS, spec)
+    stops = list(pipe.protocol.decoding_for("prompt").stop_strings)
+    assert stops and pack.alignment["continuation_stop"] == stops
+    conts = generate_continuations(pipe.unlocked, QUESTIONS, max_new_tokens=12, stop_strings=stops)
+    stats = alignment_stats(pipe.locked, pipe.target_variant, QUESTIONS, LayerPairing.by_depth(2, 2),
+                            data="continuations", continuations=conts, final_layer=key.final_layer)
+    assert {t: m.metrics["n_train"] for t, m in pack.maps.items()} == {t: s.n for t, s in stats.items()}
+    for t, m in pack.maps.items():
+        torch.testing.assert_close(m.weight, fit_svd8(stats[t]).weight)
