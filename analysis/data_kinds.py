@@ -143,9 +143,8 @@ def run_direction(args: argparse.Namespace) -> Path:
         for _ in mapped_keys(bank, args.kinds.split(","), ranks, key, native, cos_rows, log):
             pass
         pd.DataFrame(cos_rows).to_csv(out / "cosine_to_native.csv", index=False)
-        run |= {"wall_s": round(time.perf_counter() - t0),
-                "n_pairs": {k: bank.n_fit(k) for k in args.kinds.split(",")},
-                "continuation_samples": (bank.continuations or [])[:3]}
+        # no continuation text: it quotes the alignment questions (kept out of the repository)
+        run |= {"wall_s": round(time.perf_counter() - t0), "n_pairs": {k: bank.n_fit(k) for k in args.kinds.split(",")}}
         (out / "run.json").write_text(json.dumps(run, indent=1))
         return out
     _, t_cot = pipe.protocol.formats(target.tokenizer)
