@@ -466,7 +466,16 @@ def write_markdown(R: dict[str, Any], path: Path) -> None:
         L.append("")
     if "hard" in R:
         L += _hard_markdown(R)
-    path.write_text("\n".join(L) + "\n")
+    path.write_text("\n".join(L) + "\n" + _other_sections(path, [x for x in L if x.startswith("## ")]))
+
+
+def _other_sections(path: Path, own: list[str]) -> str:
+    """The ``## `` sections of ``path`` that other scripts keep there (e.g. ``fidelity_organisms``'
+    calibration), as they are: rewriting this script's tables leaves them in place."""
+    if not path.exists():
+        return ""
+    parts = path.read_text().split("\n## ")[1:]
+    return "".join("\n## " + part for part in parts if "## " + part.split("\n", 1)[0] not in own)
 
 
 if __name__ == "__main__":
