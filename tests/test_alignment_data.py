@@ -11,6 +11,7 @@ from unlock_lens.activations import capture, tokenize
 from unlock_lens.align.pairs import shared_token_ends, word_end_prefixes
 from unlock_lens.alignment_data import generate_continuations, parse_data, plan_pairs
 from unlock_lens.errors import UnlockLensError
+from unlock_lens.organisms.planted import rotated_copy
 from unlock_lens.prompts import GENERAL_DIRECT
 from unlock_lens.random_models import build_random_model, build_tokenizer
 
@@ -97,36 +98,11 @@ def test_bad_data_kind_is_refused():
         parse_data("tokens,last")
 
 
-def rotated_copy(src_dir, out_dir, seed: int = 0):
-    """The same llama with its residual basis turned by a random orthogonal R: every state of the
-    copy is the source's times R (norm weights are ones at init, so RMSNorm commutes with R)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(src_dir, dtype=torch.float32)
-    d = model.config.hidden_size
-    R, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
-    R = R.float()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                assert torch.equal(p, torch.ones_like(p)), name
-            elif name.endswith(("embed_tokens.weight", "q_proj.weight", "k_proj.weight", "v_proj.weight",
-                                "gate_proj.weight", "up_proj.weight", "lm_head.weight")):
-                p.copy_(p @ R)           # reads the residual stream
-            elif name.endswith(("o_proj.weight", "down_proj.weight")):
-                p.copy_(R.T @ p)         # writes to it
-            else:
-                raise AssertionError(f"unhandled parameter {name}")
-    model.save_pretrained(out_dir)
-    AutoTokenizer.from_pretrained(src_dir).save_pretrained(out_dir)
-    return R
-
-
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
     src_dir = build_random_model(root / "src", "llama", d_model=32, n_layers=2, seed=3, n_ctx=2048)
-    R = rotated_copy(src_dir, root / "rot")
+    R = rotated_copy(src_dir, root / "rot", seed=0)
     return load_model(str(src_dir)), load_model(str(root / "rot")), R
 
 
