@@ -167,9 +167,11 @@ def transfer(
     *,
     alpha: float = 0.5,
 ) -> CapabilityPack:
-    """Fit per-layer maps on ``questions`` (locked format on both sides) and pack the key."""
+    """Fit per-layer maps on ``questions`` (locked format on both sides) and pack the key
+    (a prompt-driven key's ``continuations`` come from the source under the ``STEP`` trigger)."""
+    unlocked = Variant(source, UNLOCKED) if key.contrast == "prompt" else None
     return build_pack(key, Variant(source, LOCKED), Variant(target, LOCKED), questions, spec,
-                      alpha=alpha, batch_size=128)
+                      alpha=alpha, batch_size=128, unlocked=unlocked)
 
 
 def self_pack(key: MasterKey, model: Any, alpha: float) -> Steering:
