@@ -2,8 +2,8 @@ import json
 from collections import Counter
 
 import pandas as pd
-import torch
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from unlock_lens.artifacts import load_artifact
