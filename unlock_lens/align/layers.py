@@ -88,6 +88,10 @@ class AlignSpec:
     ``data_seed``. ``continuations`` are generated greedily by the source's unlocked variant, at
     most ``continuation_tokens`` tokens, cut at ``continuation_stop`` (``None``: none when
     calling ``align_key``; :class:`~unlock_lens.unlock.Unlock` uses its protocol's stop strings).
+
+    A bare ``AlignSpec()`` is the authors' fit (``last``, svd, rank 16). The library's default
+    alignment is its protocol's (``get_protocol("library")``: ``tokens+last``, svd, rank 256),
+    which ``Unlock`` and the CLI use; README "Which data to use" gives the evidence for it.
     """
 
     method: str = "svd"
