@@ -26,6 +26,7 @@ from unlock_lens.align.stats import STATS_METHODS
 from unlock_lens.alignment_data import alignment_rows, alignment_stats
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.generation import Generation, generate
+from unlock_lens.interventions import EditDtype
 from unlock_lens.masterkey import Aggregator, MasterKey, extract_masterkey
 from unlock_lens.pack import CapabilityPack
 from unlock_lens.prompts import PromptFormat, get_format
@@ -84,6 +85,7 @@ def build_pack(
     alpha: float = 0.1,
     normalisation: Normalisation = "rotate",
     positions: Positions = "last_prompt",
+    edit_dtype: EditDtype = "float32",
     batch_size: int = 16,
     progress: bool = False,
     **record: Any,
@@ -94,7 +96,8 @@ def build_pack(
     maps = align_key(key, source, target, questions, spec, batch_size=batch_size, progress=progress)
     return CapabilityPack.from_alignment(
         key, maps, source=source, target=target, questions=questions, spec=spec, alpha=alpha,
-        normalisation=normalisation, positions=positions, final_layer=key.final_layer, **record,
+        normalisation=normalisation, positions=positions, edit_dtype=edit_dtype,
+        final_layer=key.final_layer, **record,
     )
 
 
@@ -107,7 +110,8 @@ class Unlock:
     ``protocol`` (``"library"``, ``"paper"`` or a :class:`~unlock_lens.protocol.Protocol`)
     supplies every choice left as ``None``: formats and special tokens, the target's format for
     this kind of key, the last layer's basis, whether key and alignment questions may be
-    shared, aggregator, map, alpha and decoding.
+    shared, aggregator, map, alpha and decoding, whose tokenizer reads a model-driven key
+    and the edit's dtype.
     """
 
     source: Any
@@ -154,6 +158,16 @@ class Unlock:
         return Variant(self.source_unlocked or self.source, self.unlocked_format)
 
     @property
+    def key_locked(self) -> Variant:
+        """The locked side as the key reads it: :attr:`locked`, except that under the
+        protocol's ``key_tokenizer="unlocked"`` a model-driven key tokenises the base model's
+        prompts with the post-trained model's tokenizer (the authors' code). The alignment
+        reads :attr:`locked`, each model with its own tokenizer."""
+        if self.source_unlocked is None or self.protocol.key_tokenizer == "own":
+            return self.locked
+        return Variant(self.source, self.locked.format, tokenizer_of=self.source_unlocked)
+
+    @property
     def target_variant(self) -> Variant:
         return Variant(self.target, self.target_format)
 
@@ -165,7 +179,7 @@ class Unlock:
     def extract(self, questions: Sequence[str], **kwargs: Any) -> MasterKey:
         kwargs.setdefault("final_layer", self.protocol.final_layer)
         return extract_masterkey(
-            self.locked, self.unlocked, questions, aggregator=self.aggregator,
+            self.key_locked, self.unlocked, questions, aggregator=self.aggregator,
             batch_size=self.batch_size, progress=self.progress, **kwargs,
         )
 
@@ -174,7 +188,8 @@ class Unlock:
         pipeline's method and rank)."""
         return build_pack(key, self.locked, self.target_variant, questions, spec or self.spec,
                           alpha=self.alpha, normalisation=self.normalisation, positions=self.positions,
-                          batch_size=self.batch_size, progress=self.progress, protocol=self.protocol.name)
+                          edit_dtype=self.protocol.edit_dtype, batch_size=self.batch_size,
+                          progress=self.progress, protocol=self.protocol.name)
 
     def run(self, key_questions: Sequence[str], align_questions: Sequence[str]) -> CapabilityPack:
         """Extract on ``key_questions``, align on ``align_questions``; they must be disjoint

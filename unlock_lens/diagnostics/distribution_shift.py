@@ -74,7 +74,8 @@ def control_conditions(pack: Any, alpha: float, seeds: Sequence[int] = (0, 1, 2)
     steering = pack.steering(alpha)
 
     def like(directions: dict[int, Tensor]) -> Steering:
-        return Steering(directions, alpha, steering.normalisation, steering.positions, None, steering.hook)
+        return Steering(directions, alpha, steering.normalisation, steering.positions, None, steering.hook,
+                        edit_dtype=steering.edit_dtype)
 
     out = {f"steered a={alpha}": steering}
     for s in seeds:

@@ -203,7 +203,7 @@ def _native_base(model: Any, pack: Any, locked: PromptFormat, unlocked: PromptFo
                             hook=hook, batch_size=batch_size)
     dirs = {layer: key.directions[j] for j, layer in enumerate(key.layers)}
     settings = {} if pack is None else {"normalisation": pack.normalisation,
-                                        "positions": pack.positions}
+                                        "positions": pack.positions, "edit_dtype": pack.edit_dtype}
     info = {"n_prompts": key.n_prompts, "prompt_hash": key.prompt_hash,
             "effective_rank": key.effective_rank}
     return Steering(dirs, 1.0, hook=hook, **settings), info
