@@ -214,7 +214,8 @@ def library_edit(pack, model) -> dict[int, tuple[torch.Tensor, torch.Tensor, tor
     steering.reset()
     states = (4 * torch.randn(2, 7, pack.target.d_model, generator=torch.Generator().manual_seed(0))).bfloat16()
     directions = pack.target_directions()
-    return {t: (states, fn(states.clone(), None), directions[t]) for t, (_, fn) in zip(steering.active_layers, hooks)}
+    return {t: (states, fn(states.clone(), None), directions[t])
+            for t, (_, fn) in zip(steering.active_layers, hooks, strict=True)}
 
 
 def library_decoded(protocol, contrast: str, tokenizer) -> list[str]:

@@ -38,7 +38,14 @@ from torch import Tensor
 from unlock_lens.activations import HookKind, check_layers, hook_name
 from unlock_lens.controls import random_like
 from unlock_lens.errors import UnlockLensError
-from unlock_lens.interventions import EditDtype, apply_edit, check_edit_dtype, check_rule, get_edit, selects
+from unlock_lens.interventions import (
+    EditDtype,
+    apply_edit,
+    check_edit_dtype,
+    check_rule,
+    get_edit,
+    selects,
+)
 
 #: a registered edit name (unlock_lens.interventions.EDITS): rotate, unit, resid, raw, clamp, ...
 Normalisation = str
