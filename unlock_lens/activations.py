@@ -183,9 +183,10 @@ def encode(
             raise UnlockLensError("a prompt tokenises to nothing: remove empty prompts")
         rows.append(ids)
     d_vocab = getattr(model.cfg, "d_vocab", None)
-    if tokenizer_of is not None and d_vocab and max(max(r) for r in rows) >= d_vocab:
+    top = max(max(r) for r in rows)
+    if tokenizer_of is not None and d_vocab and top >= d_vocab:
         raise UnlockLensError(
-            f"the other model's tokenizer gives token id {max(max(r) for r in rows)}, outside this "
+            f"the other model's tokenizer gives token id {top}, outside this "
             f"model's vocabulary of {d_vocab}: the two do not share a vocabulary; tokenise each "
             "model's prompts with its own tokenizer"
         )

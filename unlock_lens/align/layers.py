@@ -88,8 +88,8 @@ class AlignSpec:
     ``centered=None`` means the authors' rule, resolved by :meth:`for_key`: uncentred for a
     mean-difference key, centred for a PCA key. ``clamp_rank=True`` lowers a rank the data
     cannot carry, with a warning (the authors' code does it silently), by the ``rank_clamp``
-    rule (:data:`RankClamp`: ``joint`` or ``per_side``); by default such a rank is refused. ``data``: which paired states the maps are fitted on
-    (:mod:`unlock_lens.alignment_data`: ``last``, the authors'; ``tokens``; ``text``; or a
+    rule (:data:`RankClamp`: ``joint`` or ``per_side``); by default such a rank is refused.
+    ``data``: which paired states the maps are fitted on (:mod:`unlock_lens.alignment_data`: ``last``, the authors'; ``tokens``; ``text``; or a
     ``+``-joined combination), at most ``max_pairs`` pairs drawn with ``data_seed``.
     """
 
