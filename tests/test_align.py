@@ -216,6 +216,9 @@ def _bad(name: str):
         "identity_dims": ((X, Y), {"method": "identity"}, "d_src=6 != d_tgt=4"),
         "one_d": ((X[:, 0], Y), {"rank": 1}, "X_src must be 2-D"),
         "n_one": ((X[:1], Y[:1]), {"rank": 1}, "at least 2"),
+        "target_rank_method": ((X, Y), {"method": "procrustes", "rank": 2, "target_rank": 3},
+                               "target_rank .* is for method 'svd'"),
+        "target_rank_gt_d": ((X, Y), {"rank": 6, "target_rank": 5}, r"target_rank=5 exceeds min\(n_train=10, d_tgt=4\)"),
     }
     return cases[name]
 
@@ -232,12 +235,26 @@ def _bad(name: str):
         "identity_dims",
         "one_d",
         "n_one",
+        "target_rank_method",
+        "target_rank_gt_d",
     ],
 )
 def test_bad_input_raises_clear_error(case: str) -> None:
     args, kwargs, fragment = _bad(case)
     with pytest.raises(UnlockLensError, match=fragment):
         fit_alignment(*args, **kwargs)
+
+
+def test_per_side_ranks_at_full_width_are_least_squares() -> None:
+    """The authors' per-side clamp can leave each side its full width: k_s = d_s = 6, k_t = d_t = 4
+    (one joint k would be 4); the map is then the least-squares solution of X W = Y (NumPy)."""
+    g = _gen(12)
+    X, Y = torch.randn(30, 6, generator=g), torch.randn(30, 4, generator=g)
+    m = fit_alignment(X, Y, rank=6, target_rank=4)
+    assert tuple(m.core.shape) == (6, 4) and m.metrics["target_rank"] == 4
+    expected = np.linalg.lstsq(X.double().numpy(), Y.double().numpy(), rcond=None)[0]
+    np.testing.assert_allclose(m.weight.double().numpy(), expected, atol=1e-5)
+    assert not torch.allclose(fit_alignment(X, Y, rank=4).weight, m.weight, atol=1e-3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -237,6 +237,10 @@ def test_layer_maps_from_stats_clamps_and_refuses() -> None:
         fit_layer_maps_from_stats(stats, LayerPairing({0: 0, 1: 0}), AlignSpec("svd", rank=4))
     with pytest.raises(UnlockLensError, match="d_src=10"):
         fit_layer_maps_from_stats(stats, pairing, AlignSpec("svd", rank=16, centered=False))
+    # the authors' per-side clamp gives ranks 10 and 12 here, which a fit from statistics cannot take
+    with pytest.raises(UnlockLensError, match="ranks 10 and 12.*fit from rows"), pytest.warns(UserWarning):
+        fit_layer_maps_from_stats(stats, pairing, AlignSpec("svd", rank=16, centered=False, clamp_rank=True,
+                                                            rank_clamp="per_side"))
 
 
 def _bad_update(case: str) -> tuple[GramStats, tuple, str]:

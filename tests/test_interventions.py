@@ -16,7 +16,7 @@ from unlock_lens.export import (
     export_control_vector_gguf,
     vllm_intervention_specs,
 )
-from unlock_lens.interventions import EDITS, Edit, get_edit, register_edit, selects
+from unlock_lens.interventions import EDITS, Edit, apply_edit, get_edit, register_edit, selects
 from unlock_lens.steer import Steering, edit_residual
 
 g = torch.Generator().manual_seed(0)
@@ -53,6 +53,30 @@ def test_clamp_raises_the_component_and_leaves_the_rest():
     torch.testing.assert_close(after[~below], before[~below])  # already above: untouched
     rest = lambda x: x - (x @ R_HAT)[:, None] * R_HAT  # noqa: E731
     torch.testing.assert_close(rest(out), rest(H), atol=1e-5, rtol=1e-5)
+
+
+def test_edit_dtype_float32_is_closer_to_the_exact_edit_on_bf16_states():
+    """Why float32 is the library's default: on bf16 states of a 576-wide model at alpha 0.05,
+    the edit computed in bf16 (``edit_dtype="model"``, the authors') misses the float64 edit by
+    about twice what float32-then-one-rounding does (median over 200 states: 7.0% vs 3.3% of the edit's size)."""
+    gen = torch.Generator().manual_seed(0)
+    h = (3 * torch.randn(200, 576, generator=gen)).bfloat16()
+    r = torch.randn(576, generator=gen)
+    exact = torch.nn.functional.normalize(torch.nn.functional.normalize(h.double(), dim=-1)
+                                          + 0.05 * r.double() / r.double().norm(), dim=-1) * h.double().norm(dim=-1, keepdim=True)
+    size = (exact - h.double()).norm(dim=-1)
+
+    def error(edit_dtype: str) -> float:
+        out = apply_edit(h, r, 0.05, "rotate", edit_dtype)
+        assert out.dtype == torch.bfloat16
+        return float(((out.double() - exact).norm(dim=-1) / size).median())
+
+    in_float32, in_bf16 = error("float32"), error("model")
+    assert in_float32 < 0.04 and in_bf16 > 1.5 * in_float32, (in_float32, in_bf16)
+    # on float32 states the two are one computation
+    assert torch.equal(apply_edit(H, R, 0.3, "rotate", "model"), apply_edit(H, R, 0.3, "rotate"))
+    with pytest.raises(UnlockLensError, match="unknown edit_dtype 'half'"):
+        Steering({0: R}, 0.1, edit_dtype="half")
 
 
 def test_registry_refuses_duplicates_and_names_the_known_edits():

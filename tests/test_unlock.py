@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -59,6 +61,9 @@ def test_pack_round_trip_and_refusals(cross_pack, tiny_models, tmp_path):
     a, b = pack.target_directions(), back.target_directions()
     assert a.keys() == b.keys() and all(torch.equal(a[t], b[t]) for t in a)
     assert back.alpha == pack.alpha and back.alignment == pack.alignment
+    assert back.edit_dtype == pack.edit_dtype == "float32"
+    model_dtype = CapabilityPack.load(dataclasses.replace(pack, edit_dtype="model").save(tmp_path / "bf16.safetensors"))
+    assert model_dtype.edit_dtype == model_dtype.steering().edit_dtype == "model"
     back.check_model(tiny_models["qwen2-deep"])
     with pytest.raises(ModelMismatchError, match=r"hidden size 64 != 96.*layer count 3 != 5"):
         back.check_model(tiny_models["qwen2"])

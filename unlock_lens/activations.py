@@ -88,17 +88,24 @@ def check_layers(model: Any, layers: Sequence[int] | None) -> list[int]:
 
 @dataclass(frozen=True)
 class Variant:
-    """A model together with the prompt format it is run with (one side of a contrast)."""
+    """A model together with the prompt format it is run with (one side of a contrast).
+
+    ``tokenizer_of``: another model whose tokenizer renders and encodes this variant's prompts
+    (default: the model's own); the authors tokenise a model-driven key's base-model prompts
+    with the post-trained model's tokenizer. Pass it on to :func:`capture`.
+    """
 
     model: Any
     format: PromptFormat
+    tokenizer_of: Any = None
 
-    def __init__(self, model: Any, format: PromptFormat | str) -> None:
+    def __init__(self, model: Any, format: PromptFormat | str, tokenizer_of: Any = None) -> None:
         object.__setattr__(self, "model", model)
         object.__setattr__(self, "format", get_format(format))
+        object.__setattr__(self, "tokenizer_of", tokenizer_of)
 
     def prompts(self, questions: Sequence[str]) -> list[str]:
-        return self.format.render_all(questions, self.model.tokenizer)
+        return self.format.render_all(questions, (self.tokenizer_of or self.model).tokenizer)
 
     @property
     def special_tokens(self) -> SpecialTokens:
@@ -159,18 +166,30 @@ def tokenize(
 
 
 def encode(
-    model: Any, prompts: Sequence[str], *, special_tokens: SpecialTokens = "model"
+    model: Any, prompts: Sequence[str], *, special_tokens: SpecialTokens = "model", tokenizer_of: Any = None
 ) -> tuple[Int[Tensor, "n pos"], Int[Tensor, "n pos"]]:
-    """Token ids (:func:`tokenize`) and attention mask, left-padded."""
+    """Token ids (:func:`tokenize`) and attention mask, left-padded.
+
+    ``tokenizer_of``: tokenise as that model would (its tokenizer and special tokens) and feed
+    the ids to ``model`` (:class:`Variant`); they must fit ``model``'s vocabulary.
+    """
     if len(prompts) == 0:
         raise UnlockLensError("the prompt list is empty: pass at least one prompt")
     tok = model.tokenizer
     rows: list[list[int]] = []
     for p in prompts:
-        ids, _ = tokenize(model, p, special_tokens=special_tokens)
+        ids, _ = tokenize(tokenizer_of or model, p, special_tokens=special_tokens)
         if not ids:
             raise UnlockLensError("a prompt tokenises to nothing: remove empty prompts")
         rows.append(ids)
+    d_vocab = getattr(model.cfg, "d_vocab", None)
+    top = max(max(r) for r in rows)
+    if tokenizer_of is not None and d_vocab and top >= d_vocab:
+        raise UnlockLensError(
+            f"the other model's tokenizer gives token id {top}, outside this "
+            f"model's vocabulary of {d_vocab}: the two do not share a vocabulary; tokenise each "
+            "model's prompts with its own tokenizer"
+        )
     n_ctx = getattr(model.cfg, "n_ctx", None)
     longest = max(len(r) for r in rows)
     if n_ctx and longest > n_ctx:
@@ -214,11 +233,12 @@ def _token_lengths(model: Any, prompts: Sequence[str]) -> list[int]:
     return [len(model.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
 
 
-def plan_batches(model: Any, prompts: Sequence[str], batch_size: int) -> list[list[int]]:
-    """The batch plan :func:`forward_batches` uses: prompt indices per batch, longest first."""
+def plan_batches(model: Any, prompts: Sequence[str], batch_size: int, tokenizer_of: Any = None) -> list[list[int]]:
+    """The batch plan :func:`forward_batches` uses: prompt indices per batch, longest first
+    (lengths from ``tokenizer_of``'s tokenizer when given, as :func:`encode`)."""
     if len(prompts) == 0:
         raise UnlockLensError("the prompt list is empty: pass at least one prompt")
-    return list(length_sorted_batches(_token_lengths(model, prompts), batch_size))
+    return list(length_sorted_batches(_token_lengths(tokenizer_of or model, prompts), batch_size))
 
 
 def forward_batches(
@@ -232,23 +252,25 @@ def forward_batches(
     steering: Any = None,
     batches: Sequence[list[int]] | None = None,
     special_tokens: SpecialTokens = "model",
+    tokenizer_of: Any = None,
 ) -> Iterator[tuple[list[int], Tensor | None]]:
     """Run prompts in length-sorted, left-padded batches with per-batch hooks.
 
     Yields ``(indices, final-position logits or None)``; hooks see the batch in that order.
     ``steering`` is entered afresh for every batch (each batch is its own prefill), and all
     hooks are off the model whenever control is back with the caller. ``batches`` runs
-    only those index batches (default: :func:`plan_batches`). ``special_tokens``: see
-    :func:`encode`.
+    only those index batches (default: :func:`plan_batches`). ``special_tokens``,
+    ``tokenizer_of``: see :func:`encode`.
     """
     if len(prompts) == 0:
         raise UnlockLensError("the prompt list is empty: pass at least one prompt")
     device = model_device(model)
     if batches is None:
-        batches = plan_batches(model, prompts, batch_size)
+        batches = plan_batches(model, prompts, batch_size, tokenizer_of)
     desc = progress if isinstance(progress, str) else "forward"
     for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        ids, mask = encode(model, [prompts[i] for i in idx], special_tokens=special_tokens)
+        ids, mask = encode(model, [prompts[i] for i in idx], special_tokens=special_tokens,
+                           tokenizer_of=tokenizer_of)
         ids, mask = ids.to(device), mask.to(device)
         ctx = steering.applied(model) if steering is not None else nullcontext()
         kwargs = forward_kwargs(model, mask)
@@ -290,10 +312,12 @@ def iter_capture(
     batches: Sequence[list[int]] | None = None,
     special_tokens: SpecialTokens = "model",
     final_layer: FinalLayer = "block",
+    tokenizer_of: Any = None,
 ) -> Iterator[tuple[list[int], Float[Tensor, "b n_layers d_model"]]]:
     """Per batch: ``(prompt indices, final-token states [b, L, d] float32)``.
 
-    ``special_tokens``: see :func:`encode`; ``final_layer``: see :func:`capture_hook_name`.
+    ``special_tokens``, ``tokenizer_of``: see :func:`encode`; ``final_layer``: see
+    :func:`capture_hook_name`.
 
     Only one batch of rows is held at a time; :func:`capture` and
     :func:`unlock_lens.streaming.capture_to_disk` are built on it. Raises on NaN/inf.
@@ -318,7 +342,7 @@ def iter_capture(
 
     for idx, _ in forward_batches(model, prompts, hooks_for, batch_size=batch_size,
                                   progress=progress, steering=steering, batches=batches,
-                                  special_tokens=special_tokens):
+                                  special_tokens=special_tokens, tokenizer_of=tokenizer_of):
         rows = current.pop("buf")
         if not torch.isfinite(rows).all():
             bad = (~torch.isfinite(rows)).sum().item()
@@ -398,10 +422,12 @@ def capture(
     steering: Any = None,
     special_tokens: SpecialTokens = "model",
     final_layer: FinalLayer = "block",
+    tokenizer_of: Any = None,
 ) -> Float[Tensor, "n n_layers d_model"]:
     """Final-token residual stream at ``layers`` (default: all), float32, shape [n, L, d].
 
-    ``steering`` (a :class:`unlock_lens.steer.Steering`) is applied during capture if given.
+    ``steering`` (a :class:`unlock_lens.steer.Steering`) is applied during capture if given;
+    ``tokenizer_of``: see :func:`encode` (a :class:`Variant`'s).
     Holds all n rows in memory; for large prompt sets stream them to disk with
     :func:`unlock_lens.streaming.capture_to_disk`.
     """
@@ -412,7 +438,8 @@ def capture(
                       device=device)
     for idx, rows in iter_capture(model, prompts, layers, hook=hook, batch_size=batch_size,
                                   device=device, progress=progress, steering=steering,
-                                  special_tokens=special_tokens, final_layer=final_layer):
+                                  special_tokens=special_tokens, final_layer=final_layer,
+                                  tokenizer_of=tokenizer_of):
         out[idx] = rows
     return out
 
@@ -435,10 +462,12 @@ def capture_pair(
         raise UnlockLensError("alignment needs at least 2 shared questions (the paper uses hundreds)")
     H_s = capture(source.model, source.prompts(questions), source_layers, hook=hook,
                   batch_size=batch_size, progress="capture source" if progress else False,
-                  special_tokens=source.special_tokens, final_layer=final_layer)
+                  special_tokens=source.special_tokens, final_layer=final_layer,
+                  tokenizer_of=source.tokenizer_of)
     H_t = capture(target.model, target.prompts(questions), target_layers, hook=hook,
                   batch_size=batch_size, progress="capture target" if progress else False,
-                  special_tokens=target.special_tokens, final_layer=final_layer)
+                  special_tokens=target.special_tokens, final_layer=final_layer,
+                  tokenizer_of=target.tokenizer_of)
     return H_s, H_t
 
 

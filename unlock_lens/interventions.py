@@ -4,7 +4,10 @@ Every engine (the torch hooks in :mod:`unlock_lens.steer`, the exports, the vLLM
 lm-eval adapter) asks this module what an edit does and which positions it touches, so a new
 edit is one :func:`register_edit` call plus its test.
 
-An :class:`Edit` maps float32 states ``h [..., d]`` and a direction ``r [d]`` to new states.
+An :class:`Edit` maps states ``h [..., d]`` and a direction ``r [d]`` to new states, computed
+in float32 (``edit_dtype="float32"``, the library's default: a bf16 model's state and the
+small turn toward r are not rounded to bf16 mid-formula) or in the states' own dtype
+(``"model"``: the authors' code, which casts the direction with ``type_as`` and edits in bf16).
 ``additive`` says whether it is ``h + v`` for a fixed ``v`` (then ``vector(r, alpha)`` gives
 ``v``): only those run exactly on engines that add constant vectors (llama.cpp control
 vectors, TransformerLens-vLLM specs). ``norm_scaled`` edits (``rotate``, ``resid``) have a
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -22,6 +26,8 @@ from torch import Tensor
 from unlock_lens.errors import UnlockLensError
 
 EditFn = Callable[[Tensor, Tensor, float], Tensor]
+#: the dtype an edit is computed in: ``float32`` or ``model`` (the states' own dtype)
+EditDtype = Literal["float32", "model"]
 
 
 def _unit(r: Tensor) -> Tensor:
@@ -30,7 +36,8 @@ def _unit(r: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class Edit:
-    """One steering edit. ``fn(h, r, alpha)`` works in float32 on states ``[..., d]``."""
+    """One steering edit. ``fn(h, r, alpha)`` works on states ``[..., d]`` in the dtype
+    :func:`apply_edit` hands it (h and r alike)."""
 
     name: str
     fn: EditFn
@@ -113,9 +120,17 @@ register_edit(Edit(
 ))
 
 
-def apply_edit(h: Tensor, r: Tensor, alpha: float, name: str) -> Tensor:
-    """``get_edit(name)`` on ``h`` in float32, returned in ``h``'s dtype (no input checks)."""
-    out = get_edit(name).fn(h.float(), r.to(device=h.device, dtype=torch.float32), alpha)
+def check_edit_dtype(edit_dtype: str) -> str:
+    if edit_dtype not in get_args(EditDtype):
+        raise UnlockLensError(f"unknown edit_dtype {edit_dtype!r}; choose one of {get_args(EditDtype)}")
+    return edit_dtype
+
+
+def apply_edit(h: Tensor, r: Tensor, alpha: float, name: str, edit_dtype: EditDtype = "float32") -> Tensor:
+    """``get_edit(name)`` on ``h``, computed in float32 or (``edit_dtype="model"``) in ``h``'s
+    dtype, returned in ``h``'s dtype (no input checks)."""
+    dtype = torch.float32 if edit_dtype == "float32" else h.dtype
+    out = get_edit(name).fn(h.to(dtype), r.to(device=h.device, dtype=dtype), alpha)
     return out.to(h.dtype)
 
 

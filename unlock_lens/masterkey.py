@@ -189,7 +189,8 @@ def extract_masterkey(
 
     Same model in both variants → a prompt-driven key (e.g. CoT trigger vs direct prompt);
     two models (post-trained vs base, same architecture and size) → a model-driven key.
-    Each variant's prompts are tokenised with its format's ``special_tokens``;
+    Each variant's prompts are tokenised with its format's ``special_tokens`` (by its
+    ``tokenizer_of`` model's tokenizer when set);
     ``final_layer="final_norm"`` reads the last layer after the final norm (the authors' code).
     """
     if len(questions) == 0:
@@ -208,10 +209,12 @@ def extract_masterkey(
     layers = check_layers(locked.model, layers)
     h_l = capture(locked.model, locked.prompts(questions), layers, hook=hook, batch_size=batch_size,
                   progress="capture locked" if progress else False,
-                  special_tokens=locked.special_tokens, final_layer=final_layer)
+                  special_tokens=locked.special_tokens, final_layer=final_layer,
+                  tokenizer_of=locked.tokenizer_of)
     h_u = capture(unlocked.model, unlocked.prompts(questions), layers, hook=hook, batch_size=batch_size,
                   progress="capture unlocked" if progress else False,
-                  special_tokens=unlocked.special_tokens, final_layer=final_layer)
+                  special_tokens=unlocked.special_tokens, final_layer=final_layer,
+                  tokenizer_of=unlocked.tokenizer_of)
     return key_from_captures(h_l, h_u, locked, unlocked, questions, layers=layers, aggregator=aggregator,
                              capability=capability, hook=hook, final_layer=final_layer)
 

@@ -20,6 +20,7 @@ from unlock_lens.align import LayerMap
 from unlock_lens.align.layers import AlignSpec, map_directions
 from unlock_lens.artifacts import content_hash, library_version, load_artifact, save_artifact
 from unlock_lens.errors import ArtifactError
+from unlock_lens.interventions import EditDtype
 from unlock_lens.masterkey import MasterKey
 from unlock_lens.model_info import ModelInfo
 from unlock_lens.prompts import prompt_set_hash
@@ -36,6 +37,7 @@ class CapabilityPack:
     alpha: float = 0.1
     normalisation: Normalisation = "rotate"
     positions: Positions = "last_prompt"
+    edit_dtype: EditDtype = "float32"
     target_format: dict[str, Any] | None = None
     alignment: dict[str, Any] = field(default_factory=dict)
     library_version: str = field(default_factory=library_version)
@@ -53,6 +55,7 @@ class CapabilityPack:
         alpha: float = 0.1,
         normalisation: Normalisation = "rotate",
         positions: Positions = "last_prompt",
+        edit_dtype: EditDtype = "float32",
         **record: Any,
     ) -> CapabilityPack:
         """The one way a pack is made from fitted maps: it writes the whole provenance record.
@@ -63,7 +66,7 @@ class CapabilityPack:
         """
         return cls(
             key=key, maps=maps, target=ModelInfo.of(target.model), alpha=alpha,
-            normalisation=normalisation, positions=positions,
+            normalisation=normalisation, positions=positions, edit_dtype=edit_dtype,
             target_format=target.format.to_dict(),
             alignment={
                 **spec.record(),
@@ -111,6 +114,7 @@ class CapabilityPack:
             layers=layers,
             hook=self.key.hook,
             target=self.target,
+            edit_dtype=self.edit_dtype,
         )
 
     def check_model(self, model: Any, *, strict_id: bool = True) -> None:
@@ -137,6 +141,7 @@ class CapabilityPack:
             "alpha": self.alpha,
             "normalisation": self.normalisation,
             "positions": self.positions,
+            "edit_dtype": self.edit_dtype,
             "target_format": self.target_format,
             "alignment": self.alignment,
             "created_with": self.library_version,
@@ -163,6 +168,7 @@ class CapabilityPack:
                 alpha=float(meta["alpha"]),
                 normalisation=meta["normalisation"],
                 positions=meta["positions"],
+                edit_dtype=meta.get("edit_dtype", "float32"),
                 target_format=meta.get("target_format"),
                 alignment=dict(meta.get("alignment", {})),
                 library_version=meta.get("created_with", meta.get("library_version", "")),

@@ -21,6 +21,7 @@ from unlock_lens.activations import FinalLayer
 from unlock_lens.align.layers import AlignSpec
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.evaluate.runner import DEFAULT_STOP_STRINGS, Decoding
+from unlock_lens.interventions import EditDtype
 from unlock_lens.masterkey import Aggregator
 from unlock_lens.prompts import (
     COT,
@@ -32,9 +33,18 @@ from unlock_lens.prompts import (
 )
 
 Contrast = Literal["prompt", "model"]
+#: whose tokenizer encodes a model-driven key's prompts: each model its ``own`` (the library) or
+#: the post-trained (``unlocked``) model's for both sides (the authors)
+KeyTokenizer = Literal["own", "unlocked"]
 
-#: the authors' stop strings (METHOD.md §4); the model-driven math runs use none
-PAPER_STOP_STRINGS = ("Question", "user", "assistant", "I hope", "</atok>", "```")
+#: the authors' stop strings, all 19 in their order (../shared/METHOD.md §4, transcribed from
+#: their ``base_class.py``, where four more, "A:" to "D:", are commented out); the model-driven
+#: math runs use none
+PAPER_STOP_STRINGS = (
+    "</s>", "<|im_end|>", "<|endoftext|>", "assistant", "Assistant", "user", "_end", "_start",
+    "Question:", "Question", "Continuation", "Continuing", "Continues", "You are an AI",
+    "[Question]", "```", "I hope", "Subproblem", "</atok>",
+)
 
 
 @dataclass(frozen=True)
@@ -44,7 +54,9 @@ class Protocol:
     ``chat=None``: chat formats whenever the tokenizer has a chat template (the library);
     ``target_prompt[contrast]``: which of the two formats the target is aligned and tested
     with; ``shared_questions``: the key and the alignment use the same questions (the last n
-    of the pool) instead of disjoint ones; ``decoding[contrast]``: generation settings.
+    of the pool) instead of disjoint ones; ``decoding[contrast]``: generation settings;
+    ``key_tokenizer``: see :data:`KeyTokenizer`; ``edit_dtype``: the dtype the steering edit is
+    computed in (:data:`~unlock_lens.interventions.EditDtype`).
     """
 
     name: str
@@ -61,6 +73,8 @@ class Protocol:
     normalisation: str = "rotate"
     positions: str = "last_prompt"
     decoding: Mapping[Contrast, Decoding] = field(default_factory=dict)
+    key_tokenizer: KeyTokenizer = "own"
+    edit_dtype: EditDtype = "float32"
 
     # ---- what a run under this protocol uses ------------------------------------------------
 
@@ -139,6 +153,8 @@ DIFFERENCES: dict[str, tuple[str, ...]] = {
     "shared_questions": ("shared_questions",),
     "alignment": ("align",),
     "decoding": ("decoding",),
+    "key_tokenizer": ("key_tokenizer",),
+    "edit_dtype": ("edit_dtype",),
 }
 
 PAPER = Protocol(
@@ -150,11 +166,13 @@ PAPER = Protocol(
     target_prompt={"prompt": "locked", "model": "unlocked"},
     final_layer="final_norm",
     shared_questions=True,
-    align=AlignSpec("svd", rank=16, clamp_rank=True),
+    align=AlignSpec("svd", rank=16, clamp_rank=True, rank_clamp="per_side"),
     decoding={
         "prompt": Decoding(max_new_tokens=512, stop_strings=PAPER_STOP_STRINGS),
         "model": Decoding(max_new_tokens=4096, stop_strings=()),
     },
+    key_tokenizer="unlocked",
+    edit_dtype="model",
 )
 
 LIBRARY = Protocol(

@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from unlock_lens.activations import Variant, capture, check_layers
-from unlock_lens.align.layers import AlignSpec, LayerPairing, fit_layer_maps, map_directions
+from unlock_lens.align.layers import LayerPairing, fit_layer_maps, map_directions
 from unlock_lens.artifacts import atomic_write_bytes
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.evaluate.datasets import DATASETS, Problem, load_dataset, remove_overlap
@@ -217,15 +217,21 @@ def grid_steerings(pipe: Unlock, points: Sequence[GridPoint], questions: Sequenc
     n_max = len(questions)
     if max(p.n for p in points) > n_max:
         raise UnlockLensError(f"a grid point needs n={max(p.n for p in points)} questions; {n_max} given")
+    if pipe.spec.data != "last":
+        raise UnlockLensError(f"grid_steerings fits on last-token captures; protocol {protocol.name!r} "
+                              f"aligns on {pipe.spec.data!r} data")
     src_layers, tgt_layers = check_layers(pipe.source, None), check_layers(pipe.target, None)
     pairing = LayerPairing.by_depth(len(src_layers), len(tgt_layers))
     fl = protocol.final_layer
 
     def side(variant: Variant, layers: list[int], what: str) -> torch.Tensor:
         return capture(variant.model, variant.prompts(questions), layers, final_layer=fl,
-                       special_tokens=variant.special_tokens, progress=f"capture {what}")
+                       special_tokens=variant.special_tokens, tokenizer_of=variant.tokenizer_of,
+                       progress=f"capture {what}")
 
     h_locked = side(pipe.locked, src_layers, "source (locked)")
+    key_locked = pipe.key_locked  # the key may read the locked side with another tokenizer
+    h_key_locked = h_locked if key_locked.tokenizer_of is None else side(key_locked, src_layers, "source (key)")
     h_unlocked = side(pipe.unlocked, src_layers, "source (unlocked)")
     h_target = side(pipe.target_variant, tgt_layers, "target")
     steerings: dict[GridPoint, Steering] = {}
@@ -233,13 +239,14 @@ def grid_steerings(pipe: Unlock, points: Sequence[GridPoint], questions: Sequenc
         warnings.filterwarnings("ignore", message="rank .* clamped")  # run.json lists the clamped points
         for p in points:
             rows = slice(n_max - p.n, n_max)
-            key = key_from_captures(h_locked[rows], h_unlocked[rows], pipe.locked, pipe.unlocked,
+            key = key_from_captures(h_key_locked[rows], h_unlocked[rows], key_locked, pipe.unlocked,
                                     questions[rows], layers=src_layers, aggregator=p.aggregator,
                                     final_layer=fl)
-            spec = AlignSpec("svd", p.rank, clamp_rank=True).for_key(key)
+            spec = replace(pipe.spec, method="svd", rank=p.rank, clamp_rank=True).for_key(key)
             maps = fit_layer_maps(h_locked[rows][:, pairing.source_layers], h_target[rows], pairing, spec)
             steerings[p] = Steering(map_directions(key, maps), alpha=p.alpha,
-                                    normalisation=protocol.normalisation, positions=protocol.positions)
+                                    normalisation=protocol.normalisation, positions=protocol.positions,
+                                    edit_dtype=protocol.edit_dtype)
     return steerings
 
 

@@ -38,7 +38,14 @@ from torch import Tensor
 from unlock_lens.activations import HookKind, check_layers, hook_name
 from unlock_lens.controls import random_like
 from unlock_lens.errors import UnlockLensError
-from unlock_lens.interventions import apply_edit, check_rule, get_edit, selects
+from unlock_lens.interventions import (
+    EditDtype,
+    apply_edit,
+    check_edit_dtype,
+    check_rule,
+    get_edit,
+    selects,
+)
 
 #: a registered edit name (unlock_lens.interventions.EDITS): rotate, unit, resid, raw, clamp, ...
 Normalisation = str
@@ -135,6 +142,8 @@ class Steering:
 
     ``alpha = 0`` attaches nothing (bit-exact unsteered outputs); ``alpha < 0`` turns the
     states away from the direction, i.e. removes the capability (see :func:`edit_residual`).
+    ``edit_dtype``: ``float32`` (default) or ``model``, the model's own dtype, as the authors
+    (:data:`~unlock_lens.interventions.EditDtype`; the same for a float32 model).
     """
 
     directions: Mapping[int, Tensor] | Tensor
@@ -144,6 +153,7 @@ class Steering:
     layers: Sequence[int] | None = None
     hook: HookKind = "resid_post"
     target: Any = None
+    edit_dtype: EditDtype = "float32"
     _state: _CallState = field(default_factory=_CallState, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -159,6 +169,7 @@ class Steering:
             raise UnlockLensError("Steering needs at least one layer direction")
         edit = get_edit(self.normalisation)
         check_rule(self.positions)
+        check_edit_dtype(self.edit_dtype)
         if not torch.isfinite(torch.tensor(float(self.alpha))):
             raise UnlockLensError(f"alpha must be finite, got {self.alpha}")
         for layer, v in self.directions.items():
@@ -181,6 +192,7 @@ class Steering:
 
     def _hook(self, layer: int):
         state, alpha, norm, rule = self._state, self.alpha, self.normalisation, self.positions
+        edit_dtype = self.edit_dtype
         cache: dict[tuple[torch.device, torch.dtype], Tensor] = {}
         where: dict[tuple[int, bool], slice | Tensor] = {}  # (length, prefill) -> positions to edit
         direction = self.directions[layer]
@@ -200,13 +212,13 @@ class Steering:
                                        else slice(0, 0)) if contiguous else picked
             at = where[(n, prefill)]
             if isinstance(at, slice) and at == slice(0, n):
-                return apply_edit(x, cache[key], alpha, norm)
+                return apply_edit(x, cache[key], alpha, norm, edit_dtype)
             if isinstance(at, slice) and at.start == at.stop:
                 return x
             x = x.clone()
             if isinstance(at, Tensor):
                 at = at.to(x.device)
-            x[:, at] = apply_edit(x[:, at], cache[key], alpha, norm)
+            x[:, at] = apply_edit(x[:, at], cache[key], alpha, norm, edit_dtype)
             return x
 
         return steer_hook
@@ -242,12 +254,18 @@ class Steering:
         with the same per-layer norms (:func:`~unlock_lens.controls.random_like`, seeded)."""
         return Steering(
             random_like(self.directions, seed), self.alpha, self.normalisation, self.positions,
-            self.layers, self.hook, self.target,
+            self.layers, self.hook, self.target, self.edit_dtype,
         )
+
+    def like(self, directions: Mapping[int, Tensor] | Tensor, alpha: float | None = None) -> Steering:
+        """Other directions steered the same way (edit, positions, hook, precision; this alpha
+        unless given), pinned to no model: a control or a null beside this steering."""
+        return Steering(directions, self.alpha if alpha is None else alpha, self.normalisation,
+                        self.positions, None, self.hook, None, self.edit_dtype)
 
     def scaled(self, alpha: float) -> Steering:
         """A copy with another alpha."""
         return Steering(
             dict(self.directions), alpha, self.normalisation, self.positions, self.layers, self.hook,
-            self.target,
+            self.target, self.edit_dtype,
         )

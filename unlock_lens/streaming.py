@@ -66,7 +66,9 @@ def steering_fingerprint(steering: Any) -> str | None:
     tensors = {str(k): v.detach().float().cpu() for k, v in steering.directions.items()}
     settings = json.dumps([float(steering.alpha), steering.normalisation, steering.positions,
                            None if steering.layers is None else sorted(steering.layers),
-                           steering.hook])
+                           steering.hook,
+                           # the edit's dtype, named only when not the default (older fingerprints stay equal)
+                           *([steering.edit_dtype] if getattr(steering, "edit_dtype", "float32") != "float32" else [])])
     return hashlib.sha256((content_hash(tensors) + settings).encode()).hexdigest()
 
 

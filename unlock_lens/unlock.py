@@ -31,6 +31,7 @@ from unlock_lens.alignment_data import (
 )
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.generation import Generation, generate
+from unlock_lens.interventions import EditDtype
 from unlock_lens.masterkey import Aggregator, MasterKey, extract_masterkey
 from unlock_lens.pack import CapabilityPack
 from unlock_lens.prompts import PromptFormat, get_format
@@ -102,6 +103,7 @@ def build_pack(
     alpha: float = 0.1,
     normalisation: Normalisation = "rotate",
     positions: Positions = "last_prompt",
+    edit_dtype: EditDtype = "float32",
     batch_size: int = 16,
     progress: bool = False,
     unlocked: Variant | None = None,
@@ -114,7 +116,8 @@ def build_pack(
                      unlocked=unlocked)
     return CapabilityPack.from_alignment(
         key, maps, source=source, target=target, questions=questions, spec=spec, alpha=alpha,
-        normalisation=normalisation, positions=positions, final_layer=key.final_layer, **record,
+        normalisation=normalisation, positions=positions, edit_dtype=edit_dtype,
+        final_layer=key.final_layer, **record,
     )
 
 
@@ -127,7 +130,8 @@ class Unlock:
     ``protocol`` (``"library"``, ``"paper"`` or a :class:`~unlock_lens.protocol.Protocol`)
     supplies every choice left as ``None``: formats and special tokens, the target's format for
     this kind of key, the last layer's basis, whether key and alignment questions may be
-    shared, aggregator, map, alpha and decoding.
+    shared, aggregator, map, alpha and decoding, whose tokenizer reads a model-driven key
+    and the edit's dtype.
     """
 
     source: Any
@@ -174,6 +178,16 @@ class Unlock:
         return Variant(self.source_unlocked or self.source, self.unlocked_format)
 
     @property
+    def key_locked(self) -> Variant:
+        """The locked side as the key reads it: :attr:`locked`, except that under the
+        protocol's ``key_tokenizer="unlocked"`` a model-driven key tokenises the base model's
+        prompts with the post-trained model's tokenizer (the authors' code). The alignment
+        reads :attr:`locked`, each model with its own tokenizer."""
+        if self.source_unlocked is None or self.protocol.key_tokenizer == "own":
+            return self.locked
+        return Variant(self.source, self.locked.format, tokenizer_of=self.source_unlocked)
+
+    @property
     def target_variant(self) -> Variant:
         return Variant(self.target, self.target_format)
 
@@ -185,7 +199,7 @@ class Unlock:
     def extract(self, questions: Sequence[str], **kwargs: Any) -> MasterKey:
         kwargs.setdefault("final_layer", self.protocol.final_layer)
         return extract_masterkey(
-            self.locked, self.unlocked, questions, aggregator=self.aggregator,
+            self.key_locked, self.unlocked, questions, aggregator=self.aggregator,
             batch_size=self.batch_size, progress=self.progress, **kwargs,
         )
 
@@ -198,8 +212,8 @@ class Unlock:
             spec = replace(spec, continuation_stop=tuple(self.protocol.decoding_for(self.contrast).stop_strings))
         return build_pack(key, self.locked, self.target_variant, questions, spec,
                           alpha=self.alpha, normalisation=self.normalisation, positions=self.positions,
-                          batch_size=self.batch_size, progress=self.progress, unlocked=self.unlocked,
-                          protocol=self.protocol.name)
+                          edit_dtype=self.protocol.edit_dtype, batch_size=self.batch_size,
+                          progress=self.progress, unlocked=self.unlocked, protocol=self.protocol.name)
 
     def run(self, key_questions: Sequence[str], align_questions: Sequence[str]) -> CapabilityPack:
         """Extract on ``key_questions``, align on ``align_questions``; they must be disjoint

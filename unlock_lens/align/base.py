@@ -278,6 +278,7 @@ def fit_alignment(
     seed: int = 0,
     source_layer: int | None = None,
     target_layer: int | None = None,
+    target_rank: int | None = None,
     **kwargs: Any,
 ) -> LayerMap:
     """Fit a source->target map on paired activations (row i of both = the same prompt).
@@ -285,7 +286,10 @@ def fit_alignment(
     ``holdout`` in [0, 1): fit on a seeded random ``1 - holdout`` share of the rows and record
     ``heldout_relative_error`` / ``heldout_r2`` in ``metrics`` (``train_*`` are always
     recorded). ``rank`` must satisfy 1 <= rank <= min(n_train, d_src, d_tgt) for the rank-k
-    methods (``ridge`` and ``identity`` ignore it). Extra ``kwargs`` go to the method.
+    methods (``ridge`` and ``identity`` ignore it). ``target_rank`` (``svd`` only): the target
+    basis's own rank, as in the authors' per-side clamp; ``rank`` is then bounded by
+    min(n_train, d_src) alone and ``target_rank`` by min(n_train, d_tgt). Extra ``kwargs`` go
+    to the method.
     """
     if method not in ALIGNMENT_METHODS:
         known = ", ".join(sorted(ALIGNMENT_METHODS))
@@ -325,16 +329,27 @@ def fit_alignment(
     Xt_fit = X_tgt if train_idx is None else X_tgt[train_idx]
     n_train = Xs_fit.shape[0]
 
-    if isinstance(rank, bool) or not isinstance(rank, int):
-        raise UnlockLensError(f"rank must be an int, got {rank!r}")
-    if rank < 1:
-        raise UnlockLensError(f"rank must be >= 1, got rank={rank}")
-    limit = min(n_train, d_src, d_tgt)
-    if method not in _RANK_FREE and rank > limit:
-        raise UnlockLensError(
-            f"rank={rank} exceeds the limit min(n_train={n_train}, d_src={d_src}, "
-            f"d_tgt={d_tgt}) = {limit}; lower rank or add prompts"
-        )
+    for name, value in (("rank", rank), ("target_rank", target_rank)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UnlockLensError(f"{name} must be an int, got {value!r}")
+        if value is not None and value < 1:
+            raise UnlockLensError(f"{name} must be >= 1, got {name}={value}")
+    if target_rank is None:
+        limit = min(n_train, d_src, d_tgt)
+        if method not in _RANK_FREE and rank > limit:
+            raise UnlockLensError(
+                f"rank={rank} exceeds the limit min(n_train={n_train}, d_src={d_src}, "
+                f"d_tgt={d_tgt}) = {limit}; lower rank or add prompts"
+            )
+    else:
+        if method != "svd":
+            raise UnlockLensError(f"target_rank (a separate target-side rank) is for method 'svd', "
+                                  f"not {method!r}: pass rank alone")
+        for name, value, d_name, d in (("rank", rank, "d_src", d_src), ("target_rank", target_rank, "d_tgt", d_tgt)):
+            if value > min(n_train, d):
+                raise UnlockLensError(f"{name}={value} exceeds min(n_train={n_train}, {d_name}={d}) = "
+                                      f"{min(n_train, d)}; lower it or add prompts")
+        kwargs["target_rank"] = target_rank
 
     fitted = ALIGNMENT_METHODS[method](Xs_fit, Xt_fit, rank, centered, **kwargs)
     fitted.source_layer = source_layer

@@ -13,7 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from jaxtyping import Float
@@ -75,19 +75,26 @@ class LayerPairing:
             )
 
 
+#: how ``AlignSpec.clamp_rank`` lowers a rank the data cannot carry: ``joint`` (the library)
+#: one k = min(k, n, d_src, d_tgt) on both sides; ``per_side`` (the authors' code) each side's own,
+#: k_s = min(k, n, d_src) and k_t = min(k, n, d_tgt)
+RankClamp = Literal["joint", "per_side"]
+
+
 @dataclass(frozen=True)
 class AlignSpec:
     """How each layer's map is fitted (the arguments of :func:`~unlock_lens.align.fit_alignment`).
 
     ``centered=None`` means the authors' rule, resolved by :meth:`for_key`: uncentred for a
-    mean-difference key, centred for a PCA key. ``clamp_rank=True`` lowers a rank above
-    min(n, d_src, d_tgt) to that limit with a warning (the authors' code does it silently);
-    by default such a rank is refused. ``data``: which paired states the maps are fitted on
-    (:mod:`unlock_lens.alignment_data`: ``last``, the authors'; ``tokens``; ``text``;
-    ``continuations``; or a ``+``-joined combination), at most ``max_pairs`` pairs drawn with
-    ``data_seed``. ``continuations`` are generated greedily by the source's unlocked variant, at
-    most ``continuation_tokens`` tokens, cut at ``continuation_stop`` (``None``: none when
-    calling ``align_key``; :class:`~unlock_lens.unlock.Unlock` uses its protocol's stop strings).
+    mean-difference key, centred for a PCA key. ``clamp_rank=True`` lowers a rank the data
+    cannot carry, with a warning (the authors' code does it silently), by the ``rank_clamp``
+    rule (:data:`RankClamp`: ``joint`` or ``per_side``); by default such a rank is refused.
+    ``data``: which paired states the maps are fitted on (:mod:`unlock_lens.alignment_data`:
+    ``last``, the authors'; ``tokens``; ``text``; ``continuations``; or a ``+``-joined
+    combination), at most ``max_pairs`` pairs drawn with ``data_seed``. ``continuations`` are
+    generated greedily by the source's unlocked variant, at most ``continuation_tokens`` tokens,
+    cut at ``continuation_stop`` (``None``: none when calling ``align_key``;
+    :class:`~unlock_lens.unlock.Unlock` uses its protocol's stop strings).
 
     A bare ``AlignSpec()`` is the authors' fit (``last``, svd, rank 16). The library's default
     alignment is its protocol's (``get_protocol("library")``: ``tokens+last``, svd, rank 256),
@@ -100,11 +107,33 @@ class AlignSpec:
     holdout: float = 0.0
     fit_kwargs: Mapping[str, Any] = field(default_factory=dict)
     clamp_rank: bool = False
+    rank_clamp: RankClamp = "joint"
     data: str = "last"
     max_pairs: int | None = None
     data_seed: int = 0
     continuation_tokens: int = 64
     continuation_stop: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.rank_clamp not in get_args(RankClamp):
+            raise UnlockLensError(f"unknown rank_clamp {self.rank_clamp!r}; choose one of {get_args(RankClamp)}")
+
+    def clamped(self, n: int, d_src: int, d_tgt: int) -> tuple[int, int]:
+        """(source rank, target rank) fitted on ``n`` rows of widths ``d_src`` / ``d_tgt``:
+        ``rank`` on both sides unless ``clamp_rank`` lowers it (with a warning) by ``rank_clamp``."""
+        k = self.rank
+        if not self.clamp_rank:
+            return k, k
+        if self.rank_clamp == "per_side":
+            ranks = min(k, n, d_src), min(k, n, d_tgt)
+            rule = f"per side: k_s = min(k, n={n}, d_src={d_src}), k_t = min(k, n, d_tgt={d_tgt})"
+        else:
+            ranks = (min(k, n, d_src, d_tgt),) * 2
+            rule = f"min(n={n}, d_src={d_src}, d_tgt={d_tgt})"
+        if ranks != (k, k):
+            clamped = ranks[0] if ranks[0] == ranks[1] else f"{ranks[0]} (source) and {ranks[1]} (target)"
+            warnings.warn(f"rank {k} > {rule}: clamped to {clamped}", stacklevel=3)
+        return ranks
 
     def for_key(self, key: Any) -> AlignSpec:
         """This spec with ``centered`` resolved for ``key`` (a MasterKey; ``aggregator`` read)."""
@@ -117,6 +146,7 @@ class AlignSpec:
         return {
             "method": self.method, "rank": self.rank, "centered": bool(self.centered),
             "holdout": self.holdout, **({"clamp_rank": True} if self.clamp_rank else {}),
+            **({"rank_clamp": self.rank_clamp} if self.rank_clamp != "joint" else {}),
             "data": self.data, "max_pairs": self.max_pairs, "data_seed": self.data_seed,
             **({"continuation_tokens": self.continuation_tokens,
                 "continuation_stop": list(self.continuation_stop or ())}
@@ -147,22 +177,16 @@ def fit_layer_maps(
             f"pairing needs source layers {s_layers} and target layers {t_layers}: capture those"
         )
     centered = bool(spec.centered)
-    rank = spec.rank
-    if spec.clamp_rank:
-        n = H_src.shape[0]
-        n_fit = n - (max(1, round(spec.holdout * n)) if spec.holdout > 0 else 0)
-        limit = min(n_fit, H_src.shape[-1], H_tgt.shape[-1])
-        if rank > limit:
-            warnings.warn(f"rank {rank} > min(n={n_fit}, d_src={H_src.shape[-1]}, d_tgt="
-                          f"{H_tgt.shape[-1]}): clamped to {limit}", stacklevel=2)
-            rank = limit
+    n = H_src.shape[0]
+    n_fit = n - (max(1, round(spec.holdout * n)) if spec.holdout > 0 else 0)
+    rank, target_rank = spec.clamped(n_fit, H_src.shape[-1], H_tgt.shape[-1])
     maps: dict[int, LayerMap] = {}
     for j, t in enumerate(t_layers):
         s = pairing.source_of[t]
         maps[t] = fit_alignment(
             H_src[:, s_layers.index(s)], H_tgt[:, j], method=spec.method, rank=rank,
             centered=centered, holdout=spec.holdout, source_layer=s, target_layer=t,
-            **spec.fit_kwargs,
+            **({"target_rank": target_rank} if target_rank != rank else {}), **spec.fit_kwargs,
         )
     return maps
 
@@ -196,8 +220,9 @@ def fit_layer_maps_from_stats(
 
     ``stats[t]`` is the :class:`GramStats` of (source layer ``pairing.source_of[t]``, target
     layer ``t``) rows, for every target layer of ``pairing``. Memory depends on d, not on the
-    number of rows. ``spec.holdout`` must be 0 (the rows are gone); ``clamp_rank`` clamps to
-    the smallest ``min(n, d_src, d_tgt)`` over the layers.
+    number of rows. ``spec.holdout`` must be 0 (the rows are gone); ``clamp_rank`` clamps with
+    the smallest n over the layers, and a ``per_side`` clamp that leaves the two sides different
+    ranks is refused (fit from rows for it).
     """
     if spec.holdout > 0:
         raise UnlockLensError(
@@ -211,13 +236,13 @@ def fit_layer_maps_from_stats(
             f"no statistics for target layers {missing} (have {sorted(stats)}); accumulate a "
             "GramStats for every target layer of the pairing"
         )
-    rank = spec.rank
-    if spec.clamp_rank:
-        limit = min(min(stats[t].n, stats[t].d_src, stats[t].d_tgt) for t in t_layers)
-        if rank > limit:
-            warnings.warn(f"rank {rank} > min(n, d_src, d_tgt) = {limit} over the layers' "
-                          f"statistics: clamped to {limit}", stacklevel=2)
-            rank = limit
+    first = stats[t_layers[0]]
+    rank, target_rank = spec.clamped(min(stats[t].n for t in t_layers), first.d_src, first.d_tgt)
+    if target_rank != rank:
+        raise UnlockLensError(
+            f"rank_clamp='per_side' gives the sides ranks {rank} and {target_rank}, which a fit from "
+            "statistics does not take: fit from rows (data='last') or use rank_clamp='joint'"
+        )
     return {
         t: fit_from_stats(stats[t], spec.method, rank, bool(spec.centered), source_layer=pairing.source_of[t],
                           target_layer=t, **spec.fit_kwargs)

@@ -67,12 +67,8 @@ def first_token_shift(
 def control_conditions(pack: Any, alpha: float, seeds: Sequence[int] = (0, 1, 2)) -> dict[str, Steering]:
     """The transferred key and its controls at one alpha, with the pack's other settings."""
     steering = pack.steering(alpha)
-
-    def like(directions: dict[int, Tensor]) -> Steering:
-        return Steering(directions, alpha, steering.normalisation, steering.positions, None, steering.hook)
-
     out = {f"steered a={alpha}": steering}
     for s in seeds:
         out[f"random a={alpha} seed={s}"] = steering.randomized(s)
-        out[f"random-mapped a={alpha} seed={s}"] = like(mapped_random_like(pack, s))
+        out[f"random-mapped a={alpha} seed={s}"] = steering.like(mapped_random_like(pack, s))
     return out

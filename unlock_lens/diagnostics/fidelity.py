@@ -44,7 +44,6 @@ from unlock_lens.distributions import kl_divergence
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.generation import generate
 from unlock_lens.prompts import SpecialTokens
-from unlock_lens.steer import Steering
 
 
 def token_agreement(a: Sequence[int], b: Sequence[int]) -> float:
@@ -344,14 +343,11 @@ def pack_fidelity(
         raise UnlockLensError("the unlocked-prompt reference needs unlocked_prompts (the capability prompts)")
     steered = pack.steering(alpha)
 
-    def like(directions: Mapping[int, Tensor], a: float = alpha) -> Steering:
-        return Steering(directions, a, steered.normalisation, steered.positions, None, steered.hook)
-
-    native = like(native_directions)
-    candidates = {"transferred": steered, "-transferred": like(steered.directions, -alpha)}
-    nulls = {f"random-mapped {seed + i}": like(d)
+    native = steered.like(native_directions)
+    candidates = {"transferred": steered, "-transferred": steered.like(steered.directions, -alpha)}
+    nulls = {f"random-mapped {seed + i}": steered.like(d)
              for i, d in enumerate(random_mapped_nulls(pack.key, pack.maps, n_nulls, seed=seed))}
-    nulls.update({name: like(d) for name, d in (extra_nulls or {}).items()})
+    nulls.update({name: steered.like(d) for name, d in (extra_nulls or {}).items()})
     decoding = dict(max_new_tokens=max_new_tokens, stop_strings=stop_strings, batch_size=batch_size)
     refs = []
     if "native" in references:

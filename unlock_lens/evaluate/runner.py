@@ -208,7 +208,7 @@ def _native_base(model: Any, pack: Any, locked: PromptFormat, unlocked: PromptFo
                             hook=hook, batch_size=batch_size)
     dirs = {layer: key.directions[j] for j, layer in enumerate(key.layers)}
     settings = {} if pack is None else {"normalisation": pack.normalisation,
-                                        "positions": pack.positions}
+                                        "positions": pack.positions, "edit_dtype": pack.edit_dtype}
     info = {"n_prompts": key.n_prompts, "prompt_hash": key.prompt_hash,
             "effective_rank": key.effective_rank}
     return Steering(dirs, 1.0, hook=hook, **settings), info
@@ -238,9 +238,8 @@ def _plan(
             runs.extend(_Run("random", locked_prompts, alpha, s, steered.scaled(alpha).randomized(s))
                         for s in seeds)
         if "random-mapped" in conditions:
-            runs.extend(_Run("random-mapped", locked_prompts, alpha, s, Steering(
-                random_mapped(pack.key, pack.maps, s), alpha, steered.normalisation, steered.positions, None,
-                steered.hook)) for s in seeds)
+            runs.extend(_Run("random-mapped", locked_prompts, alpha, s,
+                             steered.like(random_mapped(pack.key, pack.maps, s), alpha)) for s in seeds)
     return runs
 
 
