@@ -196,3 +196,33 @@ def test_help_texts_render_clean_and_describe_the_options():
     assert "unlock-lens[vllm]" in CliRunner().invoke(app, ["eval", "--help"], terminal_width=200).output
     method_help = next(p.help for p in command.commands["align"].params if p.name == "method")
     assert all(m in method_help for m in ("svd", "procrustes", "cca", "ridge"))
+
+
+def test_version_and_help_for_every_option_with_its_choices():
+    import click
+    import typer.main
+    from typer.testing import CliRunner
+
+    from unlock_lens.artifacts import library_version
+    from unlock_lens.cli import app
+    from unlock_lens.evaluate.datasets import DATASETS
+    from unlock_lens.prompts import FORMATS
+
+    r = CliRunner().invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.strip() == f"unlock-lens {library_version()}"
+    command = typer.main.get_command(app)
+    for name, sub in command.commands.items():
+        for param in sub.params:
+            assert param.help, f"{name} {param.opts[0]} has no help text"
+            help_text = " ".join(param.help.split())
+            option = param.name
+            if option == "dataset":
+                assert all(d in help_text for d in DATASETS), (name, help_text)
+            if option == "split":
+                assert all(f"{d}: " in help_text for d in DATASETS) and "train" in help_text
+            if option.endswith("format") and isinstance(param, click.Option) and option != "format":
+                assert all(f in help_text for f in FORMATS), (name, option, help_text)
+            if option == "aggregator":
+                assert "mean" in help_text and "pca" in help_text
+            if option == "device":
+                assert all(d in help_text for d in ("cpu", "cuda", "mps")), (name, help_text)
