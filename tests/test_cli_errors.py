@@ -110,6 +110,10 @@ CASES = {
     "run unknown target, hub unreachable": (RUN + ["--target", "someone/nope"], "--target"),
     "reproduce unknown backend": (["reproduce", "qwen1.5-14b-to-7b-cot", "--backend", "tpu", "--out",
                                    "OUT/r"], "--backend"),
+    "reproduce hub model offline": (["reproduce", "qwen1.5-14b-to-7b-cot", "--out", "OUT/r"], "--model",
+                                    OFFLINE),
+    "reproduce missing substitute": (["reproduce", "qwen1.5-14b-to-7b-cot", "--model",
+                                      "Qwen/Qwen1.5-14B=OUT/none", "--out", "OUT/r"], "--model"),
     "reproduce cuda without a gpu": (["reproduce", "qwen1.5-14b-to-7b-cot", "--device", "cuda",
                                       "--out", "OUT/r"], "--device"),
 }

@@ -18,7 +18,6 @@ from typing import Annotated, Any
 import typer
 
 from unlock_lens import cli_checks as check
-from unlock_lens.activations import Variant
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.evaluate.datasets import DATASETS
 from unlock_lens.legends import TABLE_LEGENDS
@@ -491,6 +490,7 @@ def run(
 
     import pandas as pd
 
+    from unlock_lens.activations import Variant
     from unlock_lens.artifacts import atomic_write_bytes
     from unlock_lens.diagnostics.distribution_shift import control_conditions, first_token_shift
     from unlock_lens.masterkey import extract_masterkey
@@ -551,6 +551,7 @@ def reproduce(
 ) -> None:
     """Reproduce a headline setting of the paper under the authors' protocol (a GPU and the
     model hub for the real sizes): the whole grid, both selections, beside the published table."""
+    from unlock_lens.models import check_model_source
     from unlock_lens.reproduce import load_recipe, parse_substitutes, recipe_names, run_recipe
 
     if list_:
@@ -565,6 +566,12 @@ def reproduce(
     out = out or Path("out/reproduce") / loaded.name
     check.check_out_folder(out, "reproduce")
     check.check_device(device)
+    for role, hub_id in loaded.sized(dry_run).models.items():
+        try:
+            check_model_source(substitutes.get(hub_id, hub_id))
+        except UnlockLensError as err:
+            raise UnlockLensError(f"--model: the recipe's {role} model {hub_id}: {err}; or pass "
+                                  f"--model {hub_id}=LOCAL_DIR") from None
     path = run_recipe(loaded, out, substitutes=substitutes, dry_run=dry_run, backend=backend,
                       load=lambda name: _load(name, device))
     typer.echo(path.read_text())
