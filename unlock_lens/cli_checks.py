@@ -7,7 +7,9 @@ none loads a model, reads a dataset or writes a file. The choices they accept ar
 
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 from unlock_lens.errors import UnlockLensError
@@ -15,9 +17,9 @@ from unlock_lens.errors import UnlockLensError
 AGGREGATORS = ("mean", "pca")
 
 
-def choices(names: object) -> str:
+def choices(names: Iterable[object]) -> str:
     """``a, b or c``: a list of choices as help texts and errors write it."""
-    items = [str(n) for n in names]  # type: ignore[attr-defined]
+    items = [str(n) for n in names]
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
 
 
@@ -72,7 +74,9 @@ def check_dataset(name: str, split: str | None = None, flag: str = "--dataset") 
     from unlock_lens.evaluate.datasets import DATASETS
 
     if name not in DATASETS:
-        raise UnlockLensError(f"{flag} {name!r} is not a known dataset; choose {choices(DATASETS)}")
+        close = difflib.get_close_matches(name, list(DATASETS), n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UnlockLensError(f"{flag} {name!r} is not a known dataset{hint}; choose {choices(DATASETS)}")
     splits = list(DATASETS[name].files)
     if split is not None and split not in splits:
         raise UnlockLensError(f"--split {split!r}: {name} has the split(s) {choices(splits)}")
