@@ -45,14 +45,21 @@ def check_alpha(alpha: float | None, flag: str = "--alpha") -> None:
         raise UnlockLensError(f"{flag} must be a finite number, got {alpha}")
 
 
+def _parse_list(text: str, flag: str, kind: type, example: str) -> list:
+    """A comma list of ``kind`` (int or float), at least one."""
+    try:
+        items = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        what = "integers" if kind is int else "numbers"
+        raise UnlockLensError(f"{flag} must be comma-separated {what}, e.g. {example}; got {text!r}") from None
+    if not items:
+        raise UnlockLensError(f"{flag} is empty: give at least one value, e.g. {flag} {example}")
+    return items
+
+
 def parse_alphas(text: str, flag: str = "--alphas") -> list[float]:
     """``"0.05,0.2"`` → finite floats, at least one."""
-    try:
-        alphas = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UnlockLensError(f"{flag} must be comma-separated numbers, e.g. 0.05,0.2; got {text!r}") from None
-    if not alphas:
-        raise UnlockLensError(f"{flag} is empty: give at least one steering strength, e.g. {flag} 0.05,0.2")
+    alphas = _parse_list(text, flag, float, "0.05,0.2")
     for alpha in alphas:
         check_alpha(alpha, flag)
     return alphas
@@ -60,13 +67,7 @@ def parse_alphas(text: str, flag: str = "--alphas") -> list[float]:
 
 def parse_seeds(text: str, flag: str = "--seeds") -> list[int]:
     """``"0,1,2"`` → integers, at least one."""
-    try:
-        seeds = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UnlockLensError(f"{flag} must be comma-separated integers, e.g. 0,1,2; got {text!r}") from None
-    if not seeds:
-        raise UnlockLensError(f"{flag} is empty: give at least one seed, e.g. {flag} 0,1,2")
-    return seeds
+    return _parse_list(text, flag, int, "0,1,2")
 
 
 def check_dataset(name: str, split: str | None = None, flag: str = "--dataset") -> None:

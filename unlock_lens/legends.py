@@ -27,7 +27,7 @@ TABLE_LEGENDS: dict[str, str] = {
         "direct's on the same problems, [diff_lo, diff_hi] its paired-bootstrap 95% interval, "
         "mcnemar_p its exact McNemar p; steered = the pack's transferred key; native-key = the "
         "target's own key (the ceiling); random = random directions with the key's per-layer "
-        "norms, one row per seed and a pooled row (seed <NA>); NaN = does not apply to the row."
+        "norms, one row per seed and a pooled row without a seed; NaN = does not apply to the row."
     ),
     "run": (
         "One row per condition, the target's first answer token under the direct prompt: "
