@@ -129,13 +129,20 @@ def _check_models(device: str, **flags: str | None) -> None:
             check.check_model(value, "--" + name.replace("_", "-"))
 
 
-def _load(name: str, device: str):  # noqa: ANN202
-    from unlock_lens.models import conversion_target, load_model
+def _say_conversion(name: str) -> None:
+    """Say so when loading ``name`` will first dequantise a GGUF into the cache, and where."""
+    from unlock_lens.models import conversion_target
 
     target = conversion_target(name)
     if target is not None:
         typer.echo(f"converting {name} (GGUF) into the cache, once: {target} "
                    "(about a minute; $UNLOCK_LENS_CACHE moves the cache)", err=True)
+
+
+def _load(name: str, device: str):  # noqa: ANN202
+    from unlock_lens.models import load_model
+
+    _say_conversion(name)
     return load_model(name, device=device)
 
 
@@ -420,6 +427,7 @@ def _vllm_generator(target: str, backend: str, tensor_parallel_size: int) -> Any
     from unlock_lens.backends.vllm import VLLMSteeredGenerator
     from unlock_lens.models import resolve_model_dir
 
+    _say_conversion(target)
     return VLLMSteeredGenerator(str(resolve_model_dir(target)), tensor_parallel_size=tensor_parallel_size)
 
 
