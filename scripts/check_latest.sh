@@ -3,7 +3,7 @@
 #
 # Installs the newest releases that pyproject.toml's ranges admit into a throw-away virtual
 # environment, runs the fast suite there, and prints which packages differ from
-# requirements.lock and whether the suite passed. torch stays the CPU wheel (TORCH=...
+# requirements-dev.lock and whether the suite passed. torch stays the CPU wheel (TORCH=...
 # to change it: the newest torch on PyPI is a multi-GB CUDA build).
 #
 # Usage: scripts/check_latest.sh [pytest args...]     exit 0: suite passed on the newest set
@@ -22,9 +22,9 @@ if ! "$py" -m pip install -q --upgrade --upgrade-strategy eager -c "$root/torch.
     echo "CANARY: install of the newest releases FAILED"; tail -20 "$root/install.log"; exit 1
 fi
 "$py" -m pip freeze --exclude-editable | sed -E 's/^([^=]+)==([^+]+)(\+.*)?$/\1==\2/' | sort -f > "$root/latest.txt"
-grep -v '^#' requirements.lock | sort -f > "$root/lock.txt"
+grep -v '^#' requirements-dev.lock | sort -f > "$root/lock.txt"
 
-echo "== packages whose newest admitted release differs from requirements.lock"
+echo "== packages whose newest admitted release differs from requirements-dev.lock"
 "$py" - "$root/lock.txt" "$root/latest.txt" <<'PY'
 import re, sys
 def read(p):

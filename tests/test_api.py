@@ -54,7 +54,7 @@ def test_core_math_imports_no_model_library():
 
 #: the method's order, bottom to top: a module may import its own layer and those below it
 LAYERS = [
-    ["errors", "compat", "model_info", "artifacts", "interventions", "distributions", "plots"],
+    ["errors", "legends", "compat", "model_info", "artifacts", "interventions", "distributions", "plots"],
     ["prompts", "models", "controls", "random_models"],
     ["activations", "streaming"],
     ["masterkey", "align", "alignment_data"],
@@ -63,7 +63,7 @@ LAYERS = [
     ["unlock", "protocol", "evaluate", "export", "lm_eval_adapter"],
     ["diagnostics", "reproduce", "recipes"],
     ["organisms"],
-    ["cli"],
+    ["cli", "cli_checks"],
 ]
 
 

@@ -105,3 +105,26 @@ def test_align_defaults_to_token_pairs_and_records_them(tiny_dirs, tmp_path, mon
     width = min(min(m.weight.shape) for m in pack.maps.values())  # min(d_src, d_tgt)
     assert {m.rank for m in pack.maps.values()} == {width} and width < 256
     assert f"rank {width} on tokens+last data" in r.output
+
+
+def test_eval_with_the_direct_condition_alone_runs_and_explains_its_table(tiny_dirs, tmp_path, monkeypatch):
+    """`eval --conditions direct` needs no alpha (it used to index an empty alpha list); the
+    summary is one direct row and the printed table ends with its legend."""
+    import pandas as pd
+
+    from unlock_lens.legends import TABLE_LEGENDS
+
+    monkeypatch.setenv("UNLOCK_LENS_DATA", str(DATA_DIR))
+    src, tgt = str(tiny_dirs["qwen2"]), str(tiny_dirs["llama"])
+    key, pack = tmp_path / "key.safetensors", tmp_path / "pack.safetensors"
+    assert runner.invoke(app, ["extract", "--model", src, "--out", str(key), "--n", "4"]).exit_code == 0
+    r = runner.invoke(app, ["align", "--key", str(key), "--source", src, "--target", tgt, "--out",
+                            str(pack), "--n", "6", "--rank", "4"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["eval", "--pack", str(pack), "--target", tgt, "--out", str(tmp_path / "e"),
+                            "--conditions", "direct", "--limit", "3", "--max-new-tokens", "4"])
+    assert r.exit_code == 0, r.output
+    summary = pd.read_csv(tmp_path / "e" / "summary.csv")
+    assert summary.condition.tolist() == ["direct"] and summary.n.tolist() == [3]
+    assert TABLE_LEGENDS["eval"] in r.output
+

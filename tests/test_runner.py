@@ -255,7 +255,7 @@ def test_cli_eval(tiny_dirs, pack, tmp_path, monkeypatch):
     assert "steered" in r.output and (tmp_path / "ev" / "summary.md").is_file()
     r = runner.invoke(app, [*args, "--dataset", "svampp"])
     assert r.exit_code != 0 and isinstance(r.exception, UnlockLensError)
-    assert "Unknown dataset 'svampp'" in str(r.exception)
+    assert "--dataset 'svampp' is not a known dataset" in str(r.exception)
     r = runner.invoke(app, [*args[:6], "bogus", *args[7:], "--dataset", "svamp"])
     assert r.exit_code != 0 and "unknown condition" in str(r.exception)
     # --backend bridge: the bridge's loop, the same rows as the default (auto -> HF's generate);
@@ -267,7 +267,7 @@ def test_cli_eval(tiny_dirs, pack, tmp_path, monkeypatch):
     assert [x["output"] for x in bridge_rows] == [x["output"] for x in back.rows]
     assert EvalResults.load(tmp_path / "ev-b").metadata["decoding"]["engine"] == "bridge"
     r = runner.invoke(app, [*args, "--dataset", "svamp", "--backend", "nope"])
-    assert r.exit_code != 0 and "unknown engine" in str(r.exception)
+    assert r.exit_code != 0 and "--backend 'nope'" in str(r.exception)
     pytest.importorskip("unlock_lens.backends.vllm")
     try:
         import vllm  # noqa: F401

@@ -3,12 +3,13 @@
 Models are hub names, local HF directories, .gguf files or registry short names
 (smollm2-135m-instruct, gemma-3-270m). Key and alignment questions come from disjoint
 seeded splits of a dataset (--dataset gsm8k --split train) so they never overlap.
+Every argument is checked before a model loads (unlock_lens/cli_checks.py).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,15 +17,28 @@ from typing import Annotated, Any
 
 import typer
 
-from unlock_lens.activations import Variant
+from unlock_lens import cli_checks as check
 from unlock_lens.errors import UnlockLensError
+from unlock_lens.evaluate.datasets import DATASETS
+from unlock_lens.legends import TABLE_LEGENDS
 from unlock_lens.prompts import get_format
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
 
-Model = Annotated[str, typer.Option(help="hub id, local HF dir, .gguf file or registry name")]
+#: modules that add commands to ``app`` with ``@app.command()`` (imported at the end of this file)
+COMMAND_MODULES: tuple[str, ...] = ()
+
+_SPLITS = "; ".join(f"{name}: {check.choices(spec.files)}" for name, spec in DATASETS.items())
+Model = Annotated[str, typer.Option(help="hub id, local HF dir, .gguf file or registry name "
+                                         "(smollm2-135m-instruct, gemma-3-270m)")]
+Dataset = Annotated[str, typer.Option(help=f"question set: {check.choices(DATASETS)}")]
+Split = Annotated[str, typer.Option(help=f"split of --dataset ({_SPLITS})")]
+Seed = Annotated[int, typer.Option(help="seed of the disjoint key / align / dev question splits")]
+Device = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:N or mps")]
+BatchSize = Annotated[int, typer.Option(help="prompts per forward pass (lower it if memory runs out)")]
+MaxNewTokens = Annotated[int, typer.Option(help="greedy tokens generated per answer, at most")]
+FormatHelp = f"prompt format: {check.choices(check.format_names())}"
 Method = Annotated[str, typer.Option(help="alignment method: svd (the authors'), procrustes, cca, ridge, identity")]
-Rank = Annotated[int, typer.Option(help="rank k of the map (top-k subspaces); at most the number of alignment questions")]
 FitRank = Annotated[int | None, typer.Option(
     help="rank k of the map; default 256 on token data (lowered to d with a warning), 16 with --data last "
          "(at most the alignment questions there)")]
@@ -37,6 +51,23 @@ Alpha = Annotated[float, typer.Option(help="steering strength (negative steers a
 AlphaOr = Annotated[float | None, typer.Option(help="steering strength (default: the pack's)")]
 Normalisation = Annotated[str, typer.Option(help="edit: rotate (the paper's, norm-preserving), unit, resid, raw, clamp")]
 Positions = Annotated[str, typer.Option(help="where to edit: last_prompt (the paper's), prompt, final, all")]
+PackFile = Annotated[Path, typer.Option(help="CapabilityPack file (from `align`)")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from unlock_lens.artifacts import library_version
+
+        typer.echo(f"unlock-lens {library_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """Extract, align and steer capability directions across language models."""
 
 
 def _questions(dataset: str, split: str, role: str, n: int, seed: int) -> list[str]:
@@ -49,51 +80,6 @@ def _questions(dataset: str, split: str, role: str, n: int, seed: int) -> list[s
     return [p.question for p in chosen]
 
 
-# ---- checks that run before any model is loaded -------------------------------------------
-
-
-def _check_dataset(name: str, flag: str = "--dataset") -> None:
-    from unlock_lens.evaluate.datasets import DATASETS
-
-    if name not in DATASETS:
-        raise UnlockLensError(f"{flag} {name!r} is not a known dataset; choose one of {sorted(DATASETS)}")
-
-
-def _check_out_file(path: Path, flag: str = "--out") -> None:
-    if path.is_dir():
-        raise UnlockLensError(f"{flag} {path} is a folder: give a file path, e.g. {path / 'out.jsonl'}")
-
-
-def _check_positive(value: int, flag: str) -> None:
-    if value < 1:
-        raise UnlockLensError(f"{flag} must be at least 1, got {value}")
-
-
-def _check_alpha(alpha: float | None, flag: str = "--alpha") -> None:
-    if alpha is not None and not math.isfinite(alpha):
-        raise UnlockLensError(f"{flag} must be a finite number, got {alpha}")
-
-
-def _check_steering(normalisation: str, positions: str) -> None:
-    """The library's own checks of the edit and the position rule, with the flag named."""
-    from unlock_lens.interventions import check_rule, get_edit
-
-    for flag, check, value in (("--normalisation", get_edit, normalisation),
-                               ("--positions", check_rule, positions)):
-        try:
-            check(value)
-        except UnlockLensError as err:
-            raise UnlockLensError(f"{flag}: {err}") from None
-
-
-def _check_method(method: str) -> None:
-    from unlock_lens.align import ALIGNMENT_METHODS
-
-    if method not in ALIGNMENT_METHODS:
-        raise UnlockLensError(f"--method {method!r} is not an alignment method; choose one of "
-                              f"{sorted(ALIGNMENT_METHODS)}")
-
-
 def _fit_spec(pipe: Any, method: str, rank: int | None, data: str, max_pairs: int, n: int, seed: int) -> Any:
     """The AlignSpec of ``--data`` / ``--rank`` / ``--max-pairs``, checked before any model loads
     (``pipe=None``: check only). One pair per question for ``last``, so its rank is bounded by n."""
@@ -101,15 +87,18 @@ def _fit_spec(pipe: Any, method: str, rank: int | None, data: str, max_pairs: in
 
     from unlock_lens.alignment_data import parse_data
 
-    last_only = parse_data(data) == ("last",)
-    _check_positive(max_pairs, "--max-pairs")
-    rank = rank or (16 if last_only else 256)
+    try:
+        last_only = parse_data(data) == ("last",)
+    except UnlockLensError as err:
+        raise UnlockLensError(f"--data: {err}") from None
+    check.check_positive(max_pairs, "--max-pairs")
+    check.check_positive(rank, "--rank")  # 0 is an error, not "the default"
+    rank = (16 if last_only else 256) if rank is None else rank
     if last_only:
         _check_fit(method, rank, n)
     else:
-        _check_method(method)
-        _check_positive(rank, "--rank")
-        _check_positive(n, "--n")
+        check.check_method(method)
+        check.check_positive(n, "--n")
     if pipe is None:
         return None
     return replace(pipe.spec, method=method, rank=rank, data=data,
@@ -118,9 +107,9 @@ def _fit_spec(pipe: Any, method: str, rank: int | None, data: str, max_pairs: in
 
 def _check_fit(method: str, rank: int, n: int) -> None:
     """A fit that would fail after loading and capturing fails here instead."""
-    _check_method(method)
-    _check_positive(rank, "--rank")
-    _check_positive(n, "--n")
+    check.check_method(method)
+    check.check_positive(rank, "--rank")
+    check.check_positive(n, "--n")
     if rank > n:
         raise UnlockLensError(f"--rank {rank} is more than the {n} alignment questions (--n): a rank-k "
                               "fit needs at least k questions; lower --rank or raise --n")
@@ -133,10 +122,38 @@ def _alpha_note(alpha: float) -> str:
     return f"alpha {alpha:g}" + (" (negative: steers away, removing the capability)" if alpha < 0 else "")
 
 
+def _check_models(device: str, **flags: str | None) -> None:
+    """``--device`` and each model flag (``source="..."`` checks ``--source``)."""
+    check.check_device(device)
+    for name, value in flags.items():
+        if value is not None:
+            check.check_model(value, "--" + name.replace("_", "-"))
+
+
+def _say_conversion(name: str) -> None:
+    """Say so when loading ``name`` will first dequantise a GGUF into the cache, and where."""
+    from unlock_lens.models import conversion_target
+
+    target = conversion_target(name)
+    if target is not None:
+        typer.echo(f"converting {name} (GGUF) into the cache, once: {target} "
+                   "(about a minute; $UNLOCK_LENS_CACHE moves the cache)", err=True)
+
+
 def _load(name: str, device: str):  # noqa: ANN202
     from unlock_lens.models import load_model
 
+    _say_conversion(name)
     return load_model(name, device=device)
+
+
+def _print_table(table: Any, legend: str) -> None:
+    """A table as text, with its one-line legend under it."""
+    import pandas as pd
+
+    with pd.option_context("display.width", 160, "display.max_rows", 200, "display.max_columns", 20):
+        typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    typer.echo(TABLE_LEGENDS[legend])
 
 
 @app.command()
@@ -144,31 +161,36 @@ def extract(
     model: Model,
     out: Annotated[Path, typer.Option(help="where to write the MasterKey (.safetensors)")],
     unlocked_model: Annotated[str | None, typer.Option(help="post-trained model: a model-driven key")] = None,
-    dataset: str = "gsm8k",
-    split: str = "train",
+    dataset: Dataset = "gsm8k",
+    split: Split = "train",
     n: Annotated[int, typer.Option(help="key questions (the key split of --dataset/--split)")] = 256,
-    locked_format: Annotated[str | None, typer.Option(help="capability-absent prompt format (default: direct, chat if the model has a template)")] = None,
-    unlocked_format: Annotated[str | None, typer.Option(help="capability-present prompt format (default: cot)")] = None,
+    locked_format: Annotated[str | None, typer.Option(help=f"capability-absent {FormatHelp} (default: direct, chat if the model has a template)")] = None,
+    unlocked_format: Annotated[str | None, typer.Option(help=f"capability-present {FormatHelp} (default: cot)")] = None,
     aggregator: Annotated[str, typer.Option(help="mean of differences (the paper's) or pca")] = "mean",
     capability: Annotated[str, typer.Option(help="a name recorded in the key")] = "cot",
-    batch_size: int = 16,
-    seed: int = 0,
-    device: str = "cpu",
+    batch_size: BatchSize = 16,
+    seed: Seed = 0,
+    device: Device = "cpu",
 ) -> None:
     """Extract a MasterKey from a source (prompt- or model-driven contrast)."""
     from unlock_lens.unlock import Unlock
 
-    _check_dataset(dataset)
-    _check_positive(n, "--n")
-    _check_out_file(out)
-
+    check.check_dataset(dataset, split)
+    check.check_positive(n, "--n")
+    check.check_format(locked_format, "--locked-format")
+    check.check_format(unlocked_format, "--unlocked-format")
+    check.check_choice(aggregator, check.AGGREGATORS, "--aggregator")
+    check.check_positive(batch_size, "--batch-size")
+    check.check_out_file(out)
+    _check_models(device, model=model, unlocked_model=unlocked_model)
+    questions = _questions(dataset, split, "key", n, seed)
     src = _load(model, device)
     pipe = Unlock(
         source=src, target=src, source_unlocked=_load(unlocked_model, device) if unlocked_model else None,
         locked_format=locked_format, unlocked_format=unlocked_format, aggregator=aggregator,  # type: ignore[arg-type]
         batch_size=batch_size, progress=True,
     )
-    key = pipe.extract(_questions(dataset, split, "key", n, seed), capability=capability)
+    key = pipe.extract(questions, capability=capability)
     key.save(out)
     typer.echo(f"MasterKey: {len(key.layers)} layers x d={key.directions.shape[1]}, "
                f"n={key.n_prompts}, {key.contrast}-driven, {key.aggregator} -> {out}")
@@ -180,8 +202,8 @@ def align(
     source: Model,
     target: Model,
     out: Annotated[Path, typer.Option(help="where to write the CapabilityPack")],
-    dataset: str = "gsm8k",
-    split: str = "train",
+    dataset: Dataset = "gsm8k",
+    split: Split = "train",
     n: Annotated[int, typer.Option(help="alignment questions (the align split, disjoint from the key's)")] = 256,
     method: Method = "svd",
     rank: FitRank = None,
@@ -190,22 +212,27 @@ def align(
     alpha: Alpha = 0.1,
     normalisation: Normalisation = "rotate",
     positions: Positions = "last_prompt",
-    target_format: str | None = None,
-    batch_size: int = 16,
-    seed: int = 0,
-    device: str = "cpu",
+    target_format: Annotated[str | None, typer.Option(help=f"the target's {FormatHelp} (default: the protocol's for the target)")] = None,
+    batch_size: BatchSize = 16,
+    seed: Seed = 0,
+    device: Device = "cpu",
 ) -> None:
     """Map a MasterKey into a target model; write a CapabilityPack."""
     from unlock_lens.masterkey import MasterKey
     from unlock_lens.prompts import PromptFormat
     from unlock_lens.unlock import Unlock
 
-    _check_dataset(dataset)
+    check.check_dataset(dataset, split)
     _fit_spec(None, method, rank, data, max_pairs, n, seed)
-    _check_steering(normalisation, positions)
-    _check_alpha(alpha)
-    _check_out_file(out)
+    check.check_steering(normalisation, positions)
+    check.check_alpha(alpha)
+    check.check_format(target_format, "--target-format")
+    check.check_positive(batch_size, "--batch-size")
+    check.check_out_file(out)
+    check.check_in_file(key, "--key")
+    _check_models(device, source=source, target=target)
     mk = MasterKey.load(key)
+    align_q, dev_q = (_questions(dataset, split, role, size, seed) for role, size in (("align", n), ("dev", 32)))
     fmt = PromptFormat.from_dict(mk.unlocked_format if mk.contrast == "model" else mk.locked_format)  # type: ignore[arg-type]
     pipe = Unlock(
         source=_load(source, device), target=_load(target, device),
@@ -214,10 +241,10 @@ def align(
         batch_size=batch_size, progress=True,
     )
     spec = _fit_spec(pipe, method, rank, data, max_pairs, n, seed)
-    pack = pipe.align(mk, _questions(dataset, split, "align", n, seed), spec)
+    pack = pipe.align(mk, align_q, spec)
     pack.save(out)
     errs = [m.metrics.get("train_relative_error", float("nan")) for m in pack.maps.values()]
-    held_out = _held_out_error(pipe, pack, _questions(dataset, split, "dev", 32, seed))
+    held_out = _held_out_error(pipe, pack, dev_q)
     typer.echo(f"CapabilityPack: {len(pack.maps)} target layers, {method} rank "
                f"{next(iter(pack.maps.values())).rank} on {data} data, "
                f"{_alpha_note(alpha)}, mean relative error: train {sum(errs) / len(errs):.3f}, "
@@ -240,12 +267,12 @@ def _held_out_error(pipe: Any, pack: Any, questions: list[str]) -> float:
 
 @app.command()
 def steer(
-    pack: Annotated[Path, typer.Option(help="CapabilityPack file")],
+    pack: PackFile,
     target: Model,
     question: Annotated[list[str], typer.Option(help="a question (repeatable)")],
     alpha: AlphaOr = None,
-    max_new_tokens: int = 128,
-    device: str = "cpu",
+    max_new_tokens: MaxNewTokens = 128,
+    device: Device = "cpu",
 ) -> None:
     """Print unsteered and steered greedy completions side by side."""
     from unlock_lens.generation import generate
@@ -254,8 +281,10 @@ def steer(
 
     if not question or any(not q.strip() for q in question):
         raise UnlockLensError("--question is empty: give the question text, e.g. --question 'What is 17 * 3?'")
-    _check_alpha(alpha)
-    _check_positive(max_new_tokens, "--max-new-tokens")
+    check.check_alpha(alpha)
+    check.check_positive(max_new_tokens, "--max-new-tokens")
+    check.check_in_file(pack, "--pack")
+    _check_models(device, target=target)
     cp = CapabilityPack.load(pack)
     model = _load(target, device)
     cp.check_model(model)
@@ -272,34 +301,37 @@ def generate(
     target: Model,
     out: Annotated[Path, typer.Option(help="JSONL of completions")],
     pack: Annotated[Path | None, typer.Option(help="steer with this CapabilityPack")] = None,
-    dataset: str = "svamp",
-    split: str = "test",
+    dataset: Dataset = "svamp",
+    split: Split = "test",
     n: Annotated[int, typer.Option(help="first N problems of --dataset/--split")] = 20,
     alpha: AlphaOr = None,
-    prompt_format: str = "direct",
-    max_new_tokens: int = 256,
-    batch_size: int = 16,
-    device: str = "cpu",
+    prompt_format: Annotated[str, typer.Option(help=FormatHelp)] = "direct",
+    max_new_tokens: MaxNewTokens = 256,
+    batch_size: BatchSize = 16,
+    device: Device = "cpu",
 ) -> None:
     """Greedy completions on dataset questions, optionally steered; written as JSONL."""
     from unlock_lens.artifacts import atomic_write_bytes
     from unlock_lens.evaluate.datasets import load_dataset
     from unlock_lens.generation import generate as run_generate
     from unlock_lens.pack import CapabilityPack
-    from unlock_lens.prompts import get_format
 
-    _check_dataset(dataset)
-    _check_positive(n, "--n")
-    _check_alpha(alpha)
-    _check_out_file(out)
-    get_format(prompt_format)
+    check.check_dataset(dataset, split)
+    check.check_positive(n, "--n")
+    check.check_alpha(alpha)
+    check.check_format(prompt_format, "--prompt-format")
+    check.check_positive(max_new_tokens, "--max-new-tokens")
+    check.check_positive(batch_size, "--batch-size")
+    check.check_out_file(out)
+    check.check_in_file(pack, "--pack")
+    _check_models(device, target=target)
+    cp = CapabilityPack.load(pack) if pack is not None else None
+    problems = load_dataset(dataset, split, limit=n)
     model = _load(target, device)
     steering = None
-    if pack is not None:
-        cp = CapabilityPack.load(pack)
+    if cp is not None:
         cp.check_model(model)
         steering = cp.steering(alpha)
-    problems = load_dataset(dataset, split, limit=n)
     prompts = get_format(prompt_format).render_all([p.question for p in problems], model.tokenizer)
     gens = run_generate(model, prompts, steering=steering, max_new_tokens=max_new_tokens,
                         batch_size=batch_size, progress=True)
@@ -309,38 +341,30 @@ def generate(
     typer.echo(f"{len(gens)} completions -> {out}")
 
 
-def _floats(text: str, what: str) -> list[float]:
-    from unlock_lens.errors import UnlockLensError
-
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UnlockLensError(f"--{what} must be comma-separated numbers, got {text!r}") from None
-
-
 SUMMARY_COLUMNS = ["condition", "alpha", "seed", "n", "accuracy", "acc_lo", "acc_hi", "cot_rate",
                    "mean_tokens", "diff", "diff_lo", "diff_hi", "mcnemar_p"]
+BACKENDS = ("auto", "bridge", "hf", "vllm")
 
 
 @app.command("eval")
 def eval_(
-    pack: Annotated[Path, typer.Option(help="CapabilityPack file")],
+    pack: PackFile,
     target: Model,
     out: Annotated[Path, typer.Option(help="output folder (results.jsonl/.parquet/.meta.json, summary)")],
-    dataset: str = "svamp",
-    split: str = "test",
+    dataset: Dataset = "svamp",
+    split: Split = "test",
     data_path: Annotated[Path | None, typer.Option(help="JSONL file or data folder")] = None,
     conditions: Annotated[str, typer.Option(help="comma list of direct,cot-prompt,steered,native-key,random")] = "direct,cot-prompt,steered,random",
     alphas: Annotated[str | None, typer.Option(help="comma list (default: the pack's alpha)")] = None,
     seeds: Annotated[str, typer.Option(help="random-control seeds, comma list")] = "0,1,2",
     limit: Annotated[int | None, typer.Option(help="first N problems of the split")] = 200,
     n_key: Annotated[int, typer.Option(help="native-key questions (GSM8K-train key split)")] = 128,
-    prompt_format: Annotated[str | None, typer.Option(help="locked format (default: the pack's)")] = None,
-    max_new_tokens: int = 512,
-    batch_size: int = 16,
-    n_boot: int = 2000,
-    seed: int = 0,
-    device: str = "cpu",
+    prompt_format: Annotated[str | None, typer.Option(help=f"locked {FormatHelp} (default: the pack's)")] = None,
+    max_new_tokens: MaxNewTokens = 512,
+    batch_size: BatchSize = 16,
+    n_boot: Annotated[int, typer.Option(help="bootstrap resamples of the paired difference's interval")] = 2000,
+    seed: Annotated[int, typer.Option(help="seed of the bootstrap and of the native key's question split")] = 0,
+    device: Device = "cpu",
     backend: Annotated[str, typer.Option(help="generation: auto (hf when possible), bridge (TransformerBridge loop), hf (HF generate over the same hooks: same tokens, faster on large vocabularies) or vllm (GPU; needs the vllm extra: pip install unlock-lens[vllm])")] = "auto",
     tensor_parallel_size: Annotated[int, typer.Option(help="vLLM: GPUs to shard the target over")] = 1,
     stop_loops: Annotated[bool, typer.Option(help="end outputs that repeat themselves (torch backends)")] = False,
@@ -352,11 +376,28 @@ def eval_(
     from unlock_lens.evaluate.runner import Decoding, evaluate, parse_conditions
     from unlock_lens.pack import CapabilityPack
 
-    if out.exists() and not out.is_dir():
-        raise UnlockLensError(f"--out {out} is a file: eval writes a folder of results; give a folder path")
-    conds = parse_conditions(conditions)
-    alpha_list = _floats(alphas, "alphas") if alphas else None
-    seed_list = [int(x) for x in _floats(seeds, "seeds")]
+    check.check_out_folder(out, "eval")
+    try:
+        conds = parse_conditions(conditions)
+    except UnlockLensError as err:
+        raise UnlockLensError(f"--conditions: {err}") from None
+    alpha_list = check.parse_alphas(alphas) if alphas is not None else None
+    seed_list = check.parse_seeds(seeds)
+    check.check_dataset(dataset, split)
+    check.check_positive(limit, "--limit")
+    check.check_positive(n_key, "--n-key")
+    check.check_format(prompt_format, "--prompt-format")
+    check.check_positive(max_new_tokens, "--max-new-tokens")
+    check.check_positive(batch_size, "--batch-size")
+    check.check_positive(n_boot, "--n-boot")
+    check.check_choice(backend, BACKENDS, "--backend")
+    check.check_positive(tensor_parallel_size, "--tensor-parallel-size")
+    if backend == "vllm" and stop_loops:
+        raise UnlockLensError("--stop-loops works on the torch backends only: drop it or use --backend hf")
+    check.check_in_file(pack, "--pack")
+    if data_path is not None and not data_path.exists():
+        raise UnlockLensError(f"--data-path {data_path} does not exist: give a JSONL file or a data folder")
+    _check_models(device, target=target)
     problems = load_dataset(dataset, split, path=data_path, limit=limit)
     cp = CapabilityPack.load(pack)
     key_q = _questions("gsm8k", "train", "key", n_key, seed) if "native-key" in conds else None
@@ -374,7 +415,7 @@ def eval_(
     table = results.summary(n_boot=n_boot, seed=seed)[SUMMARY_COLUMNS]
     atomic_write_bytes(out / "summary.csv", table.to_csv(index=False).encode())
     atomic_write_bytes(out / "summary.md", markdown_table(table).encode())
-    typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    _print_table(table, "eval")
     typer.echo(f"rows -> {paths['jsonl']}; summary -> {out / 'summary.csv'}")
 
 
@@ -387,6 +428,7 @@ def _vllm_generator(target: str, backend: str, tensor_parallel_size: int) -> Any
     from unlock_lens.backends.vllm import VLLMSteeredGenerator
     from unlock_lens.models import resolve_model_dir
 
+    _say_conversion(target)
     return VLLMSteeredGenerator(str(resolve_model_dir(target)), tensor_parallel_size=tensor_parallel_size)
 
 
@@ -397,7 +439,7 @@ def demo(
     n_test: Annotated[int, typer.Option(help="held-out test problems")] = 200,
     rank: Annotated[int | None, typer.Option(help="map rank (default 16, chosen on dev)")] = None,
     alpha: Annotated[float | None, typer.Option(help="steering strength (default 0.5, chosen on dev)")] = None,
-    method: Annotated[str | None, typer.Option(help="alignment method (default svd)")] = None,
+    method: Annotated[str | None, typer.Option(help="alignment method: svd (default), procrustes, cca, ridge, identity")] = None,
     n_random: Annotated[int, typer.Option(help="random-direction control seeds")] = 5,
     html: Annotated[Path | None, typer.Option(help="write an HTML report here")] = Path("out/demo.html"),
 ) -> None:
@@ -407,24 +449,23 @@ def demo(
     trigger-free fit, steer, and score held-out problems against direct, trigger, native-key
     and random-direction controls (95% Wilson intervals).
     """
-    import pandas as pd
-
     from unlock_lens.organisms import ORGANISMS, run_demo
 
     for flag, name in (("--source", source), ("--target", target)):
         if name is not None and name not in ORGANISMS:
-            raise UnlockLensError(f"{flag} {name!r} is not an organism; choose one of {sorted(ORGANISMS)}")
+            raise UnlockLensError(f"{flag} {name!r} is not an organism; choose {check.choices(sorted(ORGANISMS))}")
     if method is not None:
-        _check_method(method)
-    if rank is not None:
-        _check_positive(rank, "--rank")
-    _check_alpha(alpha)
-    _check_positive(n_test, "--n-test")
+        check.check_method(method)
+    check.check_positive(rank, "--rank")
+    check.check_alpha(alpha)
+    check.check_positive(n_test, "--n-test")
+    check.check_positive(n_random, "--n-random")
+    if html is not None:
+        check.check_out_file(html, "--html")
 
     table = run_demo(source, target, n_test=n_test, rank=rank, alpha=alpha, method=method,
                      n_random=n_random, html=html, verbose=False)
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    _print_table(table, "demo")
     if html is not None:
         typer.echo(f"\nreport: {html}")
 
@@ -442,8 +483,8 @@ def run(
     data: Data = "tokens+last",
     max_pairs: MaxPairs = 4000,
     alphas: Annotated[str, typer.Option(help="comma list of steering strengths")] = "0.05,0.2",
-    seed: int = 0,
-    device: str = "cpu",
+    seed: Seed = 0,
+    device: Device = "cpu",
 ) -> None:
     """The main job: extract a CoT key, align it to the target, measure the steered target.
 
@@ -458,6 +499,7 @@ def run(
 
     import pandas as pd
 
+    from unlock_lens.activations import Variant
     from unlock_lens.artifacts import atomic_write_bytes
     from unlock_lens.diagnostics.distribution_shift import control_conditions, first_token_shift
     from unlock_lens.masterkey import extract_masterkey
@@ -465,13 +507,14 @@ def run(
     from unlock_lens.unlock import Unlock
 
     _fit_spec(None, method, rank, data, max_pairs, n_align, seed)
-    _check_positive(n_key, "--n-key")
-    _check_positive(n_eval, "--n-eval")
-    alpha_list = _floats(alphas, "alphas")
-    for a in alpha_list:
-        _check_alpha(a, "--alphas")
-    if out.exists() and not out.is_dir():
-        raise UnlockLensError(f"--out {out} is a file: run writes a folder; give a folder path")
+    check.check_positive(n_key, "--n-key")
+    check.check_positive(n_eval, "--n-eval")
+    alpha_list = check.parse_alphas(alphas)
+    check.check_out_folder(out, "run")
+    _check_models(device, source=source, target=target)
+    key_q = _questions("gsm8k", "train", "key", n_key, seed)
+    align_q = _questions("gsm8k", "train", "align", n_align, seed)
+    eval_q = _questions("gsm8k", "train", "dev", n_eval, seed)
     t0 = time.perf_counter()
 
     def stage(text: str) -> None:
@@ -481,11 +524,10 @@ def run(
     src, tgt = _load(source, device), _load(target, device)
     pipe = Unlock(source=src, target=tgt, method=method, progress=True)
     spec = _fit_spec(pipe, method, rank, data, max_pairs, n_align, seed)
-    key_q = _questions("gsm8k", "train", "key", n_key, seed)
     stage(f"2/5 extracting the key from {source} on {n_key} questions")
     key = pipe.extract(key_q)
     stage(f"3/5 aligning into {target} on {n_align} other questions ({method}, rank {spec.rank}, {data} data)")
-    pack = pipe.align(key, _questions("gsm8k", "train", "align", n_align, seed), spec)
+    pack = pipe.align(key, align_q, spec)
     out.mkdir(parents=True, exist_ok=True)
     key.save(out / "key.safetensors")
     pack.save(out / "pack.safetensors")
@@ -498,13 +540,11 @@ def run(
         conditions[f"native a={a}"] = Steering(native.directions, a)
         conditions.update(control_conditions(pack, a, seeds=(seed, seed + 1, seed + 2)))
     stage(f"5/5 first-token distributions: {len(conditions)} conditions x {n_eval} questions")
-    rows = first_token_shift(tgt, _questions("gsm8k", "train", "dev", n_eval, seed),
-                             target_locked, target_unlocked, conditions, progress=True)
+    rows = first_token_shift(tgt, eval_q, target_locked, target_unlocked, conditions, progress=True)
     table = pd.DataFrame(rows)
     atomic_write_bytes(out / "first_token_shift.csv", table.to_csv(index=False).encode())
     stage("done")
-    with pd.option_context("display.width", 160, "display.max_rows", 200):
-        typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    _print_table(table, "run")
     typer.echo(f"\nkey, pack and table written to {out}/")
 
 
@@ -516,10 +556,11 @@ def reproduce(
     model: Annotated[list[str] | None, typer.Option(help="HUB_ID=LOCAL_DIR: use a local copy (repeatable)")] = None,
     dry_run: Annotated[bool, typer.Option(help="the whole path at the recipe's toy sizes (a check, not a result)")] = False,
     backend: Annotated[str, typer.Option(help="generation: auto (vLLM when installed and a GPU is present, else torch), torch or vllm")] = "auto",
-    device: str = "cpu",
+    device: Device = "cpu",
 ) -> None:
     """Reproduce a headline setting of the paper under the authors' protocol (a GPU and the
     model hub for the real sizes): the whole grid, both selections, beside the published table."""
+    from unlock_lens.models import check_model_source
     from unlock_lens.reproduce import load_recipe, parse_substitutes, recipe_names, run_recipe
 
     if list_:
@@ -530,11 +571,16 @@ def reproduce(
         raise UnlockLensError("name a recipe (unlock-lens reproduce --list shows them) or pass --list")
     loaded = load_recipe(recipe)
     substitutes = parse_substitutes(model or [])
-    if backend not in ("auto", "torch", "vllm"):
-        raise UnlockLensError(f"--backend {backend!r}: choose auto, torch or vllm")
+    check.check_choice(backend, ("auto", "torch", "vllm"), "--backend")
     out = out or Path("out/reproduce") / loaded.name
-    if out.exists() and not out.is_dir():
-        raise UnlockLensError(f"--out {out} is a file: reproduce writes a folder; give a folder path")
+    check.check_out_folder(out, "reproduce")
+    check.check_device(device)
+    for role, hub_id in loaded.sized(dry_run).models.items():
+        try:
+            check_model_source(substitutes.get(hub_id, hub_id))
+        except UnlockLensError as err:
+            raise UnlockLensError(f"--model: the recipe's {role} model {hub_id}: {err}; or pass "
+                                  f"--model {hub_id}=LOCAL_DIR") from None
     path = run_recipe(loaded, out, substitutes=substitutes, dry_run=dry_run, backend=backend,
                       load=lambda name: _load(name, device))
     typer.echo(path.read_text())
@@ -543,30 +589,36 @@ def reproduce(
 
 @app.command()
 def export(
-    pack: Annotated[Path, typer.Option(help="CapabilityPack file")],
-    format: Annotated[str, typer.Option("--format", help="gguf | vllm | safetensors")],
+    pack: PackFile,
+    format: Annotated[str, typer.Option("--format", help="gguf (llama.cpp control vector), vllm (TransformerLens-vLLM specs) or safetensors (steering-vectors / repeng)")],
     out: Annotated[Path, typer.Option(help="file to write")],
-    alpha: float | None = None,
+    alpha: AlphaOr = None,
     target: Annotated[str | None, typer.Option(help="target model: measure mean ||h|| for rotate/resid packs")] = None,
-    norms: Annotated[Path | None, typer.Option(help="JSON {layer: mean ||h||}")] = None,
-    dataset: str = "gsm8k",
-    split: str = "train",
-    n: int = 64,
-    seed: int = 0,
-    model_hint: str | None = None,
-    prompt_length: int | None = None,
-    strict: bool = False,
-    device: str = "cpu",
+    norms: Annotated[Path | None, typer.Option(help="JSON {layer: mean ||h||} (instead of --target)")] = None,
+    dataset: Annotated[str, typer.Option(help=f"questions --target's norms are measured on: {check.choices(DATASETS)}")] = "gsm8k",
+    split: Split = "train",
+    n: Annotated[int, typer.Option(help="questions --target's norms are measured on (the dev split)")] = 64,
+    seed: Seed = 0,
+    model_hint: Annotated[str | None, typer.Option(help="gguf: the model hint recorded in the file (default: the target's model id; llama.cpp does not read it)")] = None,
+    prompt_length: Annotated[int | None, typer.Option(help="vllm: the single prompt's token count, needed by last_prompt / prompt packs")] = None,
+    strict: Annotated[bool, typer.Option(help="gguf: refuse, rather than drop with a warning, layers llama.cpp cannot steer")] = False,
+    device: Device = "cpu",
 ) -> None:
     """Write the pack's transferred key for llama.cpp (gguf), TransformerLens-vLLM or other libraries."""
     from unlock_lens.export import export_pack
 
-    if format not in ("gguf", "vllm", "safetensors"):
-        raise UnlockLensError(f"--format {format!r} is unknown; choose gguf, vllm or safetensors")
-    _check_out_file(out)
-    _check_alpha(alpha)
-    model = _load(target, device) if target else None
+    check.check_choice(format, ("gguf", "vllm", "safetensors"), "--format")
+    check.check_out_file(out)
+    check.check_alpha(alpha)
+    check.check_in_file(pack, "--pack")
+    check.check_in_file(norms, "--norms")
+    check.check_positive(prompt_length, "--prompt-length")
+    if target is not None:
+        check.check_dataset(dataset, split)
+        check.check_positive(n, "--n")
+        _check_models(device, target=target)
     prompts = _questions(dataset, split, "dev", n, seed) if target else None
+    model = _load(target, device) if target else None
     path = export_pack(pack, format, out, alpha=alpha, norms=norms, model=model, prompts=prompts,  # type: ignore[arg-type]
                        model_hint=model_hint, prompt_length=prompt_length, strict=strict)
     typer.echo(f"{format} export -> {path}")
@@ -581,6 +633,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         typer.secho("error: " + " ".join(str(err).split()), err=True, fg="red")
         sys.exit(2)
 
+
+for _module in COMMAND_MODULES:
+    importlib.import_module(_module)
 
 if __name__ == "__main__":
     main()

@@ -45,6 +45,9 @@ __all__ = [
     "MODEL_REGISTRY",
     "RegistryEntry",
     "cache_root",
+    "check_model_source",
+    "conversion_target",
+    "hub_reachable",
     "load_gguf",
     "load_model",
     "model_id",
@@ -138,8 +141,25 @@ def _models_cache(cache_dir: str | Path | None) -> Path:
 
 
 def _hub_offline() -> bool:
-    value = os.environ.get("HF_HUB_OFFLINE", "")
-    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
+    """HF offline mode: ``HF_HUB_OFFLINE`` or transformers' older ``TRANSFORMERS_OFFLINE``."""
+    return any(os.environ.get(var, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub (``$HF_ENDPOINT``, or the HTTPS proxy in front of
+    it) opens within ``timeout`` seconds: the hub client otherwise retries for half a minute."""
+    import socket
+    from urllib.parse import urlsplit
+
+    via = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlsplit(via or os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def _is_hf_dir(path: Path) -> bool:
@@ -378,6 +398,59 @@ def resolve_model_dir(name: str, *, cache_dir: str | Path | None = None) -> Path
         return Path(snapshot_download(entry.hub_id))
     except Exception as err:
         raise _not_available(entry, f"downloading {entry.hub_id} failed ({err})") from err
+
+
+def conversion_target(name: str | Path) -> Path | None:
+    """The cache directory ``load_model(name)`` would dequantise a GGUF into, or None when it
+    would convert nothing (already converted, not a GGUF, or only the hub has the model)."""
+    text = str(name)
+    path = Path(text).expanduser()
+    if text.lower().endswith(".gguf") and path.is_file():
+        target = _gguf_cache_dir(path, _sha256_file(path), None)
+    else:
+        entry = MODEL_REGISTRY.get(text.lower())
+        if entry is None or os.environ.get(entry.env_var) or _registry_gguf_parts(entry) is None:
+            return None
+        target = _models_cache(None) / entry.name
+    return None if _is_hf_dir(target) and (target / SOURCE_RECORD).is_file() else target
+
+
+def check_model_source(name: str | Path) -> None:
+    """Fail at once, loading nothing, where ``load_model(name)`` would fail late or slowly: a
+    folder that is not a model, a missing ``.gguf`` file, a name that is no model, or a model
+    only the hub has while HF offline mode is set or the hub cannot be reached."""
+    text = str(name)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not _is_hf_dir(path):
+            raise UnlockLensError(f"{path} is a folder but not a Hugging Face model (no config.json)")
+        return
+    if text.lower().endswith(".gguf"):
+        if not path.is_file():
+            raise UnlockLensError(f"GGUF file {path} does not exist")
+        return
+    entry = MODEL_REGISTRY.get(text.lower())
+    if entry is not None:
+        if os.environ.get(entry.env_var) or _registry_gguf_parts(entry) is not None or (
+                _models_cache(None) / entry.name / SOURCE_RECORD).is_file():
+            return
+        hub_id = entry.hub_id
+    elif not _HUB_ID_RE.match(text) or text.startswith((".", "/", "~")):
+        raise UnlockLensError(
+            f"{text!r} is not a local model folder, a .gguf file, a registry name "
+            f"({', '.join(MODEL_REGISTRY)}) or a hub id")
+    else:
+        hub_id = text
+    if _hub_cached(hub_id):
+        return
+    fix = (f"install {entry.name} offline with {INSTALL_SCRIPT}" if entry is not None else
+           f"pass a local model folder, or a registry name that works offline ({', '.join(MODEL_REGISTRY)})")
+    if _hub_offline():
+        raise UnlockLensError(f"{hub_id!r} is not in the local Hugging Face cache and HF offline mode "
+                              f"is set (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE): {fix}")
+    if not hub_reachable():
+        raise UnlockLensError(f"{hub_id!r} is not in the local Hugging Face cache and the hub "
+                              f"cannot be reached: {fix}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import math
 import re
 import warnings
 from collections.abc import Mapping, Sequence
+from html import escape
 from pathlib import Path
 
 import pandas as pd
@@ -561,8 +562,9 @@ def accuracy_figure(frame: pd.DataFrame, *, title: str = "Accuracy by condition 
 
 
 def write_report(path: str | Path, title: str, figures: Sequence[go.Figure], table: pd.DataFrame,
-                 meta: str = "") -> Path:
-    """One self-contained HTML page: title, a line of settings, the figures, the table.
+                 meta: str = "", legend: str = "") -> Path:
+    """One self-contained HTML page: title, a line of settings, the figures, the table and its
+    one-line legend (``legends.TABLE_LEGENDS``).
 
     plotly.js is embedded once, so the page works offline. Written atomically.
     """
@@ -572,7 +574,8 @@ def write_report(path: str | Path, title: str, figures: Sequence[go.Figure], tab
     html = (
         f"<html><head><meta charset='utf-8'><title>{title}</title></head><body>"
         f"<h2>{title}</h2><p>{meta}</p>{''.join(parts)}"
-        f"{table.to_html(index=False, float_format=lambda x: f'{x:.3f}')}</body></html>"
+        f"{table.to_html(index=False, float_format=lambda x: f'{x:.3f}')}"
+        f"<p class='legend'>{escape(legend)}</p></body></html>"
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -228,7 +228,7 @@ def _plan(
         runs.append(_Run("direct", locked_prompts))
     if "cot-prompt" in conditions:
         runs.append(_Run("cot-prompt", unlocked_prompts))
-    steered = pack.steering(alphas[0]) if pack is not None else None
+    steered = pack.steering(alphas[0]) if pack is not None and alphas else None  # none: no steered run
     for alpha in alphas:
         if "steered" in conditions:
             runs.append(_Run("steered", locked_prompts, alpha, None, steered.scaled(alpha)))

@@ -31,6 +31,7 @@ from unlock_lens.diagnostics.fidelity import direction_rank
 from unlock_lens.errors import SanityCheckError
 from unlock_lens.evaluate.results import summarize
 from unlock_lens.evaluate.runner import Decoding, evaluate as evaluate_conditions, run_condition
+from unlock_lens.legends import TABLE_LEGENDS
 from unlock_lens.masterkey import MasterKey, extract_masterkey
 from unlock_lens.organisms.task import (
     LABELS,
@@ -320,5 +321,6 @@ def run_demo(
               f"cos to native key {mean_cos:.2f})")
     if html is not None:
         meta = ", ".join(f"{k}={v}" for k, v in df.attrs.items() if k != "cos_native_per_layer")
-        write_report(html, "UNLOCK on the organisms", [accuracy_figure(df)], df, meta)
+        write_report(html, "UNLOCK on the organisms", [accuracy_figure(df)], df, meta,
+                     legend=TABLE_LEGENDS["demo"])
     return df
