@@ -128,3 +128,34 @@ def test_eval_with_the_direct_condition_alone_runs_and_explains_its_table(tiny_d
     assert summary.condition.tolist() == ["direct"] and summary.n.tolist() == [3]
     assert TABLE_LEGENDS["eval"] in r.output
 
+
+
+def test_run_prints_a_verdict_per_alpha_that_its_table_reproduces(tiny_dirs, tmp_path, monkeypatch):
+    """`unlock-lens run` on tiny models: the verdict's rank and p follow from the full table it
+    writes (the key's F against each of the 30 null directions' F), and the table it prints
+    ends with its legend."""
+    import pandas as pd
+
+    from unlock_lens.legends import TABLE_LEGENDS
+
+    monkeypatch.setenv("UNLOCK_LENS_DATA", str(DATA_DIR))
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["run", "--source", str(tiny_dirs["qwen2"]), "--target", str(tiny_dirs["llama"]),
+                            "--n-key", "4", "--n-align", "6", "--n-eval", "4", "--rank", "4",
+                            "--data", "last", "--alphas", "0.5,0.1", "--tokens", "3", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    table = pd.read_csv(out / "fidelity.csv", keep_default_na=False, na_values=[""])
+    verdicts = (out / "verdict.txt").read_text().splitlines()
+    assert len(verdicts) == 2 and TABLE_LEGENDS["run"] in r.output
+    for alpha, line in zip((0.5, 0.1), verdicts, strict=True):
+        rows = table[table.alpha == alpha]
+        key = rows[rows.condition == "transferred"].iloc[0]
+        nulls = rows[rows.condition.str.startswith("random-mapped ")].F.to_numpy()
+        assert len(nulls) == 30
+        at_least = int((nulls >= key.F).sum())
+        assert key.p == pytest.approx((1 + at_least) / 31)
+        assert f"alpha {alpha:g}: transferred key F = {key.F:.2f}" in line
+        assert f"above {30 - at_least} of 30 random-mapped directions (p = {key.p:.3f})" in line
+        assert line in r.output
+        verdict = "beyond the null directions" if key.p <= 0.05 else "not distinguishable"
+        assert verdict in line

@@ -147,6 +147,10 @@ def _load(name: str, device: str):  # noqa: ANN202
     return load_model(name, device=device)
 
 
+#: the columns `run` prints (every column of fidelity.csv is in its legend)
+RUN_COLUMNS = ["alpha", "condition", "F", "F_lo", "F_hi", "rank", "p", "first_token_kl", "kl_rank", "kl_p"]
+
+
 def _print_table(table: Any, legend: str) -> None:
     """A table as text, with its one-line legend under it."""
     import pandas as pd
@@ -440,14 +444,14 @@ def demo(
     rank: Annotated[int | None, typer.Option(help="map rank (default 16, chosen on dev)")] = None,
     alpha: Annotated[float | None, typer.Option(help="steering strength (default 0.5, chosen on dev)")] = None,
     method: Annotated[str | None, typer.Option(help="alignment method: svd (default), procrustes, cca, ridge, identity")] = None,
-    n_random: Annotated[int, typer.Option(help="random-direction control seeds")] = 5,
+    n_random: Annotated[int, typer.Option(help="random-mapped null directions (the key is ranked among them)")] = 10,
     html: Annotated[Path | None, typer.Option(help="write an HTML report here")] = Path("out/demo.html"),
 ) -> None:
     """The whole pipeline on the shipped model organisms (30-50 s on a 2-core CPU).
 
     Extract a step-by-step key from one tiny trained model, align it into another with a
     trigger-free fit, steer, and score held-out problems against direct, trigger, native-key
-    and random-direction controls (95% Wilson intervals).
+    and random-mapped null directions (95% Wilson intervals; the key's rank among the nulls).
     """
     from unlock_lens.organisms import ORGANISMS, run_demo
 
@@ -477,38 +481,43 @@ def run(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("out/run"),
     n_key: Annotated[int, typer.Option(help="key questions (GSM8K train)")] = 64,
     n_align: Annotated[int, typer.Option(help="alignment questions, disjoint from the key's")] = 128,
-    n_eval: Annotated[int, typer.Option(help="questions the distribution shift is measured on")] = 32,
+    n_eval: Annotated[int, typer.Option(help="questions the fidelity and first-token shift are measured on (GSM8K train, disjoint)")] = 32,
     method: Method = "svd",
     rank: FitRank = None,
     data: Data = "tokens+last",
     max_pairs: MaxPairs = 4000,
     alphas: Annotated[str, typer.Option(help="comma list of steering strengths")] = "0.05,0.2",
+    n_nulls: Annotated[int, typer.Option(help="random-mapped null directions per alpha (>= 30 for a p below 0.05 to mean much)")] = 30,
+    tokens: Annotated[int, typer.Option(help="length of the native key's reference continuations")] = 16,
     seed: Seed = 0,
     device: Device = "cpu",
 ) -> None:
-    """The main job: extract a CoT key, align it to the target, measure the steered target.
+    """The main job: extract a CoT key, align it to the target, and test whether it carries the
+    target's own CoT behaviour, against random-mapped null directions.
 
-    Key, alignment and measurement questions are disjoint GSM8K-train splits. For each alpha
-    it reports how far the target's next-token distribution under the direct prompt moves
-    toward its own CoT-prompted distribution: unsteered, steered by the transferred key, by
-    the target's native key (the ceiling), and by random controls (isotropic, and random
-    source directions carried through the same maps). The defaults finish in a few minutes on
-    a 2-core CPU (README); raise --n-key / --n-align / --n-eval for a larger run.
+    Key, alignment and measurement questions are disjoint GSM8K-train splits. For each alpha,
+    on the measurement questions under the direct prompt: the target's greedy continuations
+    under its own key are the reference behaviour; the transferred key, its negation and
+    --n-nulls random-mapped directions (random source directions through the same maps) are
+    scored by the likelihood fidelity F of that behaviour and by the first-token KL to the
+    target's CoT-prompted distribution, each ranked among the null directions (the direction
+    is the unit of the test). It prints the rows that matter and one verdict per alpha, and
+    writes the key, the pack, the full table and the verdicts to --out. The defaults finish in
+    under 10 minutes on an idle 2-core CPU (README).
     """
     import time
 
-    import pandas as pd
-
     from unlock_lens.activations import Variant
     from unlock_lens.artifacts import atomic_write_bytes
-    from unlock_lens.diagnostics.distribution_shift import control_conditions, first_token_shift
+    from unlock_lens.diagnostics.fidelity import fidelity_by_alpha
     from unlock_lens.masterkey import extract_masterkey
-    from unlock_lens.steer import Steering
     from unlock_lens.unlock import Unlock
 
     _fit_spec(None, method, rank, data, max_pairs, n_align, seed)
     check.check_positive(n_key, "--n-key")
     check.check_positive(n_eval, "--n-eval")
+    check.check_positive(n_nulls, "--n-nulls")
+    check.check_positive(tokens, "--tokens")
     alpha_list = check.parse_alphas(alphas)
     check.check_out_folder(out, "run")
     _check_models(device, source=source, target=target)
@@ -535,17 +544,20 @@ def run(
     target_unlocked = get_format("cot").as_chat(target_locked.chat)
     stage(f"4/5 the target's own key (the ceiling) on the {n_key} key questions")
     native = extract_masterkey(pipe.target_variant, Variant(tgt, target_unlocked), key_q, progress=True)
-    conditions: dict = {"direct": None}
-    for a in alpha_list:
-        conditions[f"native a={a}"] = Steering(native.directions, a)
-        conditions.update(control_conditions(pack, a, seeds=(seed, seed + 1, seed + 2)))
-    stage(f"5/5 first-token distributions: {len(conditions)} conditions x {n_eval} questions")
-    rows = first_token_shift(tgt, eval_q, target_locked, target_unlocked, conditions, progress=True)
-    table = pd.DataFrame(rows)
-    atomic_write_bytes(out / "first_token_shift.csv", table.to_csv(index=False).encode())
+    stage(f"5/5 fidelity: {3 + n_nulls} directions x {len(alpha_list)} alphas x {n_eval} questions, "
+          f"{tokens}-token references")
+    table, verdicts = fidelity_by_alpha(
+        tgt, pack, native.directions, target_locked.render_all(eval_q, tgt.tokenizer),
+        target_unlocked.render_all(eval_q, tgt.tokenizer), alpha_list, n_nulls=n_nulls, seed=seed,
+        max_new_tokens=tokens, stop_strings=pipe.protocol.decoding_for(pipe.contrast).stop_strings)
+    atomic_write_bytes(out / "fidelity.csv", table.to_csv(index=False).encode())
+    atomic_write_bytes(out / "verdict.txt", ("\n".join(verdicts) + "\n").encode())
     stage("done")
-    _print_table(table, "run")
-    typer.echo(f"\nkey, pack and table written to {out}/")
+    _print_table(table[~table.condition.str.startswith("random-mapped ")][RUN_COLUMNS], "run")
+    typer.echo("")
+    for line in verdicts:
+        typer.echo(line)
+    typer.echo(f"\nkey, pack, full table (fidelity.csv) and verdicts written to {out}/")
 
 
 @app.command()

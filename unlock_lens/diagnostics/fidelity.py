@@ -216,8 +216,9 @@ class FidelityReport:
         return self.loglik[name] - self.loglik["unsteered"]
 
     def summary(self, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> Any:
-        """One row per condition (nulls summarised by quantiles): gain per token, pooled F with
-        a paired-bootstrap interval over problems, and the rank / p among the null directions;
+        """One row per condition: gain per token, pooled F with a paired-bootstrap interval over
+        problems, and the rank / p among the null directions (each null's own row, then their
+        quantiles as rows ``nulls q0.5``, ``nulls q0.95``, ``nulls q1``);
         with a first-token reference also the mean first-token KL to it and its rank / p among
         the nulls (lower is closer)."""
         import pandas as pd
@@ -228,7 +229,7 @@ class FidelityReport:
         null_f = np.array([fidelity_ratio(self.gain(c), native) for c in self.nulls])
         rows = []
         for name, kind in self.kind.items():
-            if kind in ("null", "unsteered"):
+            if kind == "null":
                 continue
             g = self.gain(name)
             lo, hi = bootstrap_ratio(g, native, n_boot=n_boot, seed=seed, confidence=confidence)
@@ -241,6 +242,13 @@ class FidelityReport:
                 null_kl = [-float(self.first_token_kl[c].mean()) for c in self.nulls]
                 kl_rank, kl_p = direction_rank(-kl, null_kl) if null_kl else (0, float("nan"))
                 row.update({"first_token_kl": kl, "kl_rank": kl_rank, "kl_p": kl_p})
+            rows.append(row)
+        for name in self.nulls:  # each null direction, so a reader can recompute every rank
+            row = {"reference": self.reference.name, "condition": name, "kind": "null",
+                   "gain_per_token": float(self.gain(name).sum()) / tokens,
+                   "F": fidelity_ratio(self.gain(name), native), "n_nulls": len(null_stats)}
+            if self.first_token_kl:
+                row["first_token_kl"] = float(self.first_token_kl[name].mean())
             rows.append(row)
         if len(null_f):
             null_kl = np.array([float(self.first_token_kl[c].mean()) for c in self.nulls]
