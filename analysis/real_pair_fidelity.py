@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alphas", default="0.02,0.05")
     p.add_argument("--keep", type=int, default=1, help="settings kept per alpha from dev")
     p.add_argument("--n-nulls", type=int, default=30)
-    p.add_argument("--tokens", type=int, default=16, help="reference continuation length")
+    p.add_argument("--tokens", type=int, default=16, help="reference continuation length (raw greedy tokens, no stop strings)")
     p.add_argument("--max-pairs", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -93,17 +93,21 @@ def run_direction(args: argparse.Namespace) -> Path:
                    LayerPairing.by_depth(key.source.n_layers, int(target.cfg.n_layers)), args.max_pairs)
     locked, unlocked = pipe.target_variant.format, pipe.target_variant.format.cot_counterpart()
     tok = target.tokenizer
-    decoding = dict(max_new_tokens=args.tokens, stop_strings=DEFAULT_STOP_STRINGS)
+    # the references are the raw greedy tokens: under its own key Gemma often opens a new
+    # "Question:", which the stop strings would cut to nothing (counted in run.json)
+    decoding = dict(max_new_tokens=args.tokens, stop_strings=())
     alphas = [float(a) for a in args.alphas.split(",")]
     settings = [(k, m, int(r)) for k in args.kinds.split(",") for m in args.methods.split(",")
                 for r in args.ranks.split(",")]
     log("keys ready;", len(settings), "settings x", len(alphas), "alphas on dev")
 
     dev_prompts = locked.render_all([p.question for p in dev], tok)
-    dev_rows = []
+    dev_rows, cut = [], {}
     for a in alphas:
         nat = Steering(native.directions, a)
         ref = greedy_reference(target, dev_prompts, name="native", steering=nat, **decoding)
+        cut[a] = sum(not text[: text.find(s)].strip() for text in ref.texts
+                     for s in DEFAULT_STOP_STRINGS[:1] if s in text) / len(ref.texts)
         cands = {f"{k}|{m}|{r}": pack_of(key, bank(k, m, min(r, bank.n_fit(k))), target).steering(a)
                  for k, m, r in settings}
         report = likelihood_fidelity(target, ref, native=nat, candidates=cands, progress=f"dev alpha {a}")
@@ -134,7 +138,8 @@ def run_direction(args: argparse.Namespace) -> Path:
     pd.DataFrame(eval_rows).to_csv(out / "eval.csv", index=False)
     (out / "run.json").write_text(json.dumps({
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "n_dev_problems": len(dev), "n_eval_problems": len(held), "seconds": round(time.perf_counter() - t0)},
+        "n_dev_problems": len(dev), "n_eval_problems": len(held), "seconds": round(time.perf_counter() - t0),
+        "native_reference_cut_to_blank_by_stop": cut},
         indent=1))
     log("done")
     return out

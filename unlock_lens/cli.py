@@ -488,7 +488,7 @@ def run(
     max_pairs: MaxPairs = 4000,
     alphas: Annotated[str, typer.Option(help="comma list of steering strengths")] = "0.05,0.2",
     n_nulls: Annotated[int, typer.Option(help="random-mapped null directions per alpha (>= 30 for a p below 0.05 to mean much)")] = 30,
-    tokens: Annotated[int, typer.Option(help="length of the native key's reference continuations")] = 16,
+    tokens: Annotated[int, typer.Option(help="length of the native key's reference continuations (raw greedy tokens)")] = 16,
     seed: Seed = 0,
     device: Device = "cpu",
 ) -> None:
@@ -549,7 +549,7 @@ def run(
     table, verdicts = fidelity_by_alpha(
         tgt, pack, native.directions, target_locked.render_all(eval_q, tgt.tokenizer),
         target_unlocked.render_all(eval_q, tgt.tokenizer), alpha_list, n_nulls=n_nulls, seed=seed,
-        max_new_tokens=tokens, stop_strings=pipe.protocol.decoding_for(pipe.contrast).stop_strings)
+        max_new_tokens=tokens)  # raw greedy tokens: a stop string can cut a steered output to nothing
     atomic_write_bytes(out / "fidelity.csv", table.to_csv(index=False).encode())
     atomic_write_bytes(out / "verdict.txt", ("\n".join(verdicts) + "\n").encode())
     stage("done")
