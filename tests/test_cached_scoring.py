@@ -15,9 +15,11 @@ from unlock_lens.diagnostics import cached_scoring
 from unlock_lens.diagnostics.cached_scoring import (
     edits_last_prompt_only,
     prefix_cache,
+    score_configurations,
     score_last_position,
 )
 from unlock_lens.errors import UnlockLensError
+from unlock_lens.interventions import apply_edit
 from unlock_lens.steer import Steering, attached_hooks
 
 ARCHS = ("llama", "qwen2", "gemma3", "gpt2", "qwen3")
@@ -203,6 +205,100 @@ def test_a_dropped_cache_is_caught(tiny_models):
     _assert_close(score_last_position(model, cache), want)
 
 
+# --- several configurations in one forward --------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_stacked_configurations_equal_full_prefills_one_by_one(tiny_models, arch):
+    """Every configuration of the grid (edits, layer sets, alphas, hook kinds, None, alpha 0)
+    stacked in one forward per batch equals its own full steered prefill (1e-4) and its
+    one-at-a-time cached score (1e-5)."""
+    model = tiny_models[arch]
+    grid = list(_grid(model).values()) + [Steering(_directions(model, seed=2), alpha=0.0)]
+    cache = prefix_cache(model, PROMPTS, batch_size=3)
+    stacked = score_configurations(model, cache, grid)
+    assert stacked.shape[:2] == (len(grid), len(PROMPTS)) and stacked.dtype == torch.float32
+    for c, steering in enumerate(grid):
+        _assert_close(stacked[c], final_logits(model, PROMPTS, batch_size=3, steering=steering))
+        torch.testing.assert_close(stacked[c], score_last_position(model, cache, steering),
+                                   atol=1e-5, rtol=0)
+    assert attached_hooks(model) == {}
+
+
+@pytest.mark.parametrize("max_rows", [1, 5, 64])
+def test_any_number_of_configurations_per_forward(tiny_models, max_rows):
+    """Gemma3 (sliding-window layers, the long prompt overflows the window): groups of 1, of
+    a batch-size-dependent few, and all at once give the same scores; the cache is unchanged."""
+    model = tiny_models["gemma3"]
+    grid = list(_grid(model).values())
+    cache = prefix_cache(model, PROMPTS, batch_size=4)
+    want = torch.stack([final_logits(model, PROMPTS, batch_size=4, steering=s) for s in grid])
+    for _ in range(2):
+        _assert_close(score_configurations(model, cache, grid, max_rows=max_rows), want)
+        _assert_close(score_configurations(model, cache, grid[::-1], max_rows=max_rows), want.flip(0))
+
+
+def test_one_forward_per_batch_for_a_whole_group(tiny_models):
+    model = tiny_models["llama"]
+    cache = prefix_cache(model, PROMPTS, batch_size=4)  # 2 batches of 4
+    calls = {"n": 0}
+    handle = model.embed.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        score_configurations(model, cache, list(_grid(model).values()), max_rows=32)  # 8 x 4 rows
+    finally:
+        handle.remove()
+    assert calls["n"] == 2
+
+
+def test_stacked_scoring_refuses_bad_input_before_any_forward(tiny_models):
+    model = tiny_models["llama"]
+    cache = prefix_cache(model, PROMPTS[:2])
+    good = Steering(_directions(model), alpha=0.5)
+    with pytest.raises(UnlockLensError, match="final_logits"):
+        score_configurations(model, cache, [good, Steering(_directions(model), alpha=0.5, positions="all")])
+    with pytest.raises(UnlockLensError, match="no direction given for layers"):
+        score_configurations(model, cache, [good, Steering(_directions(model), alpha=0.5, layers=[7])])
+    with pytest.raises(UnlockLensError, match="size"):
+        score_configurations(model, cache, [good, Steering({0: torch.ones(5)}, alpha=0.5)])
+    with pytest.raises(UnlockLensError, match="another model"):
+        score_configurations(tiny_models["qwen2"], cache, [good])
+    with pytest.raises(UnlockLensError, match="no configurations"):
+        score_configurations(model, cache, [])
+    assert attached_hooks(model) == {}
+
+
+def test_editing_the_wrong_rows_is_caught(tiny_models, monkeypatch):
+    """If every row got the first configuration's edit, the other configurations would not
+    match their full prefills."""
+    model = tiny_models["qwen2"]
+    grid = [Steering(_directions(model, seed=s), alpha=0.5) for s in (0, 1)]
+    cache = prefix_cache(model, PROMPTS, batch_size=4)
+    want = final_logits(model, PROMPTS, batch_size=4, steering=grid[1])
+
+    def first_edit_on_every_row(edits, copies):  # the wrong variant
+        e = edits[0]
+        return lambda x, hook: apply_edit(x, e.direction, e.alpha, e.normalisation)
+
+    monkeypatch.setattr(cached_scoring, "_stacked_edit_hook", first_edit_on_every_row)
+    got = score_configurations(model, cache, grid)
+    assert (got[1] - want).abs().max() > 100 * ATOL
+
+
+def test_the_shared_prefix_is_not_copied_per_configuration(tiny_models):
+    """The stacked cache holds the original prefix tensors (no copy per configuration) and
+    scoring never changes them."""
+    model = tiny_models["llama"]
+    cache = prefix_cache(model, PROMPTS, batch_size=8)
+    kv = cache.batches[0].kv
+    before = [(layer.keys.data_ptr(), layer.keys.shape, layer.keys.clone()) for layer in kv.layers]
+    stacked = cached_scoring._stacked_kv(kv, 5)
+    assert all(a.keys is b.keys for a, b in zip(stacked.layers, kv.layers, strict=True))
+    score_configurations(model, cache, list(_grid(model).values()))
+    for layer, (ptr, shape, keys) in zip(kv.layers, before, strict=True):
+        assert layer.keys.data_ptr() == ptr and layer.keys.shape == shape
+        assert torch.equal(layer.keys, keys)
+
+
 @pytest.mark.slow
 def test_real_gemma_matches_full_prefills(questions):
     """Gemma-3-270M (sliding-window and global layers, 262k vocabulary), the authors' format."""
@@ -218,7 +314,10 @@ def test_real_gemma_matches_full_prefills(questions):
     prompts = fmt.render_all(questions, model.tokenizer)
     cache = prefix_cache(model, prompts, special_tokens=fmt.special_tokens, batch_size=4)
     dirs = _directions(model)
-    for steering in (None, Steering(dirs, alpha=0.1), Steering(dirs, alpha=0.5, layers=[3, 9, 15])):
+    grid = (None, Steering(dirs, alpha=0.1), Steering(dirs, alpha=0.5, layers=[3, 9, 15]))
+    stacked = score_configurations(model, cache, grid)
+    for c, steering in enumerate(grid):
         want = final_logits(model, prompts, batch_size=4, steering=steering,
                             special_tokens=fmt.special_tokens)
         _assert_close(score_last_position(model, cache, steering), want)
+        _assert_close(stacked[c], want)

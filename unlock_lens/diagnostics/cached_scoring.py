@@ -10,6 +10,15 @@ the steering applied, and returns the next-token logits: what a full steered pre
 
 >>> cache = prefix_cache(model, prompts)  # doctest: +SKIP
 >>> grid = {a: score_last_position(model, cache, steering.scaled(a)) for a in (0.05, 0.1, 0.5)}  # doctest: +SKIP
+>>> stacked = score_configurations(model, cache, [steering.scaled(a) for a in (0.05, 0.1, 0.5)])  # doctest: +SKIP
+
+:func:`score_configurations` scores several configurations in one forward per batch: the
+configurations are stacked on the batch dimension (rows = configurations x prompts, each row
+edited with its own configuration's directions, alpha, layers and edit), and every row reads
+the same cached prefix. The prefix is never copied per configuration into the cache: each
+layer's keys and values are written once per forward into that layer's attention input (what
+Hugging Face's own cache update does by concatenation) and freed after the layer, so the extra
+memory is one layer's stacked keys and values at a time, not the whole cache per configuration.
 
 Only position rules that edit the last prompt position alone in a prefill are exact here
 (``last_prompt``, and ``final``, which adds only generated tokens); others are refused. The
@@ -30,10 +39,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
-from unlock_lens.activations import encode, forward_kwargs, model_device, plan_batches
+from unlock_lens.activations import encode, forward_kwargs, hook_name, model_device, plan_batches
 from unlock_lens.compat import bridge_kv_cache_keyword
 from unlock_lens.errors import UnlockLensError
-from unlock_lens.interventions import selects
+from unlock_lens.interventions import apply_edit, selects
 from unlock_lens.prompts import SpecialTokens
 from unlock_lens.steer import attached_hooks
 
@@ -164,6 +173,11 @@ def _score_batch(model: Any, batch: PrefixBatch, steering: Any) -> Float[Tensor,
     return out[:, -1].float().cpu()
 
 
+def _check_cache(model: Any, cache: PrefixCache) -> None:
+    if cache.model is not model:
+        raise UnlockLensError("this PrefixCache was built on another model: build one per model")
+
+
 def score_last_position(
     model: Any, cache: PrefixCache, steering: Any = None
 ) -> Float[Tensor, "n vocab"]:
@@ -174,8 +188,7 @@ def score_last_position(
     that edit only the last prompt position; others raise. ``cache`` is not changed, so one
     cache serves any number of configurations, in any order. Hooks are off on return or raise.
     """
-    if cache.model is not model:
-        raise UnlockLensError("this PrefixCache was built on another model: build one per model")
+    _check_cache(model, cache)
     if steering is not None:
         check_cacheable(steering)
     rows: dict[int, Tensor] = {}
@@ -184,3 +197,160 @@ def score_last_position(
         for k, i in enumerate(batch.indices):
             rows[i] = logits[k]
     return torch.stack([rows[i] for i in range(cache.n_prompts)])
+
+
+# ---- several configurations in one forward ---------------------------------------------------
+
+#: rows (configurations x prompts) per forward in :func:`score_configurations`: large enough
+#: for the matmuls to run near their peak rate on CPU, small enough that the stacked keys and
+#: values of one layer and the logits stay small (Gemma-3-270M: 256 rows x 262k vocabulary
+#: = 256 MiB of float32 logits)
+DEFAULT_MAX_ROWS = 256
+
+
+def _stacked(prefix: Float[Tensor, "b h t d"], new: Float[Tensor, "gb h m d"],
+             copies: int) -> Float[Tensor, "gb h tm d"]:
+    """``cat([prefix repeated copies times, new], dim=-2)`` with the prefix written once,
+    straight into the result (rows configuration-major: row ``c * b + i``)."""
+    b, h, t, d = prefix.shape
+    m = new.shape[-2]
+    out = new.new_empty(copies, b, h, t + m, d)
+    out[:, :, :, :t] = prefix
+    out[:, :, :, t:] = new.view(copies, b, h, m, d)
+    return out.view(copies * b, h, t + m, d)
+
+
+def _broadcast_layer(layer: Any, copies: int) -> Any:
+    """A copy of a dynamic cache layer whose ``update`` returns the cached prefix stacked
+    ``copies`` times ahead of the new keys and values, as Hugging Face's would for a cache
+    repeated on the batch dimension, without storing them: the stacked tensors live only
+    while their layer's attention runs, and the shared prefix is never changed."""
+    out = copy.copy(layer)
+    prefix_k, prefix_v = layer.keys, layer.values
+
+    def update(key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        if out.is_sliding:  # the mask was sized from the prefix; later calls see it grown
+            out.cumulative_length += key_states.shape[-2]
+        return _stacked(prefix_k, key_states, copies), _stacked(prefix_v, value_states, copies)
+
+    out.update = update
+    return out
+
+
+def _stacked_kv(kv: Any, copies: int) -> Any:
+    """The prefix cache as seen by ``copies`` configurations stacked on the batch dimension."""
+    fresh = copy.copy(kv)
+    fresh.layers = [_broadcast_layer(layer, copies) for layer in kv.layers]
+    return fresh
+
+
+def _broadcastable(kv: Any) -> bool:
+    return kv is None or (type(kv) is DynamicCache and all(
+        _grows_by_concatenation(layer) and layer.is_initialized for layer in kv.layers))
+
+
+@dataclass(frozen=True)
+class _RowEdit:
+    """One configuration's edit at one hook point: its index in the stack, its direction
+    (float32, on the model's device), alpha, edit name and the new positions it touches."""
+
+    config: int
+    direction: Tensor
+    alpha: float
+    normalisation: str
+    at: slice
+
+
+def _new_positions(rule: str, n_new: int) -> slice:
+    """Positions a cacheable rule edits among ``n_new`` tokens run on the prefix cache, the
+    first of which is the last prompt token (``last_prompt``: it alone; ``final``: all)."""
+    picked = selects(rule, torch.arange(n_new), 0).nonzero().flatten()
+    return slice(int(picked[0]), int(picked[-1]) + 1)
+
+
+def _edits_by_hook(model: Any, group: Sequence[Any], n_new: int) -> dict[str, list[_RowEdit]]:
+    """Hook point name -> the edits of every configuration in ``group`` that steers there."""
+    device = model_device(model)
+    out: dict[str, list[_RowEdit]] = {}
+    for c, steering in enumerate(group):
+        if steering is None or steering.alpha == 0:  # alpha 0 attaches nothing (Steering.applied)
+            continue
+        at = _new_positions(steering.positions, n_new)
+        for layer in steering.active_layers:
+            direction = steering.directions[layer].to(device=device, dtype=torch.float32)
+            out.setdefault(hook_name(layer, steering.hook), []).append(
+                _RowEdit(c, direction, float(steering.alpha), steering.normalisation, at))
+    return out
+
+
+def _stacked_edit_hook(edits: list[_RowEdit], copies: int) -> Any:
+    """A hook editing each configuration's block of rows with that configuration's edit."""
+
+    def steer_rows(x: Tensor, hook: Any) -> Tensor:
+        x = x.clone(memory_format=torch.contiguous_format)
+        grid = x.view(copies, x.shape[0] // copies, *x.shape[1:])
+        for e in edits:
+            grid[e.config, :, e.at] = apply_edit(grid[e.config, :, e.at], e.direction, e.alpha,
+                                                 e.normalisation)
+        return x
+
+    return steer_rows
+
+
+def forward_configurations(
+    model: Any, kv: Any, ids: Int[Tensor, "b m"], kwargs: dict[str, Any], group: Sequence[Any]
+) -> Float[Tensor, "g b keep vocab"]:
+    """One forward of ``len(group)`` configurations stacked on the batch dimension over one
+    batch's cached prefix ``kv`` (None: no prefix): ``ids`` are the tokens run on the cache,
+    the first being the last prompt token (what a continuation scorer appends after it
+    shares this), ``kwargs`` the forward keywords for those ``b`` rows (the full attention
+    mask, the new tokens' position ids, ``logits_to_keep``). Each configuration (a cacheable
+    :class:`~unlock_lens.steer.Steering` or None) edits only its own rows; hooks are off on
+    return or raise. Returns the kept positions' logits per configuration, in the model's dtype.
+    """
+    g, (b, m) = len(group), ids.shape
+    stacked = {k: v.repeat(g, 1) if k in ("attention_mask", "position_ids") else v
+               for k, v in kwargs.items()}
+    if kv is not None:
+        stacked["past_key_values"] = _stacked_kv(kv, g) if _broadcastable(kv) else copy.deepcopy(kv)
+    hooks = [(name, _stacked_edit_hook(edits, g))
+             for name, edits in _edits_by_hook(model, group, m).items()]
+    with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
+        out = model(ids.repeat(g, 1), **stacked)
+    return out.view(g, b, *out.shape[1:])
+
+
+def score_configurations(
+    model: Any, cache: PrefixCache, steerings: Sequence[Any], *, max_rows: int = DEFAULT_MAX_ROWS
+) -> Float[Tensor, "config n vocab"]:
+    """Next-token logits after each prompt for each configuration (float32, CPU; configuration
+    order, then prompt order): ``out[c]`` equals ``score_last_position(model, cache,
+    steerings[c])`` and so ``final_logits(model, prompts, steering=steerings[c])``.
+
+    ``steerings``: cacheable :class:`~unlock_lens.steer.Steering` objects (or None: unsteered),
+    each free in its directions, alpha, layers, edit and hook kind. Configurations are stacked
+    on the batch dimension, up to ``max_rows`` rows (configurations x prompts of a batch) per
+    forward. The result holds ``configs x n x vocab`` float32 (Gemma-3-270M: 1 MiB per prompt
+    and configuration): pass a long grid in chunks.
+    """
+    _check_cache(model, cache)
+    if len(steerings) == 0:
+        raise UnlockLensError("no configurations to score: pass at least one steering (or None)")
+    if max_rows < 1:
+        raise UnlockLensError(f"max_rows must be >= 1, got {max_rows}")
+    for steering in steerings:  # all refused before any forward
+        if steering is not None:
+            check_cacheable(steering)
+            steering.fwd_hooks(model)  # the same model, layer and width checks as applied()
+    out: Tensor | None = None
+    for batch in cache.batches:
+        per_pass = max(1, max_rows // len(batch.indices)) if _broadcastable(batch.kv) else 1
+        for start in range(0, len(steerings), per_pass):
+            group = steerings[start : start + per_pass]
+            logits = forward_configurations(model, batch.kv, batch.last_ids, batch.last_kwargs,
+                                            group)[:, :, -1].float().cpu()
+            if out is None:
+                out = logits.new_empty(len(steerings), cache.n_prompts, logits.shape[-1])
+            out[start : start + len(group), batch.indices] = logits
+    assert out is not None
+    return out
