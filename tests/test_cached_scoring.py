@@ -244,7 +244,7 @@ def test_one_forward_per_batch_for_a_whole_group(tiny_models):
     calls = {"n": 0}
     handle = model.embed.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
     try:
-        score_configurations(model, cache, list(_grid(model).values()), max_rows=32)  # 8 x 4 rows
+        score_configurations(model, cache, list(_grid(model).values()), max_rows=32)  # 4 x 8 rows
     finally:
         handle.remove()
     assert calls["n"] == 2
@@ -267,36 +267,67 @@ def test_stacked_scoring_refuses_bad_input_before_any_forward(tiny_models):
     assert attached_hooks(model) == {}
 
 
-def test_editing_the_wrong_rows_is_caught(tiny_models, monkeypatch):
-    """If every row got the first configuration's edit, the other configurations would not
-    match their full prefills."""
+def test_editing_the_wrong_positions_is_caught(tiny_models, monkeypatch):
+    """If every configuration's position got the first configuration's edit, the others would
+    not match their full prefills."""
     model = tiny_models["qwen2"]
     grid = [Steering(_directions(model, seed=s), alpha=0.5) for s in (0, 1)]
     cache = prefix_cache(model, PROMPTS, batch_size=4)
     want = final_logits(model, PROMPTS, batch_size=4, steering=grid[1])
 
-    def first_edit_on_every_row(edits, copies):  # the wrong variant
+    def first_edit_everywhere(edits, block):  # the wrong variant
         e = edits[0]
         return lambda x, hook: apply_edit(x, e.direction, e.alpha, e.normalisation)
 
-    monkeypatch.setattr(cached_scoring, "_stacked_edit_hook", first_edit_on_every_row)
+    monkeypatch.setattr(cached_scoring, "_block_edit_hook", first_edit_everywhere)
     got = score_configurations(model, cache, grid)
     assert (got[1] - want).abs().max() > 100 * ATOL
 
 
-def test_the_shared_prefix_is_not_copied_per_configuration(tiny_models):
-    """The stacked cache holds the original prefix tensors (no copy per configuration) and
-    scoring never changes them."""
+def test_blocks_that_see_each_other_are_caught(tiny_models, monkeypatch):
+    """Without the block-diagonal part of the mask (plain causal attention over the new
+    positions) later configurations would attend to earlier ones' steered tokens."""
+    model = tiny_models["qwen2"]
+    grid = [Steering(_directions(model, seed=s), alpha=0.5) for s in (0, 1)]
+    cache = prefix_cache(model, PROMPTS, batch_size=4)
+    want = final_logits(model, PROMPTS, batch_size=4, steering=grid[1])
+    real = cached_scoring._block_masks
+
+    def causal_across_blocks(kv, mask, configs, block):  # the wrong variant
+        masks = real(kv, mask, configs, block)
+        n_new = configs * block
+        masks[..., -n_new:] = torch.ones(n_new, n_new, dtype=torch.bool).tril()
+        return masks
+
+    monkeypatch.setattr(cached_scoring, "_block_masks", causal_across_blocks)
+    got = score_configurations(model, cache, grid)
+    assert (got[1] - want).abs().max() > 100 * ATOL
+
+
+def test_the_shared_prefix_is_read_not_copied_per_configuration(tiny_models, monkeypatch):
+    """The configurations run side by side on the sequence axis of one forward: the cache's
+    layers grow by one block per configuration (8 new positions), not by 8 prefix copies,
+    and scoring never changes the cached tensors."""
     model = tiny_models["llama"]
     cache = prefix_cache(model, PROMPTS, batch_size=8)
     kv = cache.batches[0].kv
-    before = [(layer.keys.data_ptr(), layer.keys.shape, layer.keys.clone()) for layer in kv.layers]
-    stacked = cached_scoring._stacked_kv(kv, 5)
-    assert all(a.keys is b.keys for a, b in zip(stacked.layers, kv.layers, strict=True))
-    score_configurations(model, cache, list(_grid(model).values()))
-    for layer, (ptr, shape, keys) in zip(kv.layers, before, strict=True):
-        assert layer.keys.data_ptr() == ptr and layer.keys.shape == shape
-        assert torch.equal(layer.keys, keys)
+    before = [(layer.keys.shape, layer.keys.clone()) for layer in kv.layers]
+    grown = []
+    real = cached_scoring._fresh_kv
+
+    def spy(kv):
+        fresh = real(kv)
+        grown.append(fresh)
+        return fresh
+
+    monkeypatch.setattr(cached_scoring, "_fresh_kv", spy)
+    grid = list(_grid(model).values())
+    score_configurations(model, cache, grid)
+    (fresh,) = grown
+    b, h, t, d = kv.layers[0].keys.shape
+    assert fresh.layers[0].keys.shape == (b, h, t + len(grid), d)
+    for layer, (shape, keys) in zip(kv.layers, before, strict=True):
+        assert layer.keys.shape == shape and torch.equal(layer.keys, keys)
 
 
 @pytest.mark.slow

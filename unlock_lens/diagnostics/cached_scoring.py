@@ -12,13 +12,13 @@ the steering applied, and returns the next-token logits: what a full steered pre
 >>> grid = {a: score_last_position(model, cache, steering.scaled(a)) for a in (0.05, 0.1, 0.5)}  # doctest: +SKIP
 >>> stacked = score_configurations(model, cache, [steering.scaled(a) for a in (0.05, 0.1, 0.5)])  # doctest: +SKIP
 
-:func:`score_configurations` scores several configurations in one forward per batch: the
-configurations are stacked on the batch dimension (rows = configurations x prompts, each row
-edited with its own configuration's directions, alpha, layers and edit), and every row reads
-the same cached prefix. The prefix is never copied per configuration into the cache: each
-layer's keys and values are written once per forward into that layer's attention input (what
-Hugging Face's own cache update does by concatenation) and freed after the layer, so the extra
-memory is one layer's stacked keys and values at a time, not the whole cache per configuration.
+:func:`score_configurations` scores several configurations in one forward per batch: they run
+side by side on the sequence axis (the last prompt token once per configuration, every copy at
+the last prompt position, attending to the shared prefix and to itself only through a 4D
+attention mask), each copy edited with its own configuration's directions, alpha, layers and
+edit. The prefix's keys and values are read once per forward for all of them and never copied
+per configuration, so the matmuls see prompts x configurations rows while the attention reads
+the cache once.
 
 Only position rules that edit the last prompt position alone in a prefill are exact here
 (``last_prompt``, and ``final``, which adds only generated tokens); others are refused. The
@@ -39,7 +39,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
-from unlock_lens.activations import encode, forward_kwargs, hook_name, model_device, plan_batches
+from unlock_lens.activations import (
+    encode,
+    forward_kwargs,
+    hook_name,
+    model_device,
+    plan_batches,
+    position_ids,
+)
 from unlock_lens.compat import bridge_kv_cache_keyword
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.interventions import apply_edit, selects
@@ -201,58 +208,17 @@ def score_last_position(
 
 # ---- several configurations in one forward ---------------------------------------------------
 
-#: rows (configurations x prompts) per forward in :func:`score_configurations`: large enough
-#: for the matmuls to run near their peak rate on CPU, small enough that the stacked keys and
-#: values of one layer and the logits stay small (Gemma-3-270M: 256 rows x 262k vocabulary
-#: = 256 MiB of float32 logits)
-DEFAULT_MAX_ROWS = 256
-
-
-def _stacked(prefix: Float[Tensor, "b h t d"], new: Float[Tensor, "gb h m d"],
-             copies: int) -> Float[Tensor, "gb h tm d"]:
-    """``cat([prefix repeated copies times, new], dim=-2)`` with the prefix written once,
-    straight into the result (rows configuration-major: row ``c * b + i``)."""
-    b, h, t, d = prefix.shape
-    m = new.shape[-2]
-    out = new.new_empty(copies, b, h, t + m, d)
-    out[:, :, :, :t] = prefix
-    out[:, :, :, t:] = new.view(copies, b, h, m, d)
-    return out.view(copies * b, h, t + m, d)
-
-
-def _broadcast_layer(layer: Any, copies: int) -> Any:
-    """A copy of a dynamic cache layer whose ``update`` returns the cached prefix stacked
-    ``copies`` times ahead of the new keys and values, as Hugging Face's would for a cache
-    repeated on the batch dimension, without storing them: the stacked tensors live only
-    while their layer's attention runs, and the shared prefix is never changed."""
-    out = copy.copy(layer)
-    prefix_k, prefix_v = layer.keys, layer.values
-
-    def update(key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        if out.is_sliding:  # the mask was sized from the prefix; later calls see it grown
-            out.cumulative_length += key_states.shape[-2]
-        return _stacked(prefix_k, key_states, copies), _stacked(prefix_v, value_states, copies)
-
-    out.update = update
-    return out
-
-
-def _stacked_kv(kv: Any, copies: int) -> Any:
-    """The prefix cache as seen by ``copies`` configurations stacked on the batch dimension."""
-    fresh = copy.copy(kv)
-    fresh.layers = [_broadcast_layer(layer, copies) for layer in kv.layers]
-    return fresh
-
-
-def _broadcastable(kv: Any) -> bool:
-    return kv is None or (type(kv) is DynamicCache and all(
-        _grows_by_concatenation(layer) and layer.is_initialized for layer in kv.layers))
+#: query positions (prompts x configurations) per forward in :func:`score_configurations`:
+#: large enough for the matmuls to run near their peak rate on CPU, small enough that the
+#: logits stay small (Gemma-3-270M: 512 positions x 262k vocabulary = 512 MiB of float32)
+DEFAULT_MAX_ROWS = 512
 
 
 @dataclass(frozen=True)
-class _RowEdit:
-    """One configuration's edit at one hook point: its index in the stack, its direction
-    (float32, on the model's device), alpha, edit name and the new positions it touches."""
+class _Edit:
+    """One configuration's edit at one hook point: its block of query positions, its
+    direction (float32, on the model's device), alpha, edit name, and the positions of the
+    block it touches."""
 
     config: int
     direction: Tensor
@@ -261,63 +227,89 @@ class _RowEdit:
     at: slice
 
 
-def _new_positions(rule: str, n_new: int) -> slice:
-    """Positions a cacheable rule edits among ``n_new`` tokens run on the prefix cache, the
-    first of which is the last prompt token (``last_prompt``: it alone; ``final``: all)."""
-    picked = selects(rule, torch.arange(n_new), 0).nonzero().flatten()
+def _block_positions(rule: str, block: int) -> slice:
+    """Positions a cacheable rule edits in a block of ``block`` tokens run on the prefix
+    cache, the first being the last prompt token (``last_prompt``: it alone; ``final``: all)."""
+    picked = selects(rule, torch.arange(block), 0).nonzero().flatten()
     return slice(int(picked[0]), int(picked[-1]) + 1)
 
 
-def _edits_by_hook(model: Any, group: Sequence[Any], n_new: int) -> dict[str, list[_RowEdit]]:
+def _edits_by_hook(model: Any, group: Sequence[Any], block: int) -> dict[str, list[_Edit]]:
     """Hook point name -> the edits of every configuration in ``group`` that steers there."""
     device = model_device(model)
-    out: dict[str, list[_RowEdit]] = {}
+    out: dict[str, list[_Edit]] = {}
     for c, steering in enumerate(group):
         if steering is None or steering.alpha == 0:  # alpha 0 attaches nothing (Steering.applied)
             continue
-        at = _new_positions(steering.positions, n_new)
+        at = _block_positions(steering.positions, block)
         for layer in steering.active_layers:
             direction = steering.directions[layer].to(device=device, dtype=torch.float32)
             out.setdefault(hook_name(layer, steering.hook), []).append(
-                _RowEdit(c, direction, float(steering.alpha), steering.normalisation, at))
+                _Edit(c, direction, float(steering.alpha), steering.normalisation, at))
     return out
 
 
-def _stacked_edit_hook(edits: list[_RowEdit], copies: int) -> Any:
-    """A hook editing each configuration's block of rows with that configuration's edit."""
+def _block_edit_hook(edits: list[_Edit], block: int) -> Any:
+    """A hook editing each configuration's block of positions with that configuration's edit."""
 
-    def steer_rows(x: Tensor, hook: Any) -> Tensor:
-        x = x.clone(memory_format=torch.contiguous_format)
-        grid = x.view(copies, x.shape[0] // copies, *x.shape[1:])
+    def steer_blocks(x: Tensor, hook: Any) -> Tensor:
+        x = x.clone()
         for e in edits:
-            grid[e.config, :, e.at] = apply_edit(grid[e.config, :, e.at], e.direction, e.alpha,
-                                                 e.normalisation)
+            at = slice(e.config * block + e.at.start, e.config * block + e.at.stop)
+            x[:, at] = apply_edit(x[:, at], e.direction, e.alpha, e.normalisation)
         return x
 
-    return steer_rows
+    return steer_blocks
+
+
+def _block_masks(kv: Any, mask: Int[Tensor, "b pos"], configs: int, block: int) -> Any:
+    """The 4D attention masks (True = attend) for ``configs`` blocks of ``block`` tokens run
+    side by side on the prefix: every block sees the (padded) prefix and, causally, its own
+    tokens, never another block's. One mask per kind of cache layer (full / sliding window,
+    keyed as the model's ``config.layer_types``), sized as the layer's cache reports."""
+    b, n_new = mask.shape[0], configs * block
+    prefix = mask[:, : mask.shape[1] - 1].bool()
+    own = torch.block_diag(*[torch.ones(block, block, dtype=torch.bool).tril()] * configs)
+    own = own.to(mask.device).expand(b, 1, n_new, n_new)
+    layers = kv.layers if kv is not None else [None]
+    out: dict[str, Tensor] = {}
+    for layer in layers:
+        kind = "sliding_attention" if getattr(layer, "is_sliding", False) else "full_attention"
+        if kind in out:
+            continue
+        kv_len, kv_offset = layer.get_mask_sizes(n_new) if layer is not None else (n_new, 0)
+        seen = prefix[:, kv_offset : kv_offset + kv_len - n_new]  # the prefix columns this layer keeps
+        out[kind] = torch.cat([seen[:, None, None, :].expand(b, 1, n_new, seen.shape[1]), own], dim=-1)
+    return out if len(out) > 1 else next(iter(out.values()))
 
 
 def forward_configurations(
-    model: Any, kv: Any, ids: Int[Tensor, "b m"], kwargs: dict[str, Any], group: Sequence[Any]
-) -> Float[Tensor, "g b keep vocab"]:
-    """One forward of ``len(group)`` configurations stacked on the batch dimension over one
-    batch's cached prefix ``kv`` (None: no prefix): ``ids`` are the tokens run on the cache,
-    the first being the last prompt token (what a continuation scorer appends after it
-    shares this), ``kwargs`` the forward keywords for those ``b`` rows (the full attention
-    mask, the new tokens' position ids, ``logits_to_keep``). Each configuration (a cacheable
-    :class:`~unlock_lens.steer.Steering` or None) edits only its own rows; hooks are off on
-    return or raise. Returns the kept positions' logits per configuration, in the model's dtype.
+    model: Any, batch: PrefixBatch, tokens: Int[Tensor, "b block"], group: Sequence[Any]
+) -> Float[Tensor, "b g block vocab"]:
+    """One forward of ``len(group)`` configurations side by side on one batch's cached prefix.
+
+    ``tokens`` (the last prompt token first, then any continuation a scorer teacher-forces)
+    are repeated once per configuration along the sequence axis: configuration ``c`` owns
+    query positions ``c * block ... (c + 1) * block - 1``, all at the positions that follow
+    the prompt, attending to the shared prefix and causally to its own block only (4D masks),
+    and only its own block gets its edits. The prefix's keys and values are read once per
+    forward for every configuration, never copied per configuration. Each configuration is a
+    cacheable :class:`~unlock_lens.steer.Steering` or None; hooks are off on return or raise.
+    Returns every position's logits (float32, on the model's device).
     """
-    g, (b, m) = len(group), ids.shape
-    stacked = {k: v.repeat(g, 1) if k in ("attention_mask", "position_ids") else v
-               for k, v in kwargs.items()}
-    if kv is not None:
-        stacked["past_key_values"] = _stacked_kv(kv, g) if _broadcastable(kv) else copy.deepcopy(kv)
-    hooks = [(name, _stacked_edit_hook(edits, g))
-             for name, edits in _edits_by_hook(model, group, m).items()]
+    g, (b, block) = len(group), tokens.shape
+    kwargs = dict(batch.last_kwargs)
+    last_position = kwargs.get("position_ids", position_ids(batch.mask)[:, -1:])
+    kwargs["position_ids"] = last_position + torch.arange(block, device=tokens.device).repeat(g)
+    kwargs["attention_mask"] = _block_masks(batch.kv, batch.mask, g, block)
+    kwargs["logits_to_keep"] = g * block
+    if batch.kv is not None:
+        kwargs["past_key_values"] = _fresh_kv(batch.kv)
+    hooks = [(name, _block_edit_hook(edits, block))
+             for name, edits in _edits_by_hook(model, group, block).items()]
     with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
-        out = model(ids.repeat(g, 1), **stacked)
-    return out.view(g, b, *out.shape[1:])
+        out = model(tokens.repeat(1, g), **kwargs)
+    return out.float().view(b, g, block, -1)
 
 
 def score_configurations(
@@ -328,10 +320,11 @@ def score_configurations(
     steerings[c])`` and so ``final_logits(model, prompts, steering=steerings[c])``.
 
     ``steerings``: cacheable :class:`~unlock_lens.steer.Steering` objects (or None: unsteered),
-    each free in its directions, alpha, layers, edit and hook kind. Configurations are stacked
-    on the batch dimension, up to ``max_rows`` rows (configurations x prompts of a batch) per
-    forward. The result holds ``configs x n x vocab`` float32 (Gemma-3-270M: 1 MiB per prompt
-    and configuration): pass a long grid in chunks.
+    each free in its directions, alpha, layers, edit and hook kind. Up to ``max_rows`` query
+    positions (prompts of a batch x configurations) run in one forward, the configurations
+    side by side on the shared prefix (:func:`forward_configurations`). The result holds
+    ``configs x n x vocab`` float32 (Gemma-3-270M: 1 MiB per prompt and configuration): pass
+    a long grid in chunks.
     """
     _check_cache(model, cache)
     if len(steerings) == 0:
@@ -344,13 +337,12 @@ def score_configurations(
             steering.fwd_hooks(model)  # the same model, layer and width checks as applied()
     out: Tensor | None = None
     for batch in cache.batches:
-        per_pass = max(1, max_rows // len(batch.indices)) if _broadcastable(batch.kv) else 1
+        per_pass = max(1, max_rows // len(batch.indices))
         for start in range(0, len(steerings), per_pass):
             group = steerings[start : start + per_pass]
-            logits = forward_configurations(model, batch.kv, batch.last_ids, batch.last_kwargs,
-                                            group)[:, :, -1].float().cpu()
+            logits = forward_configurations(model, batch, batch.last_ids, group)[:, :, -1].cpu()
             if out is None:
                 out = logits.new_empty(len(steerings), cache.n_prompts, logits.shape[-1])
-            out[start : start + len(group), batch.indices] = logits
+            out[start : start + len(group), batch.indices] = logits.transpose(0, 1)
     assert out is not None
     return out
