@@ -104,7 +104,6 @@ def synthetic_questions(n_key: int, n_align: int, n_eval: int) -> tuple[list, li
 
 
 def run(args: argparse.Namespace) -> dict:
-    from unlock_lens.activations import Variant
     from unlock_lens.align.layers import AlignSpec
     from unlock_lens.diagnostics.ablations import prepare_ablation
     from unlock_lens.diagnostics.cached_scoring import DEFAULT_MAX_ROWS
@@ -113,9 +112,15 @@ def run(args: argparse.Namespace) -> dict:
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+
+    def stage(text: str) -> None:
+        print(f"   [{time.perf_counter() - t0:6.0f} s] {text}", flush=True)
+
+    stage(f"loading {args.source} and {args.target}")
     source, target = load_on(args.source, args.device), load_on(args.target, args.device)
     timings["load"] = time.perf_counter() - t0
 
+    stage(f"the key from {args.source} on {args.n_key} questions")
     t = time.perf_counter()
     pipe = Unlock(source=source, target=target, method="svd")
     key_q, align_q, eval_q = (synthetic_questions if args.quick else questions)(
@@ -123,6 +128,7 @@ def run(args: argparse.Namespace) -> dict:
     key = pipe.extract(key_q)
     timings["key"] = time.perf_counter() - t
 
+    stage(f"captures of {args.n_align} alignment questions; reference logits of {args.n_prompts} prompts")
     t = time.perf_counter()
     unlocked = get_format("cot").as_chat(pipe.target_variant.format.chat)
     setup = prepare_ablation(key, pipe.locked, pipe.target_variant, align_q, eval_q,
@@ -144,6 +150,7 @@ def run(args: argparse.Namespace) -> dict:
     per_config, per_prefix_token = useful_flops(target)
     n = len(eval_q)
 
+    stage(f"the grid: {len(grid)} configurations x {len(eval_q)} prompts")
     rates = [mm_rate(args.device)]
     t_score = t_reduce = 0.0
     kl_means = []
@@ -156,7 +163,9 @@ def run(args: argparse.Namespace) -> dict:
         t_prefix = time.perf_counter() - t_grid
         stream = setup.logits_of(grid)
         last_sample = time.perf_counter()
-        for _ in range(len(grid)):
+        for k in range(len(grid)):
+            if k % 60 == 0:
+                stage(f"configuration {k}/{len(grid)}")
             t = time.perf_counter()
             logits = next(stream)
             sync(args.device)
@@ -172,6 +181,7 @@ def run(args: argparse.Namespace) -> dict:
                 last_sample = time.perf_counter()
         wall = time.perf_counter() - t_grid
     rates.append(mm_rate(args.device))
+    stage("done")
     rate = statistics.median(rates)
     prefix_tokens = sum(int(b.mask.sum()) - len(b.indices) for b in prefix.batches)
     flops_configs = len(grid) * n * per_config

@@ -59,7 +59,6 @@ from unlock_lens.diagnostics.cached_scoring import (
     prefix_cache,
     score_configurations,
 )
-from unlock_lens.distributions import kl_divergence
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.masterkey import MasterKey
 from unlock_lens.prompts import PromptFormat
@@ -88,11 +87,20 @@ def proxy_scores(
     tokens: Int[Tensor, "n m"],
 ) -> tuple[Float[Tensor, " n"], Float[Tensor, " n"]]:
     """Per question: ``KL(ref || logits)`` and ``log sum_{j in tokens} p(j)`` under ``logits``."""
+    _same_shape(ref_logits, logits)
+    return _scores(torch.log_softmax(ref_logits.float(), -1), torch.log_softmax(logits.float(), -1),
+                   tokens)
+
+
+def _same_shape(ref_logits: Tensor, logits: Tensor) -> None:
     if ref_logits.shape != logits.shape:
         raise UnlockLensError(f"logit shapes differ: {tuple(ref_logits.shape)} vs {tuple(logits.shape)}")
-    kl = kl_divergence(ref_logits, logits)
-    logp = torch.log_softmax(logits.float(), -1).gather(-1, tokens).logsumexp(-1)
-    return kl, logp
+
+
+def _scores(log_p: Tensor, log_q: Tensor, tokens: Tensor, p: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`proxy_scores` from log-probabilities (``p = log_p.exp()`` when already known)."""
+    kl = ((log_p.exp() if p is None else p) * (log_p - log_q)).sum(-1)
+    return kl, log_q.gather(-1, tokens).logsumexp(-1)
 
 
 def _stats(prefix: str, values: Tensor) -> dict[str, float]:
@@ -146,6 +154,9 @@ class AblationSetup:
 
     def __post_init__(self) -> None:
         self.tokens = unlocked_tokens(self.ref_logits, self.top_m)
+        # the reference's log-probabilities, once: every configuration is scored against them
+        self._ref_log_p = torch.log_softmax(self.ref_logits.float(), -1)
+        self._ref_p = self._ref_log_p.exp()
 
     @property
     def method(self) -> str:
@@ -239,7 +250,9 @@ class AblationSetup:
         return next(self.logits_of([self.steering(directions, layers, alpha)]))
 
     def score(self, logits: Float[Tensor, "n vocab"]) -> tuple[Tensor, Tensor]:
-        return proxy_scores(self.ref_logits, logits, self.tokens)
+        """:func:`proxy_scores` against the setup's reference (its log-probabilities cached)."""
+        _same_shape(self.ref_logits, logits)
+        return _scores(self._ref_log_p, torch.log_softmax(logits.float(), -1), self.tokens, self._ref_p)
 
 
 def prepare_ablation(
