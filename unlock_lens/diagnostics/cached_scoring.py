@@ -279,7 +279,12 @@ def _block_masks(kv: Any, mask: Int[Tensor, "b pos"], configs: int, block: int) 
             continue
         kv_len, kv_offset = layer.get_mask_sizes(n_new) if layer is not None else (n_new, 0)
         seen = prefix[:, kv_offset : kv_offset + kv_len - n_new]  # the prefix columns this layer keeps
-        out[kind] = torch.cat([seen[:, None, None, :].expand(b, 1, n_new, seen.shape[1]), own], dim=-1)
+        seen = seen[:, None, None, :].expand(b, 1, n_new, seen.shape[1])
+        if kind == "sliding_attention":  # a block's later tokens may slide past the oldest columns
+            query = prefix.shape[1] + torch.arange(block, device=mask.device).repeat(configs)
+            column = kv_offset + torch.arange(seen.shape[-1], device=mask.device)
+            seen = seen & (column[None, :] > query[:, None] - layer.sliding_window)
+        out[kind] = torch.cat([seen, own], dim=-1)
     return out if len(out) > 1 else next(iter(out.values()))
 
 
