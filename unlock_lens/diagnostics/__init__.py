@@ -9,7 +9,8 @@
   with random-direction controls, reusing cached activations and logits.
 - ``distribution_shift``: KL of the steered next-token distribution to the CoT-prompted one.
 - ``cached_scoring``: first-token logits of many last-prompt-token steerings from one shared
-  prefix KV cache (one one-position forward per configuration).
+  prefix KV cache (one one-position forward per configuration, or many configurations side
+  by side in one forward: ``score_configurations``).
 - ``fidelity``: transferred-key outputs against the native key's (identical share, token agreement).
 
 Names load lazily (``__init__.pyi`` lists them), so importing
