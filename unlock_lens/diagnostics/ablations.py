@@ -19,10 +19,10 @@ unsteered logits (one ``final_logits`` each), fitted maps per (method, rank) ref
 the cached activations, and (built on first use) the unsteered KV cache of the direct prompts
 minus their last token (:func:`~unlock_lens.diagnostics.cached_scoring.prefix_cache`). Each
 cell has ``1 + len(seeds)`` steering configurations; when the position rule edits only the
-last prompt position (``last_prompt``, ``final``) a sweep's configurations are scored stacked
-on the batch dimension on that cache (:func:`~unlock_lens.diagnostics.cached_scoring.score_configurations`:
-the last prompt token only, many configurations per forward), the same logits as full steered
-prefills (1e-4, ``tests/test_ablations.py``). Other rules, models without a Hugging Face KV
+last prompt position (``last_prompt``, ``final``) a sweep's configurations are scored on that
+cache, many side by side per forward
+(:func:`~unlock_lens.diagnostics.cached_scoring.score_configurations`: the last prompt token
+only), the same logits as full steered prefills (1e-4, ``tests/test_ablations.py``). Other rules, models without a Hugging Face KV
 cache and ``AblationSetup.cached = False`` run one full steered prefill (``final_logits``) per
 configuration, with a one-line note.
 
@@ -67,7 +67,7 @@ from unlock_lens.steer import Normalisation, Positions, Steering
 DEFAULT_RANKS = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_ALPHAS = (0.05, 0.1, 0.2, 0.5)
 DEFAULT_SEEDS = (0, 1, 2)
-#: float32 logits held at once when a sweep's configurations are scored stacked
+#: float32 logits held at once when a sweep's configurations are scored on the prefix cache
 LOGITS_BUDGET_BYTES = 512 * 2**20
 
 
@@ -227,8 +227,8 @@ class AblationSetup:
         return self._prefix
 
     def logits_of(self, steerings: Sequence[Steering]) -> Iterator[Float[Tensor, "n vocab"]]:
-        """Each configuration's next-token logits over the direct prompts, in order: stacked
-        on the prefix cache when it applies (chunks bounded by ``LOGITS_BUDGET_BYTES``), else
+        """Each configuration's next-token logits over the direct prompts, in order: many per
+        forward on the prefix cache when it applies (chunks bounded by ``LOGITS_BUDGET_BYTES``), else
         one full steered prefill each."""
         if not self.uses_prefix_cache:
             if steerings:
