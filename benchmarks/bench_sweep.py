@@ -165,7 +165,9 @@ def run(args: argparse.Namespace) -> dict:
         last_sample = time.perf_counter()
         for k in range(len(grid)):
             if k % 60 == 0:
-                stage(f"configuration {k}/{len(grid)}")
+                so_far = f", scoring {k * n * per_config / t_score / 1e9:.1f} GFLOP/s" if k else ""
+                stage(f"configuration {k}/{len(grid)} (matmul median {statistics.median(rates):.1f} "
+                      f"GFLOP/s{so_far})")
             t = time.perf_counter()
             logits = next(stream)
             sync(args.device)
