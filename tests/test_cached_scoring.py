@@ -15,9 +15,11 @@ from unlock_lens.diagnostics import cached_scoring
 from unlock_lens.diagnostics.cached_scoring import (
     edits_last_prompt_only,
     prefix_cache,
+    score_configurations,
     score_last_position,
 )
 from unlock_lens.errors import UnlockLensError
+from unlock_lens.interventions import apply_edit
 from unlock_lens.steer import Steering, attached_hooks
 
 ARCHS = ("llama", "qwen2", "gemma3", "gpt2", "qwen3")
@@ -203,6 +205,131 @@ def test_a_dropped_cache_is_caught(tiny_models):
     _assert_close(score_last_position(model, cache), want)
 
 
+# --- several configurations in one forward --------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_stacked_configurations_equal_full_prefills_one_by_one(tiny_models, arch):
+    """Every configuration of the grid (edits, layer sets, alphas, hook kinds, None, alpha 0)
+    stacked in one forward per batch equals its own full steered prefill (1e-4) and its
+    one-at-a-time cached score (1e-5)."""
+    model = tiny_models[arch]
+    grid = list(_grid(model).values()) + [Steering(_directions(model, seed=2), alpha=0.0)]
+    cache = prefix_cache(model, PROMPTS, batch_size=3)
+    stacked = score_configurations(model, cache, grid)
+    assert stacked.shape[:2] == (len(grid), len(PROMPTS)) and stacked.dtype == torch.float32
+    for c, steering in enumerate(grid):
+        _assert_close(stacked[c], final_logits(model, PROMPTS, batch_size=3, steering=steering))
+        torch.testing.assert_close(stacked[c], score_last_position(model, cache, steering),
+                                   atol=1e-5, rtol=0)
+    assert attached_hooks(model) == {}
+
+
+@pytest.mark.parametrize("max_rows", [1, 5, 64])
+def test_any_number_of_configurations_per_forward(tiny_models, max_rows):
+    """Gemma3 (sliding-window layers, the long prompt overflows the window): groups of 1, of
+    a batch-size-dependent few, and all at once give the same scores; the cache is unchanged."""
+    model = tiny_models["gemma3"]
+    grid = list(_grid(model).values())
+    cache = prefix_cache(model, PROMPTS, batch_size=4)
+    want = torch.stack([final_logits(model, PROMPTS, batch_size=4, steering=s) for s in grid])
+    for _ in range(2):
+        _assert_close(score_configurations(model, cache, grid, max_rows=max_rows), want)
+        _assert_close(score_configurations(model, cache, grid[::-1], max_rows=max_rows), want.flip(0))
+
+
+def test_one_forward_per_batch_for_a_whole_group(tiny_models):
+    model = tiny_models["llama"]
+    cache = prefix_cache(model, PROMPTS, batch_size=4)  # 2 batches of 4
+    calls = {"n": 0}
+    handle = model.embed.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        score_configurations(model, cache, list(_grid(model).values()), max_rows=32)  # 4 x 8 rows
+    finally:
+        handle.remove()
+    assert calls["n"] == 2
+
+
+def test_stacked_scoring_refuses_bad_input_before_any_forward(tiny_models):
+    model = tiny_models["llama"]
+    cache = prefix_cache(model, PROMPTS[:2])
+    good = Steering(_directions(model), alpha=0.5)
+    with pytest.raises(UnlockLensError, match="final_logits"):
+        score_configurations(model, cache, [good, Steering(_directions(model), alpha=0.5, positions="all")])
+    with pytest.raises(UnlockLensError, match="no direction given for layers"):
+        score_configurations(model, cache, [good, Steering(_directions(model), alpha=0.5, layers=[7])])
+    with pytest.raises(UnlockLensError, match="size"):
+        score_configurations(model, cache, [good, Steering({0: torch.ones(5)}, alpha=0.5)])
+    with pytest.raises(UnlockLensError, match="another model"):
+        score_configurations(tiny_models["qwen2"], cache, [good])
+    with pytest.raises(UnlockLensError, match="no configurations"):
+        score_configurations(model, cache, [])
+    assert attached_hooks(model) == {}
+
+
+def test_editing_the_wrong_positions_is_caught(tiny_models, monkeypatch):
+    """If every configuration's position got the first configuration's edit, the others would
+    not match their full prefills."""
+    model = tiny_models["qwen2"]
+    grid = [Steering(_directions(model, seed=s), alpha=0.5) for s in (0, 1)]
+    cache = prefix_cache(model, PROMPTS, batch_size=4)
+    want = final_logits(model, PROMPTS, batch_size=4, steering=grid[1])
+
+    def first_edit_everywhere(edits, block):  # the wrong variant
+        e = edits[0]
+        return lambda x, hook: apply_edit(x, e.direction, e.alpha, e.normalisation)
+
+    monkeypatch.setattr(cached_scoring, "_block_edit_hook", first_edit_everywhere)
+    got = score_configurations(model, cache, grid)
+    assert (got[1] - want).abs().max() > 100 * ATOL
+
+
+def test_blocks_that_see_each_other_are_caught(tiny_models, monkeypatch):
+    """Without the block-diagonal part of the mask (plain causal attention over the new
+    positions) later configurations would attend to earlier ones' steered tokens."""
+    model = tiny_models["qwen2"]
+    grid = [Steering(_directions(model, seed=s), alpha=0.5) for s in (0, 1)]
+    cache = prefix_cache(model, PROMPTS, batch_size=4)
+    want = final_logits(model, PROMPTS, batch_size=4, steering=grid[1])
+    real = cached_scoring._block_masks
+
+    def causal_across_blocks(kv, mask, configs, block):  # the wrong variant
+        masks = real(kv, mask, configs, block)
+        n_new = configs * block
+        masks[..., -n_new:] = torch.ones(n_new, n_new, dtype=torch.bool).tril()
+        return masks
+
+    monkeypatch.setattr(cached_scoring, "_block_masks", causal_across_blocks)
+    got = score_configurations(model, cache, grid)
+    assert (got[1] - want).abs().max() > 100 * ATOL
+
+
+def test_the_shared_prefix_is_read_not_copied_per_configuration(tiny_models, monkeypatch):
+    """The configurations run side by side on the sequence axis of one forward: the cache's
+    layers grow by one block per configuration (8 new positions), not by 8 prefix copies,
+    and scoring never changes the cached tensors."""
+    model = tiny_models["llama"]
+    cache = prefix_cache(model, PROMPTS, batch_size=8)
+    kv = cache.batches[0].kv
+    before = [(layer.keys.shape, layer.keys.clone()) for layer in kv.layers]
+    grown = []
+    real = cached_scoring._fresh_kv
+
+    def spy(kv):
+        fresh = real(kv)
+        grown.append(fresh)
+        return fresh
+
+    monkeypatch.setattr(cached_scoring, "_fresh_kv", spy)
+    grid = list(_grid(model).values())
+    score_configurations(model, cache, grid)
+    (fresh,) = grown
+    b, h, t, d = kv.layers[0].keys.shape
+    assert fresh.layers[0].keys.shape == (b, h, t + len(grid), d)
+    for layer, (shape, keys) in zip(kv.layers, before, strict=True):
+        assert layer.keys.shape == shape and torch.equal(layer.keys, keys)
+
+
 @pytest.mark.slow
 def test_real_gemma_matches_full_prefills(questions):
     """Gemma-3-270M (sliding-window and global layers, 262k vocabulary), the authors' format."""
@@ -218,7 +345,10 @@ def test_real_gemma_matches_full_prefills(questions):
     prompts = fmt.render_all(questions, model.tokenizer)
     cache = prefix_cache(model, prompts, special_tokens=fmt.special_tokens, batch_size=4)
     dirs = _directions(model)
-    for steering in (None, Steering(dirs, alpha=0.1), Steering(dirs, alpha=0.5, layers=[3, 9, 15])):
+    grid = (None, Steering(dirs, alpha=0.1), Steering(dirs, alpha=0.5, layers=[3, 9, 15]))
+    stacked = score_configurations(model, cache, grid)
+    for c, steering in enumerate(grid):
         want = final_logits(model, prompts, batch_size=4, steering=steering,
                             special_tokens=fmt.special_tokens)
         _assert_close(score_last_position(model, cache, steering), want)
+        _assert_close(stacked[c], want)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -42,6 +44,21 @@ def test_table_holds_the_unlocked_top_tokens_under_each_condition(setup):
         first_token_table(setup, alpha=0.5, layers=layers, rank=4, items=(99,))
     with pytest.raises(UnlockLensError, match="band is empty"):
         first_token_table(setup, alpha=0.5, layers=[], rank=4)
+
+
+@pytest.mark.filterwarnings("ignore:cached=False")
+def test_table_on_the_prefix_cache_equals_full_prefills(setup):
+    assert setup.uses_prefix_cache
+    full = replace(setup, cached=False)
+    kwargs = dict(alpha=1.0, layers=setup.target_layers[1:4], rank=2, items=(0, 1, 3), top=6)
+    cached, want = first_token_table(setup, **kwargs), first_token_table(full, **kwargs)
+    assert cached[["item", "token_id", "condition"]].equals(want[["item", "token_id", "condition"]])
+    torch.testing.assert_close(torch.tensor(cached.prob.values), torch.tensor(want.prob.values),
+                               atol=1e-4, rtol=0)
+    for name in ("entropy", "kl_to_unlocked"):
+        for cond, value in want.attrs[name].items():
+            assert cached.attrs[name][cond] == pytest.approx(value, abs=1e-4)
+    assert cached.attrs["kl_to_unlocked"]["steered"] > 1e-2  # the steering moved it
 
 
 def test_widgets_redraw_on_a_slider_move(setup):

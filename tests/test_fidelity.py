@@ -25,6 +25,8 @@ from unlock_lens.errors import UnlockLensError
 from unlock_lens.steer import Steering
 
 SPEC = ("rotate", "last_prompt", 0.3, 1.0)
+# longer than the tiny gemma3's 64-token sliding window, so its windowed layers slide
+LONG = PROMPTS + [" ".join(["Sam had 20 dollars and spent 8 of them on apples."] * 8)]
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +42,12 @@ def test_cached_continuation_scores_equal_full_forward_passes(tiny_models, oracl
     dirs = _directions(model, oracle, SPEC)
     steering = Steering(dirs, alpha=SPEC[2], normalisation=SPEC[0], positions=SPEC[1])
     gen = torch.Generator().manual_seed(0)
-    conts = [torch.randint(3, 200, (n,), generator=gen).tolist() for n in (5, 1, 9, 3, 7, 2, 6, 4)]
-    cache = prefix_cache(model, PROMPTS, batch_size=3)
+    conts = [torch.randint(3, 200, (n,), generator=gen).tolist() for n in (5, 1, 9, 3, 7, 2, 6, 4, 8)]
+    cache = prefix_cache(model, LONG, batch_size=3)
+    assert len(oracle.ids(LONG[-1])) > 64
     for s, d in ((None, None), (steering, dirs)):
         got = score_continuations(model, cache, conts, s)
-        for prompt, cont, row in zip(PROMPTS, conts, got, strict=True):
+        for prompt, cont, row in zip(LONG, conts, got, strict=True):
             want = oracle.teacher_forced(prompt, cont, d, SPEC if s is not None else None)
             torch.testing.assert_close(row, want, atol=1e-4, rtol=1e-4)
     # the edit must matter, or the comparison proves little
@@ -210,3 +213,27 @@ def test_fidelity_by_alpha_on_organisms_gives_one_verdict_per_alpha():
     assert key["rank"] == 1 and key["n_nulls"] == 30 and "above 30 of 30" in lines[0]
     assert "beyond the null directions" in lines[0]
     assert set(table.alpha) == {0.5, 0.05}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_many_configurations_per_forward_equal_one_at_a_time(tiny_models, oracles, arch):
+    """continuation_loglik runs configurations side by side on the prefix (ragged continuations,
+    left-padded prompts, 1 to all configurations per forward): each equals score_continuations
+    of that configuration alone, which equals the no-cache oracle above."""
+    from unlock_lens.diagnostics.cached_scoring import continuation_loglik
+
+    model, oracle = tiny_models[arch], oracles[arch]
+    dirs = _directions(model, oracle, SPEC)
+    configs = [None, Steering(dirs, alpha=0.3), Steering(dirs, alpha=-0.2),
+               Steering({0: dirs[0]}, alpha=0.8, normalisation="raw"),
+               Steering(dirs, alpha=0.5).randomized(1)]
+    gen = torch.Generator().manual_seed(1)
+    conts = [torch.randint(3, 200, (n,), generator=gen).tolist() for n in (6, 0, 9, 3, 1, 2, 7, 4, 5)]
+    cache = prefix_cache(model, LONG, batch_size=3)
+    for max_rows in (1, 40, 10_000):
+        ll, first = continuation_loglik(model, cache, conts, configs, max_rows=max_rows)
+        for c, steering in enumerate(configs):
+            rows, want_first = score_continuations(model, cache, conts, steering, return_first=True)
+            torch.testing.assert_close(ll[c], torch.stack([r.double().sum() for r in rows]), atol=1e-4, rtol=1e-5)
+            torch.testing.assert_close(first[c], want_first, atol=1e-4, rtol=1e-5)
+    assert (ll[1] - ll[0]).abs().max() > 1e-2  # the steering matters

@@ -9,7 +9,9 @@
   with random-direction controls, reusing cached activations and logits.
 - ``distribution_shift``: KL of the steered next-token distribution to the CoT-prompted one.
 - ``cached_scoring``: first-token logits of many last-prompt-token steerings from one shared
-  prefix KV cache (one one-position forward per configuration).
+  prefix KV cache (one one-position forward per configuration, or many configurations side
+  by side in one forward: ``score_configurations``; teacher-forced continuations:
+  ``score_continuations``).
 - ``fidelity``: does a transferred key carry the behaviour? The likelihood fidelity test
   (``likelihood_fidelity`` / ``pack_fidelity``: F against >= 30 null directions, rank and
   direction-level p) and text agreement with the native key's outputs.

@@ -15,6 +15,7 @@ from .ablations import (
 from .cached_scoring import (
     PrefixCache as PrefixCache,
     prefix_cache as prefix_cache,
+    score_configurations as score_configurations,
     score_continuations as score_continuations,
     score_last_position as score_last_position,
 )
@@ -123,6 +124,7 @@ __all__ = [
     "proxy_scores",
     "rank_sweep",
     "repetition_rate",
+    "score_configurations",
     "score_last_position",
     "sharpening_summary",
     "single_layer_sweep",

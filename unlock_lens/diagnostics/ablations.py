@@ -15,9 +15,16 @@ and a ``direct`` row (unsteered).
 
 What is cached (in :class:`AblationSetup`, built once by :func:`prepare_ablation`): source and
 target activations for the alignment questions (one ``capture`` each), the CoT reference and
-unsteered logits (one ``final_logits`` each), and fitted maps per (method, rank) refitted from
-the cached activations. Only the steered forward passes repeat per cell: ``1 + len(seeds)``
-calls of ``final_logits`` per cell.
+unsteered logits (one ``final_logits`` each), fitted maps per (method, rank) refitted from
+the cached activations, and (built on first use) the unsteered KV cache of the direct prompts
+minus their last token (:func:`~unlock_lens.diagnostics.cached_scoring.prefix_cache`). Each
+cell has ``1 + len(seeds)`` steering configurations; when the position rule edits only the
+last prompt position (``last_prompt``, ``final``) a sweep's configurations are scored on that
+cache, many side by side per forward
+(:func:`~unlock_lens.diagnostics.cached_scoring.score_configurations`: the last prompt token
+only), the same logits as full steered prefills (1e-4, ``tests/test_ablations.py``). Other rules, models without a Hugging Face KV
+cache and ``AblationSetup.cached = False`` run one full steered prefill (``final_logits``) per
+configuration, with a one-line note.
 
 Frame columns: ``sweep, cell, condition`` (``key`` / ``random`` / ``direct``), the cell's
 parameters (``layers, layer, band_start, band_end, alpha, method, rank``), ``kl_mean, kl_std,
@@ -29,7 +36,8 @@ over questions; for ``random`` rows they are over the seeds' means.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -44,7 +52,13 @@ from unlock_lens.align import ALIGNMENT_METHODS, LayerMap
 from unlock_lens.align.base import _RANK_FREE
 from unlock_lens.align.layers import AlignSpec, LayerPairing, fit_layer_maps, map_directions
 from unlock_lens.controls import random_like
-from unlock_lens.distributions import kl_divergence
+from unlock_lens.diagnostics.cached_scoring import (
+    DEFAULT_MAX_ROWS,
+    PrefixCache,
+    edits_last_prompt_only,
+    prefix_cache,
+    score_configurations,
+)
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.masterkey import MasterKey
 from unlock_lens.prompts import PromptFormat
@@ -53,6 +67,8 @@ from unlock_lens.steer import Normalisation, Positions, Steering
 DEFAULT_RANKS = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_ALPHAS = (0.05, 0.1, 0.2, 0.5)
 DEFAULT_SEEDS = (0, 1, 2)
+#: float32 logits held at once when a sweep's configurations are scored on the prefix cache
+LOGITS_BUDGET_BYTES = 512 * 2**20
 
 
 # ---- pure scoring -------------------------------------------------------------------------
@@ -71,11 +87,20 @@ def proxy_scores(
     tokens: Int[Tensor, "n m"],
 ) -> tuple[Float[Tensor, " n"], Float[Tensor, " n"]]:
     """Per question: ``KL(ref || logits)`` and ``log sum_{j in tokens} p(j)`` under ``logits``."""
+    _same_shape(ref_logits, logits)
+    return _scores(torch.log_softmax(ref_logits.float(), -1), torch.log_softmax(logits.float(), -1),
+                   tokens)
+
+
+def _same_shape(ref_logits: Tensor, logits: Tensor) -> None:
     if ref_logits.shape != logits.shape:
         raise UnlockLensError(f"logit shapes differ: {tuple(ref_logits.shape)} vs {tuple(logits.shape)}")
-    kl = kl_divergence(ref_logits, logits)
-    logp = torch.log_softmax(logits.float(), -1).gather(-1, tokens).logsumexp(-1)
-    return kl, logp
+
+
+def _scores(log_p: Tensor, log_q: Tensor, tokens: Tensor, p: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`proxy_scores` from log-probabilities (``p = log_p.exp()`` when already known)."""
+    kl = ((log_p.exp() if p is None else p) * (log_p - log_q)).sum(-1)
+    return kl, log_q.gather(-1, tokens).logsumexp(-1)
 
 
 def _stats(prefix: str, values: Tensor) -> dict[str, float]:
@@ -102,7 +127,9 @@ class AblationSetup:
     layer ``t``.
     ``ref_logits`` / ``direct_logits``: the target's next-token logits after the CoT /
     direct prompt of each evaluation question; ``direct_prompts`` are what gets steered.
-    Fitted maps are memoised per (method, rank) on this object.
+    Fitted maps are memoised per (method, rank) on this object, and so is the direct
+    prompts' prefix cache. ``cached = False`` scores every configuration with a full steered
+    prefill instead (the reference the cached path is tested against).
     """
 
     key: MasterKey
@@ -119,12 +146,17 @@ class AblationSetup:
     positions: Positions = "last_prompt"
     top_m: int = 5
     batch_size: int = 16
+    cached: bool = True
     _maps: dict[tuple[str, int | None], dict[int, LayerMap]] = field(
         default_factory=dict, init=False, repr=False
     )
+    _prefix: PrefixCache | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.tokens = unlocked_tokens(self.ref_logits, self.top_m)
+        # the reference's log-probabilities, once: every configuration is scored against them
+        self._ref_log_p = torch.log_softmax(self.ref_logits.float(), -1)
+        self._ref_p = self._ref_log_p.exp()
 
     @property
     def method(self) -> str:
@@ -177,17 +209,50 @@ class AblationSetup:
         """The key in the target's space, r^(t) = m^(s(t)) W_t, per target layer."""
         return map_directions(self.key, self.maps(method, rank))
 
+    def steering(self, directions: dict[int, Tensor], layers: Sequence[int], alpha: float) -> Steering:
+        """The configuration of a cell: the setup's edit, positions and hook kind."""
+        return Steering(directions, alpha=alpha, normalisation=self.normalisation,
+                        positions=self.positions, layers=list(layers), hook=self.key.hook)
+
+    @property
+    def uses_prefix_cache(self) -> bool:
+        """Whether configurations are scored on the direct prompts' prefix cache."""
+        return (self.cached and edits_last_prompt_only(self.positions)
+                and getattr(self.target, "original_model", None) is not None)
+
+    def prefix(self) -> PrefixCache:
+        """The direct prompts' unsteered prefix cache (built once, on first use)."""
+        if self._prefix is None:
+            self._prefix = prefix_cache(self.target, self.direct_prompts, batch_size=self.batch_size)
+        return self._prefix
+
+    def logits_of(self, steerings: Sequence[Steering]) -> Iterator[Float[Tensor, "n vocab"]]:
+        """Each configuration's next-token logits over the direct prompts, in order: many per
+        forward on the prefix cache when it applies (chunks bounded by ``LOGITS_BUDGET_BYTES``), else
+        one full steered prefill each."""
+        if not self.uses_prefix_cache:
+            if steerings:
+                warnings.warn(_full_prefill_note(self), stacklevel=3)
+            for s in steerings:
+                yield final_logits(self.target, self.direct_prompts, batch_size=self.batch_size,
+                                   steering=s)
+            return
+        n, vocab = self.direct_logits.shape
+        rows = min(n, self.batch_size)
+        chunk = max(1, min(DEFAULT_MAX_ROWS // rows, LOGITS_BUDGET_BYTES // (4 * n * vocab)))
+        for start in range(0, len(steerings), chunk):
+            yield from score_configurations(self.target, self.prefix(), steerings[start : start + chunk])
+
     def steered_logits(
         self, directions: dict[int, Tensor], layers: Sequence[int], alpha: float
     ) -> Float[Tensor, "n vocab"]:
-        """One steered forward pass over the direct prompts (the only per-cell model call)."""
-        steering = Steering(directions, alpha=alpha, normalisation=self.normalisation,
-                            positions=self.positions, layers=list(layers), hook=self.key.hook)
-        return final_logits(self.target, self.direct_prompts, batch_size=self.batch_size,
-                            steering=steering)
+        """The direct prompts' next-token logits under one configuration (see :meth:`logits_of`)."""
+        return next(self.logits_of([self.steering(directions, layers, alpha)]))
 
     def score(self, logits: Float[Tensor, "n vocab"]) -> tuple[Tensor, Tensor]:
-        return proxy_scores(self.ref_logits, logits, self.tokens)
+        """:func:`proxy_scores` against the setup's reference (its log-probabilities cached)."""
+        _same_shape(self.ref_logits, logits)
+        return _scores(self._ref_log_p, torch.log_softmax(logits.float(), -1), self.tokens, self._ref_p)
 
 
 def prepare_ablation(
@@ -265,26 +330,27 @@ def _run_cells(
     if not cells:
         raise UnlockLensError(f"the {sweep} sweep has no cells")
     n = len(setup.direct_prompts)
-    rows = []
-    bar = tqdm(total=len(cells) * (1 + len(seeds)), desc=f"{sweep} sweep (steered passes)",
+    # per cell: the key, then one random control per seed (all scored in one stream)
+    steerings = [setup.steering(d, cell.layers, cell.alpha) for cell in cells
+                 for d in [cell.directions, *(random_like(cell.directions, s) for s in seeds)]]
+    bar = tqdm(total=len(steerings), desc=f"{sweep} sweep (steered configurations)",
                disable=not progress)
+    scores = []
+    for logits in setup.logits_of(steerings):
+        scores.append(setup.score(logits))
+        bar.update()
+    bar.close()
+    rows = []
+    per_cell = 1 + len(seeds)
     for i, cell in enumerate(cells):
         base = {"sweep": sweep, "cell": i, "layers": _layers_label(cell.layers),
                 "alpha": cell.alpha, **cell.params}
-        kl, logp = setup.score(setup.steered_logits(cell.directions, cell.layers, cell.alpha))
-        bar.update()
+        (kl, logp), *controls = scores[i * per_cell : (i + 1) * per_cell]
         rows.append({**base, **_score_row("key", kl, logp, n, 0)})
         if seeds:
-            per_seed = []
-            for s in seeds:
-                rnd = random_like(cell.directions, s)
-                kl_r, logp_r = setup.score(setup.steered_logits(rnd, cell.layers, cell.alpha))
-                bar.update()
-                per_seed.append((kl_r.mean(), logp_r.mean()))
-            kl_s = torch.stack([k for k, _ in per_seed])
-            logp_s = torch.stack([lp for _, lp in per_seed])
+            kl_s = torch.stack([k.mean() for k, _ in controls])
+            logp_s = torch.stack([lp.mean() for _, lp in controls])
             rows.append({**base, **_score_row("random", kl_s, logp_s, n, len(seeds))})
-    bar.close()
     frame = pd.DataFrame(rows)
     if with_direct:
         frame = pd.concat([frame, _direct_row(setup, sweep)], ignore_index=True)
@@ -292,6 +358,16 @@ def _run_cells(
              "method", "rank"]
     cols = [c for c in front if c in frame.columns]
     return frame[cols + [c for c in frame.columns if c not in cols]]
+
+
+def _full_prefill_note(setup: AblationSetup) -> str:
+    if not setup.cached:
+        why = "cached=False"
+    elif not edits_last_prompt_only(setup.positions):
+        why = f"positions={setup.positions!r} also edits the prompt before its last token"
+    else:
+        why = "the target has no Hugging Face KV cache"
+    return f"{why}: scoring with one full steered prefill per configuration (slower, same logits)"
 
 
 def _check_seeds(seeds: Sequence[int]) -> list[int]:

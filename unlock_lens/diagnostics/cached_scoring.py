@@ -10,6 +10,15 @@ the steering applied, and returns the next-token logits: what a full steered pre
 
 >>> cache = prefix_cache(model, prompts)  # doctest: +SKIP
 >>> grid = {a: score_last_position(model, cache, steering.scaled(a)) for a in (0.05, 0.1, 0.5)}  # doctest: +SKIP
+>>> stacked = score_configurations(model, cache, [steering.scaled(a) for a in (0.05, 0.1, 0.5)])  # doctest: +SKIP
+
+:func:`score_configurations` scores several configurations in one forward per batch: they run
+side by side on the sequence axis (the last prompt token once per configuration, every copy at
+the last prompt position, attending to the shared prefix and to itself only through a 4D
+attention mask), each copy edited with its own configuration's directions, alpha, layers and
+edit. The prefix's keys and values are read once per forward for all of them and never copied
+per configuration, so the matmuls see prompts x configurations rows while the attention reads
+the cache once.
 
 Only position rules that edit the last prompt position alone in a prefill are exact here
 (``last_prompt``, and ``final``, which adds only generated tokens); others are refused. The
@@ -30,10 +39,17 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
-from unlock_lens.activations import encode, forward_kwargs, model_device, plan_batches
+from unlock_lens.activations import (
+    encode,
+    forward_kwargs,
+    hook_name,
+    model_device,
+    plan_batches,
+    position_ids,
+)
 from unlock_lens.compat import bridge_kv_cache_keyword
 from unlock_lens.errors import UnlockLensError
-from unlock_lens.interventions import selects
+from unlock_lens.interventions import apply_edit, selects
 from unlock_lens.prompts import SpecialTokens
 from unlock_lens.steer import attached_hooks
 
@@ -164,6 +180,11 @@ def _score_batch(model: Any, batch: PrefixBatch, steering: Any) -> Float[Tensor,
     return out[:, -1].float().cpu()
 
 
+def _check_cache(model: Any, cache: PrefixCache) -> None:
+    if cache.model is not model:
+        raise UnlockLensError("this PrefixCache was built on another model: build one per model")
+
+
 def score_last_position(
     model: Any, cache: PrefixCache, steering: Any = None
 ) -> Float[Tensor, "n vocab"]:
@@ -174,8 +195,7 @@ def score_last_position(
     that edit only the last prompt position; others raise. ``cache`` is not changed, so one
     cache serves any number of configurations, in any order. Hooks are off on return or raise.
     """
-    if cache.model is not model:
-        raise UnlockLensError("this PrefixCache was built on another model: build one per model")
+    _check_cache(model, cache)
     if steering is not None:
         check_cacheable(steering)
     rows: dict[int, Tensor] = {}
@@ -184,6 +204,153 @@ def score_last_position(
         for k, i in enumerate(batch.indices):
             rows[i] = logits[k]
     return torch.stack([rows[i] for i in range(cache.n_prompts)])
+
+
+# ---- several configurations in one forward ---------------------------------------------------
+
+#: query positions (prompts x configurations) per forward in :func:`score_configurations`:
+#: large enough for the matmuls to run near their peak rate on CPU, small enough that the
+#: logits stay small (Gemma-3-270M: 512 positions x 262k vocabulary = 512 MiB of float32)
+DEFAULT_MAX_ROWS = 512
+
+
+@dataclass(frozen=True)
+class _Edit:
+    """One configuration's edit at one hook point: its block of query positions, its
+    direction (float32, on the model's device), alpha, edit name, and the positions of the
+    block it touches."""
+
+    config: int
+    direction: Tensor
+    alpha: float
+    normalisation: str
+    at: slice
+
+
+def _block_positions(rule: str, block: int) -> slice:
+    """Positions a cacheable rule edits in a block of ``block`` tokens run on the prefix
+    cache, the first being the last prompt token (``last_prompt``: it alone; ``final``: all)."""
+    picked = selects(rule, torch.arange(block), 0).nonzero().flatten()
+    return slice(int(picked[0]), int(picked[-1]) + 1)
+
+
+def _edits_by_hook(model: Any, group: Sequence[Any], block: int) -> dict[str, list[_Edit]]:
+    """Hook point name -> the edits of every configuration in ``group`` that steers there."""
+    device = model_device(model)
+    out: dict[str, list[_Edit]] = {}
+    for c, steering in enumerate(group):
+        if steering is None or steering.alpha == 0:  # alpha 0 attaches nothing (Steering.applied)
+            continue
+        at = _block_positions(steering.positions, block)
+        for layer in steering.active_layers:
+            direction = steering.directions[layer].to(device=device, dtype=torch.float32)
+            out.setdefault(hook_name(layer, steering.hook), []).append(
+                _Edit(c, direction, float(steering.alpha), steering.normalisation, at))
+    return out
+
+
+def _block_edit_hook(edits: list[_Edit], block: int) -> Any:
+    """A hook editing each configuration's block of positions with that configuration's edit."""
+
+    def steer_blocks(x: Tensor, hook: Any) -> Tensor:
+        x = x.clone()
+        for e in edits:
+            at = slice(e.config * block + e.at.start, e.config * block + e.at.stop)
+            x[:, at] = apply_edit(x[:, at], e.direction, e.alpha, e.normalisation)
+        return x
+
+    return steer_blocks
+
+
+def _block_masks(kv: Any, mask: Int[Tensor, "b pos"], configs: int, block: int) -> Any:
+    """The 4D attention masks (True = attend) for ``configs`` blocks of ``block`` tokens run
+    side by side on the prefix: every block sees the (padded) prefix and, causally, its own
+    tokens, never another block's. One mask per kind of cache layer (full / sliding window,
+    keyed as the model's ``config.layer_types``), sized as the layer's cache reports."""
+    b, n_new = mask.shape[0], configs * block
+    prefix = mask[:, : mask.shape[1] - 1].bool()
+    own = torch.block_diag(*[torch.ones(block, block, dtype=torch.bool).tril()] * configs)
+    own = own.to(mask.device).expand(b, 1, n_new, n_new)
+    layers = kv.layers if kv is not None else [None]
+    out: dict[str, Tensor] = {}
+    for layer in layers:
+        kind = "sliding_attention" if getattr(layer, "is_sliding", False) else "full_attention"
+        if kind in out:
+            continue
+        kv_len, kv_offset = layer.get_mask_sizes(n_new) if layer is not None else (n_new, 0)
+        seen = prefix[:, kv_offset : kv_offset + kv_len - n_new]  # the prefix columns this layer keeps
+        seen = seen[:, None, None, :].expand(b, 1, n_new, seen.shape[1])
+        if kind == "sliding_attention":  # a block's later tokens may slide past the oldest columns
+            query = prefix.shape[1] + torch.arange(block, device=mask.device).repeat(configs)
+            column = kv_offset + torch.arange(seen.shape[-1], device=mask.device)
+            seen = seen & (column[None, :] > query[:, None] - layer.sliding_window)
+        out[kind] = torch.cat([seen, own], dim=-1)
+    return out if len(out) > 1 else next(iter(out.values()))
+
+
+def forward_configurations(
+    model: Any, batch: PrefixBatch, tokens: Int[Tensor, "b block"], group: Sequence[Any]
+) -> Float[Tensor, "b g block vocab"]:
+    """One forward of ``len(group)`` configurations side by side on one batch's cached prefix.
+
+    ``tokens`` (the last prompt token first, then any continuation a scorer teacher-forces)
+    are repeated once per configuration along the sequence axis: configuration ``c`` owns
+    query positions ``c * block ... (c + 1) * block - 1``, all at the positions that follow
+    the prompt, attending to the shared prefix and causally to its own block only (4D masks),
+    and only its own block gets its edits. The prefix's keys and values are read once per
+    forward for every configuration, never copied per configuration. Each configuration is a
+    cacheable :class:`~unlock_lens.steer.Steering` or None; hooks are off on return or raise.
+    Returns every position's logits (float32, on the model's device).
+    """
+    g, (b, block) = len(group), tokens.shape
+    kwargs = dict(batch.last_kwargs)
+    last_position = kwargs.get("position_ids", position_ids(batch.mask)[:, -1:])
+    kwargs["position_ids"] = last_position + torch.arange(block, device=tokens.device).repeat(g)
+    kwargs["attention_mask"] = _block_masks(batch.kv, batch.mask, g, block)
+    kwargs["logits_to_keep"] = g * block
+    if batch.kv is not None:
+        kwargs["past_key_values"] = _fresh_kv(batch.kv)
+    hooks = [(name, _block_edit_hook(edits, block))
+             for name, edits in _edits_by_hook(model, group, block).items()]
+    with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
+        out = model(tokens.repeat(1, g), **kwargs)
+    return out.float().view(b, g, block, -1)
+
+
+def score_configurations(
+    model: Any, cache: PrefixCache, steerings: Sequence[Any], *, max_rows: int = DEFAULT_MAX_ROWS
+) -> Float[Tensor, "config n vocab"]:
+    """Next-token logits after each prompt for each configuration (float32, CPU; configuration
+    order, then prompt order): ``out[c]`` equals ``score_last_position(model, cache,
+    steerings[c])`` and so ``final_logits(model, prompts, steering=steerings[c])``.
+
+    ``steerings``: cacheable :class:`~unlock_lens.steer.Steering` objects (or None: unsteered),
+    each free in its directions, alpha, layers, edit and hook kind. Up to ``max_rows`` query
+    positions (prompts of a batch x configurations) run in one forward, the configurations
+    side by side on the shared prefix (:func:`forward_configurations`). The result holds
+    ``configs x n x vocab`` float32 (Gemma-3-270M: 1 MiB per prompt and configuration): pass
+    a long grid in chunks.
+    """
+    _check_cache(model, cache)
+    if len(steerings) == 0:
+        raise UnlockLensError("no configurations to score: pass at least one steering (or None)")
+    if max_rows < 1:
+        raise UnlockLensError(f"max_rows must be >= 1, got {max_rows}")
+    for steering in steerings:  # all refused before any forward
+        if steering is not None:
+            check_cacheable(steering)
+            steering.fwd_hooks(model)  # the same model, layer and width checks as applied()
+    out: Tensor | None = None
+    for batch in cache.batches:
+        per_pass = max(1, max_rows // len(batch.indices))
+        for start in range(0, len(steerings), per_pass):
+            group = steerings[start : start + per_pass]
+            logits = forward_configurations(model, batch, batch.last_ids, group)[:, :, -1].cpu()
+            if out is None:
+                out = logits.new_empty(len(steerings), cache.n_prompts, logits.shape[-1])
+            out[start : start + len(group), batch.indices] = logits.transpose(0, 1)
+    assert out is not None
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,3 +443,64 @@ def score_continuations(
             rows[i], firsts[i] = lp, first[k]
     out = [rows[i] for i in range(cache.n_prompts)]
     return (out, torch.stack([firsts[i] for i in range(cache.n_prompts)])) if return_first else out
+
+
+def continuation_loglik(
+    model: Any,
+    cache: PrefixCache,
+    continuations: Sequence[Sequence[int]],
+    steerings: Sequence[Any],
+    *,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> tuple[Float[Tensor, "config n"], Float[Tensor, "config n vocab"]]:
+    """Summed teacher-forced log-likelihood of ``continuations[i]`` after prompt ``i`` under each
+    configuration, and each configuration's first next-token log-distribution, many
+    configurations per forward.
+
+    Each configuration runs one block side by side on the shared prefix
+    (:func:`forward_configurations`): the last prompt token (edited as in a steered prefill),
+    then the continuation but its last token (right-padded; causal masks keep padding out of
+    sight of every real token). ``out[0][c].sum()`` per prompt equals
+    ``score_continuations(model, cache, continuations, steerings[c])`` summed, and
+    ``out[1][c]`` the log-softmax of ``score_last_position`` (``tests/test_fidelity.py``).
+    Up to ``max_rows`` query positions per forward; the second output holds configs x n x
+    vocab float32, so pass long lists of configurations in chunks.
+    """
+    _check_cache(model, cache)
+    if len(continuations) != cache.n_prompts:
+        raise UnlockLensError(
+            f"{len(continuations)} continuations for {cache.n_prompts} cached prompts: pass one "
+            "continuation (a list of token ids, possibly empty) per prompt, in prompt order"
+        )
+    if len(steerings) == 0:
+        raise UnlockLensError("no configurations to score: pass at least one steering (or None)")
+    for steering in steerings:
+        if steering is not None:
+            check_cacheable(steering)
+            steering.fwd_hooks(model)
+    loglik = torch.zeros(len(steerings), cache.n_prompts, dtype=torch.float64)
+    first: Tensor | None = None
+    for batch in cache.batches:
+        conts = [list(continuations[i]) for i in batch.indices]
+        b, block = len(conts), max(1, max(len(c) for c in conts))
+        device = batch.last_ids.device
+        tokens = torch.zeros(b, block, dtype=torch.long, device=device)
+        targets = torch.zeros(b, block, dtype=torch.long, device=device)
+        valid = torch.zeros(b, block, dtype=torch.bool, device=device)
+        tokens[:, 0] = batch.last_ids[:, 0]
+        for k, c in enumerate(conts):
+            tokens[k, 1 : len(c)] = torch.as_tensor(c[:-1], dtype=torch.long)
+            targets[k, : len(c)] = torch.as_tensor(c, dtype=torch.long)
+            valid[k, : len(c)] = True
+        per_pass = max(1, max_rows // (b * block))
+        for start in range(0, len(steerings), per_pass):
+            group = steerings[start : start + per_pass]
+            logp = torch.log_softmax(forward_configurations(model, batch, tokens, group), -1)
+            picked = logp.gather(-1, targets[:, None, :, None].expand(b, len(group), block, 1)).squeeze(-1)
+            ll = (picked.double() * valid[:, None, :]).sum(-1)
+            loglik[start : start + len(group), batch.indices] = ll.T.cpu()
+            if first is None:
+                first = logp.new_empty(len(steerings), cache.n_prompts, logp.shape[-1], device="cpu")
+            first[start : start + len(group), batch.indices] = logp[:, :, 0].transpose(0, 1).cpu()
+    assert first is not None
+    return loglik, first

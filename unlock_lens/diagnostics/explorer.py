@@ -2,8 +2,9 @@
 next-token distribution of a few prompts, beside the unsteered and the unlocked (CoT) ones.
 
 Everything that does not change while a slider moves comes from an :class:`AblationSetup`
-(captures, the unsteered and unlocked logits, and the maps, memoised per rank), so each move
-costs one steered forward pass over the setup's evaluation prompts.
+(captures, the unsteered and unlocked logits, the maps, memoised per rank, and the evaluation
+prompts' prefix cache), so each move costs one forward of the last prompt token on that cache
+(a full steered prefill when the setup's position rule edits earlier positions).
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ from unlock_lens.activations import final_logits
 from unlock_lens.controls import random_mapped
 from unlock_lens.diagnostics.cached_scoring import (
     check_cacheable,
+    continuation_loglik,
     prefix_cache,
-    score_continuations,
 )
 from unlock_lens.distributions import kl_divergence
 from unlock_lens.errors import UnlockLensError
@@ -270,6 +270,7 @@ def likelihood_fidelity(
     nulls: Sequence[Any] | Mapping[str, Any] = (),
     first_token_reference: Float[Tensor, "n vocab"] | None = None,
     batch_size: int = 16,
+    configs_per_pass: int = 8,
     special_tokens: SpecialTokens = "model",
     progress: bool | str = True,
 ) -> FidelityReport:
@@ -279,11 +280,14 @@ def likelihood_fidelity(
     ``candidates``: name -> Steering (transferred keys, the negated key, ...); ``nulls``:
     Steerings of null directions (>= 30 where cheap), the population a candidate is ranked
     in. Every Steering must edit the last prompt position only (``positions="last_prompt"``):
-    each condition then costs one one-position forward plus one over the continuation.
+    the conditions then run ``configs_per_pass`` at a time side by side on one shared prefix
+    KV cache (:func:`~unlock_lens.diagnostics.cached_scoring.continuation_loglik`).
     ``first_token_reference``: next-token logits of the capability reference (e.g. the
     capability prompt's) for each reference prompt; each condition's first-token KL to it
     comes from the same forwards.
     """
+    if configs_per_pass < 1:
+        raise UnlockLensError(f"configs_per_pass must be >= 1, got {configs_per_pass}")
     if isinstance(nulls, Mapping):
         null_items = dict(nulls)
     else:
@@ -306,13 +310,18 @@ def likelihood_fidelity(
     if first_token_reference is not None and first_token_reference.shape[0] != len(reference.prompts):
         raise UnlockLensError(f"first_token_reference has {first_token_reference.shape[0]} rows for "
                               f"{len(reference.prompts)} reference prompts: pass one per prompt")
-    loglik, kind, kl = {}, {}, {}
-    for name, (k, steering) in tqdm(conditions.items(), desc=desc, disable=not progress, leave=False):
-        rows, first = score_continuations(model, cache, reference.tokens, steering, return_first=True)
-        loglik[name] = torch.stack([r.double().sum() for r in rows])
-        kind[name] = k
-        if first_token_reference is not None:
-            kl[name] = kl_divergence(first_token_reference, first)
+    names = list(conditions)
+    loglik, kind, kl = {}, {name: conditions[name][0] for name in names}, {}
+    with tqdm(total=len(names), desc=desc, disable=not progress, leave=False) as bar:
+        for start in range(0, len(names), configs_per_pass):
+            chunk = names[start : start + configs_per_pass]
+            ll, first = continuation_loglik(model, cache, reference.tokens,
+                                            [conditions[n][1] for n in chunk])
+            for c, name in enumerate(chunk):
+                loglik[name] = ll[c]
+                if first_token_reference is not None:
+                    kl[name] = kl_divergence(first_token_reference, first[c])
+            bar.update(len(chunk))
     return FidelityReport(reference, loglik, kind, kl)
 
 
