@@ -27,10 +27,10 @@ import pandas as pd
 
 from unlock_lens.activations import Variant
 from unlock_lens.diagnostics.ablations import AblationSetup, prepare_ablation
-from unlock_lens.diagnostics.sweep import MapBank, question_sets  # noqa: F401 - the scripts' import path
 from unlock_lens.masterkey import MasterKey, extract_masterkey
 from unlock_lens.plots import METRIC_LABELS, save_figure
 from unlock_lens.prompts import PromptFormat, default_formats
+from unlock_lens.sweep.pair import MapBank, question_sets  # noqa: F401 - the scripts' import path
 
 
 def is_organism(name: str) -> bool:

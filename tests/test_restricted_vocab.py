@@ -98,14 +98,17 @@ def test_the_error_falls_as_k_grows_on_a_tiny_model(tiny_models, questions):
     assert abs(errors[-1]) < 1e-5
 
 
-def test_a_rest_far_below_float32_resolution_is_kept():
-    """The rest's mass 1 - sum_S p is computed in float64: 1e-12 is not rounded to 0 (log -27.6)."""
-    ref = torch.tensor([[30.0, 0.0, 0.0]])
-    logits = torch.tensor([[0.0, 0.0, 0.0]])
+def test_a_confident_configuration_keeps_its_tiny_rest():
+    """A configuration with 1 - 1e-17 of its mass on the support: the rest is not cancelled to
+    0 (which would make the KL infinite). The rest splits evenly under both distributions here,
+    so the bucketed KL equals the full one, which SciPy gives in float64."""
+    ref = torch.tensor([[1.0, 0.0, 0.0]])
+    logits = torch.tensor([[40.0, 0.0, 0.0]])
     got = first_token_measures(ref, logits, k=1)
-    p_top = 1 / (1 + 2 * np.exp(-30.0))
-    want = p_top * np.log(p_top / (1 / 3)) + (1 - p_top) * np.log((1 - p_top) / (2 / 3))
-    np.testing.assert_allclose(got["kl"].numpy(), [want], rtol=1e-5)
+    _, _, kl, ent = _scipy(ref, logits)
+    np.testing.assert_allclose(got["kl"].numpy(), kl, rtol=1e-5)
+    assert 15.9 < float(got["kl"][0]) < 16.1  # p_rest 0.42 x ~38 nats
+    np.testing.assert_allclose(got["entropy"].numpy(), ent, atol=1e-12)  # ~8e-16 nats either way
 
 
 def test_bad_input_is_refused():

@@ -15,8 +15,9 @@ from scipy.special import softmax
 from scipy.stats import entropy as scipy_entropy
 from typer.testing import CliRunner
 
-from unlock_lens.diagnostics import sweep as sweep_module
-from unlock_lens.diagnostics.sweep import (
+from unlock_lens.errors import UnlockLensError
+from unlock_lens.sweep import run as sweep_module
+from unlock_lens.sweep.run import (
     SweepGrid,
     SweepSettings,
     layer_sets,
@@ -24,7 +25,6 @@ from unlock_lens.diagnostics.sweep import (
     read_cells,
     run_sweep,
 )
-from unlock_lens.errors import UnlockLensError
 
 SETTINGS = SweepSettings(n_key=16, n_align=64, n_eval=16)
 GRID = SweepGrid(layers=("single", "all"), ranks=(4, 16), alphas=(0.25, 1.0), n_random=3)
@@ -125,6 +125,7 @@ def test_an_interrupted_sweep_resumes_to_the_same_table(pair, full_run, tmp_path
     monkeypatch.setattr(sweep_module, "_score_configurations", counting)
     got = run_sweep(GRID, SETTINGS, tmp_path, pair=pair, progress=False)
     assert counted["n"] == 1 + 20 - 6  # the unsteered row and only the cells left
+    assert [r["cell"] for r in read_cells(tmp_path / "cells.jsonl")] == list(want["cell"])  # none lost
     np.testing.assert_allclose(_numbers(got).select_dtypes("number"), _numbers(want).select_dtypes("number"),
                                atol=1e-6)
     assert list(got["cell"]) == list(want["cell"])

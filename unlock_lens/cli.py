@@ -571,7 +571,7 @@ def export(
     typer.echo(f"{format} export -> {path}")
 
 
-from unlock_lens.diagnostics.sweep import register as _register_sweep  # noqa: E402
+from unlock_lens.sweep.run import register as _register_sweep  # noqa: E402
 
 _register_sweep(app)
 

@@ -15,8 +15,8 @@ bucket holding the rest's mass. Bucketing merges outcomes, so both can only go d
 ``0 <= KL_full - KL_S`` (the data-processing inequality) and ``0 <= H_full - H_S <= q_rest
 log(V - |S|)``; with ``S`` the whole vocabulary both are exact. ``p_ref_top`` and
 ``top1_agree`` are exact at any ``k``. What restriction saves is the per-configuration work
-over the vocabulary: one logsumexp and one argmax instead of two log-softmaxes and their
-product (the reference's side is computed once), and a per-configuration result of
+over the vocabulary: a logsumexp outside the support and an argmax, where the full measures
+take a logsumexp, a softmax and two products (the reference's side is computed once), and a per-configuration result of
 ``n x (|S| + 1)`` numbers instead of ``n x V``. ``benchmarks/bench_restricted_vocab.py``
 measures the error and the speed-up on the real pair; a figure or table that claims
 full-vocabulary KL must not use it (the default everywhere is ``k=None``: full vocabulary).
@@ -51,22 +51,20 @@ def top_k_support(reference: Float[Tensor, "n vocab"], k: int) -> Int[Tensor, " 
 
 
 def bucket_log_probs(
-    logits: Float[Tensor, "n vocab"], support: Int[Tensor, " m"],
-    lse: Float[Tensor, " n"] | None = None,
-) -> Float[Tensor, "n m_plus_1"]:
-    """log p over ``support``, then log of the rest's mass (``-inf`` when the rest is empty).
+    logits: Float[Tensor, "n vocab"], support: Int[Tensor, " m"]
+) -> tuple[Float[Tensor, "n m_plus_1"], Float[Tensor, " n"]]:
+    """log p over ``support``, then the log of the rest's mass (``-inf`` when the rest is
+    empty); and the rows' logsumexp.
 
-    ``lse``: the rows' logsumexp, if already computed. The rest's mass ``1 - sum_S p`` is
-    computed in float64 (``-expm1`` of the support's log mass), so a rest far below float32's
-    resolution is not rounded to zero.
+    The rest's log mass is the logsumexp of the logits outside the support (one pass over the
+    vocabulary), not ``log(1 - sum_S p)``: a rest below float32's resolution of 1 (a confident
+    configuration) keeps its size instead of cancelling to 0, which would make the KL infinite.
     """
     logits = logits.float()
-    lse = logits.logsumexp(-1) if lse is None else lse
-    log_p = logits.gather(-1, support.expand(logits.shape[0], -1)) - lse[:, None]
-    inside = log_p.double().logsumexp(-1, keepdim=True)
-    rest = torch.log(-torch.expm1(inside).clamp(max=0.0)) if support.numel() < logits.shape[-1] \
-        else torch.full_like(inside, -torch.inf)
-    return torch.cat([log_p, rest.float()], -1)
+    inside = logits.gather(-1, support.expand(logits.shape[0], -1))
+    rest = logits.index_fill(-1, support, -torch.inf).logsumexp(-1, keepdim=True)
+    lse = torch.logaddexp(inside.logsumexp(-1, keepdim=True), rest)
+    return torch.cat([inside, rest], -1) - lse, lse[:, 0]
 
 
 def _xlogy_sum(log_p: Tensor, log_q: Tensor) -> Tensor:
@@ -105,23 +103,23 @@ class FirstTokenReference:
             self._neg_entropy = torch.xlogy(self._p, self._p).sum(-1)
         else:
             self.support = top_k_support(logits, k)
-            self._ref_buckets = bucket_log_probs(logits, self.support)
+            self._ref_buckets = bucket_log_probs(logits, self.support)[0]
 
     def measures(self, logits: Float[Tensor, "n vocab"]) -> dict[str, Float[Tensor, " n"]]:
         """Per prompt: ``kl``, ``entropy``, ``p_ref_top``, ``top1_agree`` (see :data:`MEASURES`)."""
         if tuple(logits.shape) != self.shape:
             raise UnlockLensError(f"logit shapes differ: reference {self.shape} vs {tuple(logits.shape)}")
         logits = logits.float()
-        lse = logits.logsumexp(-1)
-        p_top = (logits.gather(-1, self.top[:, None])[:, 0] - lse).exp()
-        agree = (logits.argmax(-1) == self.top).float()
         if self.support is None:
+            lse = logits.logsumexp(-1)
             # KL = sum p log p - sum p log q and H = lse - sum q z: one product-sum each
             kl = self._neg_entropy - (self._p * logits).sum(-1) + lse
             ent = lse - (torch.softmax(logits, -1) * logits).sum(-1)
         else:
-            buckets = bucket_log_probs(logits, self.support, lse)
+            buckets, lse = bucket_log_probs(logits, self.support)
             kl, ent = bucketed_kl(self._ref_buckets, buckets), bucketed_entropy(buckets)
+        p_top = (logits.gather(-1, self.top[:, None])[:, 0] - lse).exp()
+        agree = (logits.argmax(-1) == self.top).float()
         return {"kl": kl, "entropy": ent, "p_ref_top": p_top, "top1_agree": agree}
 
 

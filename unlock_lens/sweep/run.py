@@ -19,7 +19,7 @@ Scores come from one unsteered prefix KV cache of the prompts
 of :func:`_score_configurations`. Each finished cell is appended to ``cells.jsonl`` in the
 output folder (one line, flushed and synced), so a sweep stopped at any point resumes where it
 stopped with the same settings; other settings in the same folder are refused. At the end:
-``sweep.csv``, ``sweep.json`` and ``report.html`` (:mod:`~unlock_lens.diagnostics.sweep_report`).
+``sweep.csv``, ``sweep.json`` and ``report.html`` (:mod:`~unlock_lens.sweep.report`).
 
 Default pair: the organisms ``chain-s`` -> ``chain-m`` (seconds); any two models load by name
 (``smollm2-135m-instruct`` -> ``gemma-3-270m``: GSM8K-train key / align / dev questions).
@@ -44,30 +44,31 @@ import typer
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from unlock_lens.activations import Variant, capture_pair, final_logits
+from unlock_lens.activations import Variant, final_logits
 from unlock_lens.align import ALIGNMENT_METHODS
 from unlock_lens.align.base import _RANK_FREE
 from unlock_lens.align.layers import (
-    AlignSpec,
     LayerPairing,
-    fit_layer_maps,
-    fit_layer_maps_from_stats,
     map_directions,
 )
-from unlock_lens.alignment_data import alignment_stats, parse_data
+from unlock_lens.alignment_data import parse_data
 from unlock_lens.controls import random_like
 from unlock_lens.diagnostics import cached_scoring
 from unlock_lens.diagnostics.restricted_vocab import MEASURES, FirstTokenReference
 from unlock_lens.errors import UnlockLensError
-from unlock_lens.masterkey import MasterKey, extract_masterkey
-from unlock_lens.prompts import PromptFormat
 from unlock_lens.steer import Steering
+from unlock_lens.sweep.pair import (
+    MapBank,
+    SweepPair,
+    config_shape,
+    load_pair,
+    rank_limits,
+)
 
 DEFAULT_SOURCE, DEFAULT_TARGET = "chain-s", "chain-m"
 #: a configuration measure beyond the first-token ones (e.g. the likelihood fidelity of a
 #: teacher-forced continuation): the cell's steerings in, one number per steering out
 ConfigMeasure = Callable[[Sequence[Steering]], Sequence[float]]
-CELL_COLUMNS = ("cell", "layers", "layer_set", "kind", "method", "rank", "alpha")
 
 
 # ---- the grid -----------------------------------------------------------------------------
@@ -176,123 +177,6 @@ class SweepGrid:
                 for label, layers in sets for alpha in self.alphas]
 
 
-# ---- the pair -----------------------------------------------------------------------------
-
-
-def _config_dir(name: str) -> Path:
-    from unlock_lens.models import resolve_model_dir
-    from unlock_lens.organisms import ORGANISMS, organism_dir
-
-    return organism_dir(name) if name in ORGANISMS else resolve_model_dir(name)
-
-
-def config_shape(name: str) -> tuple[int, int]:
-    """(layers, width) of a model from its config.json, without loading the weights."""
-    cfg = json.loads((_config_dir(name) / "config.json").read_text())
-    cfg = cfg.get("text_config", cfg)
-    try:
-        return int(cfg["num_hidden_layers"]), int(cfg["hidden_size"])
-    except KeyError as err:
-        raise UnlockLensError(f"{name}: config.json has no {err}; cannot check the grid before loading") from None
-
-
-def rank_limits(kinds: Sequence[str], n_align: int, d_source: int, d_target: int) -> dict[str, int]:
-    """Largest map rank per data kind known before any capture: one pair per question for
-    ``last``; token kinds give at least as many pairs as questions, bounded by the widths."""
-    return {k: min(n_align, d_source, d_target) if parse_data(k) == ("last",) else min(d_source, d_target)
-            for k in kinds}
-
-
-@dataclass
-class SweepPair:
-    """A source and target with their locked / unlocked formats, question sets and both keys."""
-
-    source: Any
-    target: Any
-    source_formats: tuple[PromptFormat, PromptFormat]
-    target_formats: tuple[PromptFormat, PromptFormat]
-    questions: dict[str, list[str]]
-    key: MasterKey
-    native: MasterKey
-
-
-def question_sets(organisms: bool, n_key: int, n_align: int, n_eval: int, seed: int = 0) -> dict[str, list[str]]:
-    """Disjoint ``key`` / ``align`` / ``eval`` questions: the organisms' ``key`` split, trigger-free
-    ``align`` questions and ``dev`` split (short chains); otherwise GSM8K-train's seeded key /
-    align / dev parts."""
-    if organisms:
-        from unlock_lens.organisms import SHORT_OPS, generate_questions
-        from unlock_lens.organisms.demo import align_questions
-
-        return {"key": generate_questions(n_key, split="key", n_ops=SHORT_OPS, seed=seed),
-                "align": align_questions("trigger-free", n_align, seed=seed),
-                "eval": generate_questions(n_eval, split="dev", n_ops=SHORT_OPS, seed=seed)}
-    from unlock_lens.evaluate import TRAIN_SPLIT_FRACTIONS, load_dataset, split_problems
-
-    parts = split_problems(load_dataset("gsm8k", "train"), TRAIN_SPLIT_FRACTIONS, seed=seed)
-    return {"key": [p.question for p in parts["key"][:n_key]],
-            "align": [p.question for p in parts["align"][:n_align]],
-            "eval": [p.question for p in parts["dev"][:n_eval]]}
-
-
-def load_pair(source: str, target: str, *, n_key: int = 64, n_align: int = 256, n_eval: int = 64,
-              seed: int = 0, device: str = "cpu") -> SweepPair:
-    """Boot both models (organisms by name), draw disjoint key / align / eval questions and
-    extract both prompt-driven keys (locked vs unlocked format, the same key questions)."""
-    from unlock_lens.models import load_model
-    from unlock_lens.organisms import LOCKED, ORGANISMS, UNLOCKED, load_organism
-    from unlock_lens.prompts import default_formats
-
-    organisms = source in ORGANISMS
-    if organisms != (target in ORGANISMS):
-        raise UnlockLensError("pair organisms with organisms: their task and prompts are their own")
-    load = load_organism if organisms else (lambda name: load_model(name, device=device))
-    src, tgt = load(source), load(target)
-    s_fmt = (LOCKED, UNLOCKED) if organisms else default_formats(src.tokenizer)
-    t_fmt = (LOCKED, UNLOCKED) if organisms else default_formats(tgt.tokenizer)
-    qs = question_sets(organisms, n_key, n_align, n_eval, seed)
-
-    def key_of(model: Any, fmt: tuple[PromptFormat, PromptFormat]) -> MasterKey:
-        return extract_masterkey(Variant(model, fmt[0]), Variant(model, fmt[1]), qs["key"])
-
-    return SweepPair(src, tgt, s_fmt, t_fmt, qs, key_of(src, s_fmt), key_of(tgt, t_fmt))
-
-
-class MapBank:
-    """The layer maps of each (data kind, method, rank) from ``source`` to ``target`` on the
-    alignment questions, fitted on first use; each kind's data is captured once (``last``:
-    dense last-token rows; other kinds: streamed Gram statistics of at most ``max_pairs``)."""
-
-    def __init__(self, source: Variant, target: Variant, align_qs: list[str], pairing: LayerPairing,
-                 max_pairs: int, progress: bool = False) -> None:
-        self.source, self.target, self.align_qs, self.pairing = source, target, align_qs, pairing
-        self.max_pairs, self.progress = max_pairs, progress
-        self.captured: dict[str, Any] = {}
-        self.maps: dict[tuple[str, str, int], Any] = {}
-
-    def data(self, kind: str) -> Any:
-        if kind not in self.captured:
-            p = self.pairing
-            self.captured[kind] = (
-                capture_pair(self.source, self.target, self.align_qs, p.source_layers, p.target_layers)
-                if kind == "last" else
-                alignment_stats(self.source, self.target, self.align_qs, p, data=kind, max_pairs=self.max_pairs,
-                                progress=self.progress))
-        return self.captured[kind]
-
-    def n_fit(self, kind: str) -> int:
-        """How many pairs the kind's maps are fitted on (bounds the rank)."""
-        data = self.data(kind)
-        return len(self.align_qs) if kind == "last" else min(s.n for s in data.values())
-
-    def __call__(self, kind: str, method: str, rank: int) -> Any:
-        if (kind, method, rank) not in self.maps:
-            spec, data = AlignSpec(method, rank), self.data(kind)
-            self.maps[kind, method, rank] = (fit_layer_maps(*data, self.pairing, spec) if kind == "last"
-                                             else fit_layer_maps_from_stats(data, self.pairing, spec))
-        return self.maps[kind, method, rank]
-
-
 # ---- scoring ------------------------------------------------------------------------------
 
 
@@ -320,6 +204,7 @@ class SweepSettings:
     normalisation: str = "rotate"
     vocab_k: int | None = None
     batch_size: int = 64
+    device: str = "cpu"
     extra_measures: tuple[str, ...] = field(default=())
 
 
@@ -416,21 +301,25 @@ def _append(path: Path, row: dict[str, Any]) -> None:
 
 
 def _start(out: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The folder's finished cells, after checking it holds this sweep (or nothing)."""
+    """The folder's finished cells, after checking it holds this sweep (or nothing). A line cut
+    by an interruption is removed from the file, so the next cell starts on a line of its own."""
+    from unlock_lens.artifacts import atomic_write_bytes
+
     if out.exists() and not out.is_dir():
         raise UnlockLensError(f"--out {out} is a file: a sweep writes a folder; give a folder path")
-    meta = out / "sweep_meta.json"
+    meta, cells = out / "sweep_meta.json", out / "cells.jsonl"
     if meta.exists():
         old = json.loads(meta.read_text())
         if old.get("hash") != record["hash"]:
             raise UnlockLensError(f"--out {out} holds a sweep with other settings (grid or pair); "
                                   "give another --out folder or delete that one")
     else:
-        from unlock_lens.artifacts import atomic_write_bytes
-
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(meta, json.dumps(record, indent=1).encode())
-    return read_cells(out / "cells.jsonl")
+    rows = read_cells(cells)
+    if cells.exists() and cells.read_text() != "".join(json.dumps(r) + "\n" for r in rows):
+        atomic_write_bytes(cells, "".join(json.dumps(r) + "\n" for r in rows).encode())
+    return rows
 
 
 def run_sweep(
@@ -461,7 +350,7 @@ def run_sweep(
     todo = [c for c in cells if c.id not in done]
     t0 = time.perf_counter()
     if todo:
-        pair = pair or load_pair(s.source, s.target, n_key=s.n_key, n_align=s.n_align, n_eval=s.n_eval, seed=s.seed)
+        pair = pair or _load_pair(s)
         sweeper = Sweeper(pair, s, grid, extra_measures, progress=progress)
         with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="sweep cells", unit="cell",
                   disable=not progress) as bar:
@@ -474,11 +363,16 @@ def run_sweep(
     else:
         direct = json.loads((out / "sweep.json").read_text())["direct"] if (out / "sweep.json").exists() else {}
         if not direct:  # finished cells but no summary yet: the unsteered row needs the models
-            pair = pair or load_pair(s.source, s.target, n_key=s.n_key, n_align=s.n_align, n_eval=s.n_eval, seed=s.seed)
+            pair = pair or _load_pair(s)
             direct = Sweeper(pair, s, SweepGrid(n_random=1)).direct
     table = pd.DataFrame([done[c.id] for c in cells])
     _finish(out, table, record, direct, time.perf_counter() - t0, report)
     return table
+
+
+def _load_pair(s: SweepSettings) -> SweepPair:
+    return load_pair(s.source, s.target, n_key=s.n_key, n_align=s.n_align, n_eval=s.n_eval, seed=s.seed,
+                     device=s.device)
 
 
 def check_grid(grid: SweepGrid, settings: SweepSettings) -> None:
@@ -489,6 +383,9 @@ def check_grid(grid: SweepGrid, settings: SweepSettings) -> None:
     if "identity" in grid.methods and d_src != d_tgt:
         raise UnlockLensError(f"--methods identity needs equal widths; {settings.source} has {d_src}, "
                               f"{settings.target} {d_tgt}")
+    for flag in ("n_key", "n_align", "n_eval", "batch_size"):
+        if getattr(settings, flag) < 1:
+            raise UnlockLensError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(settings, flag)}")
     if settings.vocab_k is not None and settings.vocab_k < 1:
         raise UnlockLensError(f"--vocab-k must be at least 1, got {settings.vocab_k}")
 
@@ -502,7 +399,7 @@ def _finish(out: Path, table: pd.DataFrame, record: dict[str, Any], direct: dict
     atomic_write_bytes(out / "sweep.csv", table.to_csv(index=False).encode())
     atomic_write_bytes(out / "sweep.json", json.dumps(summary, indent=1, default=float).encode())
     if report:
-        from unlock_lens.diagnostics.sweep_report import write_sweep_report
+        from unlock_lens.sweep.report import write_sweep_report
 
         write_sweep_report(out / "report.html", table, summary)
 
@@ -537,6 +434,7 @@ def register(app: Any) -> None:
         vocab_k: Annotated[int | None, typer.Option(help="KL / entropy over the reference's top-k union plus a rest "
                                                 "bucket (faster; then not full-vocabulary KL)")] = None,
         seed: int = 0,
+        device: str = "cpu",
     ) -> None:
         """Layer sets x rank x alpha x method x data kind: first-token KL to the target's CoT
         prompt, entropy, p(its top token), top-1 agreement, against the native key and
@@ -544,7 +442,7 @@ def register(app: Any) -> None:
         grid = SweepGrid(_split(layers, str, "layers"), _split(ranks, int, "ranks"),
                          _split(alphas, float, "alphas"), _split(methods, str, "methods"),
                          _split(kinds, str, "kinds"), n_random)
-        settings = SweepSettings(source, target, n_key, n_align, n_eval, seed, vocab_k=vocab_k)
+        settings = SweepSettings(source, target, n_key, n_align, n_eval, seed, vocab_k=vocab_k, device=device)
         table = run_sweep(grid, settings, out)
         best = table.loc[table["key_kl"].idxmin()]
         typer.echo(f"{len(table)} cells -> {out}/sweep.csv, report {out}/report.html; lowest KL "
