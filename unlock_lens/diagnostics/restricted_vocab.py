@@ -38,11 +38,6 @@ MEASURES: dict[str, str] = {
     "top1_agree": "top-1 agreement with the reference",
 }
 
-#: the k chosen on the real pair (``benchmarks/bench_restricted_vocab.py``): largest error of a
-#: configuration's mean KL <= 0.01 nats there; never a default where full-vocabulary KL is claimed
-RECOMMENDED_K = 50
-
-
 def top_k_support(reference: Float[Tensor, "n vocab"], k: int) -> Int[Tensor, " m"]:
     """The sorted union over rows of each row's ``k`` most likely tokens."""
     if not 1 <= k <= reference.shape[-1]:
