@@ -9,7 +9,7 @@ import pytest
 import unlock_lens
 
 PACKAGES = ["unlock_lens", "unlock_lens.align", "unlock_lens.diagnostics", "unlock_lens.evaluate",
-            "unlock_lens.organisms"]
+            "unlock_lens.organisms", "unlock_lens.sweep"]
 
 
 def _stub_imports(package: str) -> dict[str, tuple[str, str]]:
@@ -62,7 +62,7 @@ LAYERS = [
     ["pack", "generation", "backends"],
     ["unlock", "protocol", "evaluate", "export", "lm_eval_adapter"],
     ["diagnostics", "reproduce", "recipes"],
-    ["organisms"],
+    ["organisms", "sweep"],
     ["cli", "cli_checks"],
 ]
 

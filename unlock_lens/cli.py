@@ -636,6 +636,11 @@ def export(
     typer.echo(f"{format} export -> {path}")
 
 
+from unlock_lens.sweep.run import register as _register_sweep  # noqa: E402
+
+_register_sweep(app)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``unlock-lens``: a user error (:class:`UnlockLensError`) prints one line naming the problem
     and the fix and exits with code 2; anything else is a bug and keeps its traceback."""

@@ -7,6 +7,8 @@
   formatting failures.
 - ``ablations``: layer / leave-one-out / band / rank / alpha / method sweeps on a KL proxy,
   with random-direction controls, reusing cached activations and logits.
+- ``restricted_vocab``: first-token KL / entropy / p(reference top) / top-1 agreement against a
+  reference, over the full vocabulary or the reference's top-k union plus a rest bucket.
 - ``distribution_shift``: KL of the steered next-token distribution to the CoT-prompted one.
 - ``cached_scoring``: first-token logits of many last-prompt-token steerings from one shared
   prefix KV cache (one one-position forward per configuration, or many configurations side

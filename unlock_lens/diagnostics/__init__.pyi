@@ -44,6 +44,10 @@ from .fidelity import (
     transfer_fidelity as transfer_fidelity,
     verdict as verdict,
 )
+from .restricted_vocab import (
+    FirstTokenReference as FirstTokenReference,
+    first_token_measures as first_token_measures,
+)
 from .sharpening import (
     first_token_frequencies as first_token_frequencies,
     first_token_logits as first_token_logits,
@@ -101,6 +105,8 @@ __all__ = [
     "energy_in_subspace",
     "entropy",
     "explorer",
+    "FirstTokenReference",
+    "first_token_measures",
     "first_token_figure",
     "first_token_frequencies",
     "first_token_logits",
