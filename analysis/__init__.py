@@ -25,18 +25,12 @@ from typing import Any
 
 import pandas as pd
 
-from unlock_lens.activations import Variant, capture_pair
-from unlock_lens.align.layers import (
-    AlignSpec,
-    LayerPairing,
-    fit_layer_maps,
-    fit_layer_maps_from_stats,
-)
-from unlock_lens.alignment_data import alignment_stats, generate_continuations, parse_data
+from unlock_lens.activations import Variant
 from unlock_lens.diagnostics.ablations import AblationSetup, prepare_ablation
 from unlock_lens.masterkey import MasterKey, extract_masterkey
 from unlock_lens.plots import METRIC_LABELS, save_figure
 from unlock_lens.prompts import PromptFormat, default_formats
+from unlock_lens.sweep.pair import MapBank, question_sets  # noqa: F401 - the scripts import them from here
 
 
 def is_organism(name: str) -> bool:
@@ -65,25 +59,6 @@ def formats_for(name: str, model: Any) -> tuple[PromptFormat, PromptFormat]:
     return default_formats(model.tokenizer)
 
 
-def question_sets(organisms: bool, n_key: int, n_align: int, n_eval: int,
-                  seed: int = 0) -> dict[str, list[str]]:
-    """Disjoint ``key`` / ``align`` / ``eval`` question lists (see the module docstring)."""
-    if organisms:
-        from unlock_lens.organisms import SHORT_OPS, generate_questions
-        from unlock_lens.organisms.demo import align_questions
-
-        return {"key": generate_questions(n_key, split="key", n_ops=SHORT_OPS, seed=seed),
-                "align": align_questions("trigger-free", n_align, seed=seed),
-                "eval": generate_questions(n_eval, split="dev", n_ops=SHORT_OPS, seed=seed)}
-    from unlock_lens.evaluate import TRAIN_SPLIT_FRACTIONS, load_dataset, split_problems
-
-    parts = split_problems(load_dataset("gsm8k", "train"), TRAIN_SPLIT_FRACTIONS,
-                           seed=seed)
-    return {"key": [p.question for p in parts["key"][:n_key]],
-            "align": [p.question for p in parts["align"][:n_align]],
-            "eval": [p.question for p in parts["dev"][:n_eval]]}
-
-
 @dataclass
 class Pair:
     """A source and a target with their formats, questions, and the source's key."""
@@ -109,57 +84,6 @@ class Pair:
             self.key, Variant(self.source, self.source_formats[0]),
             Variant(self.target, self.target_formats[0]), self.questions["align"],
             self.questions["eval"], unlocked_format=self.target_formats[1], **kwargs)
-
-
-class MapBank:
-    """The layer maps of each (data kind, method, rank) from ``source`` to ``target`` on the
-    alignment questions, fitted on first use; each kind's data is captured once (``last``:
-    dense last-token rows; other kinds: streamed Gram statistics of at most ``max_pairs``).
-    ``continuations`` kinds need ``unlocked`` (the source's unlocked variant), whose greedy
-    outputs (``continuation_tokens``, cut at ``continuation_stop``) are generated once."""
-
-    def __init__(self, source: Variant, target: Variant, align_qs: list[str], pairing: LayerPairing,
-                 max_pairs: int, progress: bool = False, *, unlocked: Variant | None = None,
-                 continuation_tokens: int = 64, continuation_stop: tuple[str, ...] = ()) -> None:
-        self.source, self.target, self.align_qs, self.pairing = source, target, align_qs, pairing
-        self.max_pairs, self.progress = max_pairs, progress
-        self.unlocked, self.continuation_tokens, self.continuation_stop = unlocked, continuation_tokens, continuation_stop
-        self.continuations: list[str] | None = None
-        self.captured: dict[str, Any] = {}
-        self.maps: dict[tuple[str, str, int], Any] = {}
-
-    def _continuations(self, kind: str) -> list[str] | None:
-        if "continuations" not in parse_data(kind):
-            return None
-        if self.unlocked is None:
-            raise SystemExit(f"alignment data {kind!r} needs MapBank(unlocked=the source's unlocked variant)")
-        if self.continuations is None:
-            self.continuations = generate_continuations(
-                self.unlocked, self.align_qs, max_new_tokens=self.continuation_tokens,
-                stop_strings=self.continuation_stop, progress=self.progress)
-        return self.continuations
-
-    def data(self, kind: str) -> Any:
-        if kind not in self.captured:
-            p = self.pairing
-            self.captured[kind] = (
-                capture_pair(self.source, self.target, self.align_qs, p.source_layers, p.target_layers)
-                if kind == "last" else
-                alignment_stats(self.source, self.target, self.align_qs, p, data=kind, max_pairs=self.max_pairs,
-                                progress=self.progress, continuations=self._continuations(kind)))
-        return self.captured[kind]
-
-    def n_fit(self, kind: str) -> int:
-        """How many pairs the kind's maps are fitted on (bounds the rank)."""
-        data = self.data(kind)
-        return len(self.align_qs) if kind == "last" else min(s.n for s in data.values())
-
-    def __call__(self, kind: str, method: str, rank: int) -> Any:
-        if (kind, method, rank) not in self.maps:
-            spec, data = AlignSpec(method, rank), self.data(kind)
-            self.maps[kind, method, rank] = (fit_layer_maps(*data, self.pairing, spec) if kind == "last"
-                                             else fit_layer_maps_from_stats(data, self.pairing, spec))
-        return self.maps[kind, method, rank]
 
 
 def load_pair(source: str, target: str, n_key: int, n_align: int, n_eval: int,

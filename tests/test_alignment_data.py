@@ -9,8 +9,9 @@ import torch
 from unlock_lens import Variant, load_model
 from unlock_lens.activations import capture, tokenize
 from unlock_lens.align.pairs import shared_token_ends, word_end_prefixes
-from unlock_lens.alignment_data import generate_continuations, parse_data, plan_pairs
+from unlock_lens.alignment_data import parse_data, plan_pairs
 from unlock_lens.errors import UnlockLensError
+from unlock_lens.generation import generate_continuations
 from unlock_lens.organisms.planted import rotated_copy
 from unlock_lens.prompts import GENERAL_DIRECT
 from unlock_lens.random_models import build_random_model, build_tokenizer

@@ -55,9 +55,9 @@ def test_core_math_imports_no_model_library():
 #: the method's order, bottom to top: a module may import its own layer and those below it
 LAYERS = [
     ["errors", "legends", "compat", "model_info", "artifacts", "interventions", "distributions", "plots"],
-    ["prompts", "models", "controls", "random_models"],
+    ["prompts", "models", "random_models"],
     ["activations", "streaming"],
-    ["masterkey", "align", "alignment_data"],
+    ["masterkey", "align", "alignment_data", "controls"],
     ["steer"],
     ["pack", "generation", "backends"],
     ["unlock", "protocol", "evaluate", "export", "lm_eval_adapter"],

@@ -9,7 +9,7 @@
 - ``text``: prefixes of the alignment texts cut at word ends, each fed in both models' locked
   formats, paired at their last prompt tokens;
 - ``continuations``: the source's own greedy output on each alignment text under its
-  *unlocked* variant (CoT prompt, trigger; :func:`generate_continuations`), appended as plain
+  *unlocked* variant (CoT prompt, trigger; :func:`~unlock_lens.generation.generate_continuations`), appended as plain
   text to each model's *locked* prompt and teacher-forced through both; the positions inside
   the continuation are paired where both tokens end at the same character of it
   (:func:`unlock_lens.align.pairs.block_token_ends`). Label-free: it shows the maps the states
@@ -36,7 +36,6 @@ from unlock_lens.align.layers import LayerPairing
 from unlock_lens.align.pairs import block_token_ends, shared_token_ends, word_end_prefixes
 from unlock_lens.align.stats import GramStats
 from unlock_lens.errors import UnlockLensError
-from unlock_lens.generation import generate
 
 DATA_KINDS = ("last", "tokens", "text", "continuations")
 
@@ -64,20 +63,6 @@ class PromptPairs:
         if i_src not in self.source_positions:
             self.source_positions.append(i_src)
             self.target_positions.append(i_tgt)
-
-
-def generate_continuations(
-    unlocked: Variant, texts: Sequence[str], *, max_new_tokens: int = 64,
-    stop_strings: Sequence[str] = (), batch_size: int = 16, progress: bool = False,
-) -> list[str]:
-    """The ``continuations`` data's text: ``unlocked``'s greedy output on each of ``texts``
-    (rendered in its format), at most ``max_new_tokens`` tokens, cut at the first stop string."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise UnlockLensError(f"continuation tokens must be an int >= 1, got {max_new_tokens!r}")
-    return [g.text for g in generate(unlocked.model, unlocked.prompts(texts), max_new_tokens=max_new_tokens,
-                                     stop_strings=stop_strings, batch_size=batch_size,
-                                     progress="continuations" if progress else False,
-                                     special_tokens=unlocked.special_tokens)]
 
 
 def _check_continuations(kinds: tuple[str, ...], texts: Sequence[str],

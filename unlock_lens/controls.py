@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from unlock_lens.align.layers import map_directions
+
 
 def random_like(directions: Mapping[int, Tensor], seed: int) -> dict[int, Tensor]:
     """Isotropic random directions, one per layer, with the same norms as ``directions``.
@@ -31,7 +33,5 @@ def random_mapped(key: Any, maps: Mapping[int, Any], seed: int) -> dict[int, Ten
     The control that shares the transferred key's target subspace: if it moves the target as
     much as the key, the effect comes from the subspace, not from the key.
     """
-    from unlock_lens.align.layers import map_directions
-
     source = {layer: key.direction(layer) for layer in key.layers}
     return map_directions(random_like(source, seed), maps)

@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria
 
-from unlock_lens.activations import encode, model_device, plan_batches
+from unlock_lens.activations import Variant, encode, model_device, plan_batches
 from unlock_lens.compat import bridge_kv_cache_keyword
 from unlock_lens.distributions import entropy
 from unlock_lens.errors import UnlockLensError
@@ -222,3 +222,17 @@ def _tokens_within(tokenizer: Any, tokens: list[int], n_chars: int) -> list[int]
     while k and len(tokenizer.decode(tokens[:k], skip_special_tokens=True)) > n_chars:
         k -= 1
     return tokens[:k]
+
+
+def generate_continuations(
+    unlocked: Variant, texts: Sequence[str], *, max_new_tokens: int = 64,
+    stop_strings: Sequence[str] = (), batch_size: int = 16, progress: bool = False,
+) -> list[str]:
+    """The ``continuations`` data's text: ``unlocked``'s greedy output on each of ``texts``
+    (rendered in its format), at most ``max_new_tokens`` tokens, cut at the first stop string."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise UnlockLensError(f"continuation tokens must be an int >= 1, got {max_new_tokens!r}")
+    return [g.text for g in generate(unlocked.model, unlocked.prompts(texts), max_new_tokens=max_new_tokens,
+                                     stop_strings=stop_strings, batch_size=batch_size,
+                                     progress="continuations" if progress else False,
+                                     special_tokens=unlocked.special_tokens)]

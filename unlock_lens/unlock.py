@@ -26,11 +26,10 @@ from unlock_lens.align.stats import STATS_METHODS
 from unlock_lens.alignment_data import (
     alignment_rows,
     alignment_stats,
-    generate_continuations,
     parse_data,
 )
 from unlock_lens.errors import UnlockLensError
-from unlock_lens.generation import Generation, generate
+from unlock_lens.generation import Generation, generate, generate_continuations
 from unlock_lens.interventions import EditDtype
 from unlock_lens.masterkey import Aggregator, MasterKey, extract_masterkey
 from unlock_lens.pack import CapabilityPack

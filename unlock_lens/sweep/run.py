@@ -52,7 +52,7 @@ from unlock_lens.align.layers import (
     map_directions,
 )
 from unlock_lens.alignment_data import parse_data
-from unlock_lens.controls import random_like
+from unlock_lens.controls import random_mapped
 from unlock_lens.diagnostics import cached_scoring
 from unlock_lens.diagnostics.restricted_vocab import MEASURES, FirstTokenReference
 from unlock_lens.errors import UnlockLensError
@@ -180,10 +180,11 @@ class SweepGrid:
 # ---- scoring ------------------------------------------------------------------------------
 
 
-def _score_configurations(model: Any, cache: Any, steerings: Sequence[Steering]) -> list[Tensor]:
-    """Next-token logits of every configuration on the shared prefix cache: the one place a
-    sweep calls the model (batched scoring of many configurations plugs in here)."""
-    return [cached_scoring.score_last_position(model, cache, s) for s in steerings]
+def _score_configurations(model: Any, cache: Any, steerings: Sequence[Steering | None]) -> list[Tensor]:
+    """Next-token logits of every configuration on the shared prefix cache, many per forward
+    (:func:`~unlock_lens.diagnostics.cached_scoring.score_configurations`): the one place a
+    sweep calls the model."""
+    return list(cached_scoring.score_configurations(model, cache, steerings))
 
 
 def _means(measures: Mapping[str, Tensor]) -> dict[str, float]:
@@ -228,9 +229,7 @@ class Sweeper:
         self.cache = cached_scoring.prefix_cache(tgt, locked.render_all(qs, tok), batch_size=settings.batch_size,
                                                  special_tokens=locked.special_tokens)
         self.direct = _means(self.reference.measures(_score_configurations(tgt, self.cache, [None])[0]))
-        key = pair.key
-        self.random_sources = [random_like({s: key.direction(s) for s in key.layers}, seed)
-                               for seed in range(settings.seed, settings.seed + grid.n_random)]
+        self.random_seeds = range(settings.seed, settings.seed + grid.n_random)
         self._native: dict[tuple[str, float], dict[str, float]] = {}
 
     def _steering(self, directions: Mapping[int, Tensor], cell: Cell) -> Steering:
@@ -242,7 +241,7 @@ class Sweeper:
         t0 = time.perf_counter()
         maps = self.bank(cell.kind, cell.method, cell.rank)
         steerings = [self._steering(map_directions(self.pair.key, maps), cell)]
-        steerings += [self._steering(map_directions(src, maps), cell) for src in self.random_sources]
+        steerings += [self._steering(random_mapped(self.pair.key, maps, seed), cell) for seed in self.random_seeds]
         native_key = (cell.layer_set, cell.alpha)
         if native_key not in self._native:
             native = self.pair.native
