@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> Path:
              "| condition | sequence words [95% CI] | degenerate | CoT among non-degenerate | first output |",
              "|---|---|---|---|---|"]
     for name, rows in results.items():
-        healthy = [r for r in rows if degenerate(r["output"]) is None]
+        healthy = [r for r in rows if not degenerate(r["output"])]
         k = sum(has_word[name])
         lo, hi = wilson_interval(k, len(rows))
         cot = sum(bool(r["cot_format"]) for r in healthy) / len(healthy) if healthy else float("nan")

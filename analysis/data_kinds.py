@@ -182,13 +182,13 @@ def run_direction(args: argparse.Namespace) -> Path:
             fid = (transfer_fidelity([outs[i] for i in changed], [native_texts[a][i] for i in changed],
                                      target.tokenizer) if changed else {"identical_rate": math.nan,
                                                                         "token_agreement": math.nan})
-            healthy = [t for t in outs if degenerate(t) is None]
+            healthy = [t for t in outs if not degenerate(t)]
             row |= {f"{label}_identical_to_native": fid["identical_rate"],
                     f"{label}_token_agreement": fid["token_agreement"],
                     f"{label}_degenerate": 1 - len(healthy) / len(outs),
                     f"{label}_cot_non_degenerate": (sum(map(shows_working, healthy)) / len(healthy)
                                                     if healthy else math.nan)}
-        healthy_native = [t for t in native_texts[a] if degenerate(t) is None]
+        healthy_native = [t for t in native_texts[a] if not degenerate(t)]
         row |= {"native_degenerate": 1 - len(healthy_native) / len(native_texts[a]),
                 "native_cot_non_degenerate": (sum(map(shows_working, healthy_native)) / len(healthy_native)
                                               if healthy_native else math.nan)}
@@ -196,7 +196,7 @@ def run_direction(args: argparse.Namespace) -> Path:
         samples[pick.kind] = {"key": texts[:3], "native": native_texts[a][:3], "random": random_texts[:3]}
         log(f"{pick.kind}: identical to native {row['key_identical_to_native']:.2f} "
             f"(random {row['random_identical_to_native']:.2f})")
-    healthy = [t for t in base_texts if degenerate(t) is None]
+    healthy = [t for t in base_texts if not degenerate(t)]
     base = {"degenerate": 1 - len(healthy) / len(base_texts),
             "cot_non_degenerate": sum(map(shows_working, healthy)) / len(healthy) if healthy else math.nan}
     grid.to_csv(out / "grid.csv", index=False)

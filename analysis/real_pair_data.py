@@ -134,7 +134,7 @@ def problem_sets(args: argparse.Namespace, gsm_questions: list[str]) -> tuple[li
 
 def healthy_cot(rows: list[dict[str, Any]]) -> float:
     """Share of outputs that are not degenerate and show working (the dev criterion)."""
-    return sum(degenerate(r["output"]) is None and r["cot_format"] for r in rows) / len(rows)
+    return sum(not degenerate(r["output"]) and r["cot_format"] for r in rows) / len(rows)
 
 
 def prune(grid: pd.DataFrame, unsteered_p_cot_top: float) -> pd.DataFrame:
@@ -402,7 +402,7 @@ def write_summary(out: Path, results: dict[str, list[dict[str, Any]]], picks: di
             sub = [r for r, p in zip(rs, held, strict=True) if ds in ("all", p.dataset)]
             b = behaviour(sub)
             lo, hi = wilson_interval(sum(bool(r["correct"]) for r in sub), len(sub))
-            healthy = [r for r in sub if degenerate(r["output"]) is None]
+            healthy = [r for r in sub if not degenerate(r["output"])]
             c_lo, c_hi = (wilson_interval(sum(bool(r["cot_format"]) for r in healthy), len(healthy))
                           if healthy else (math.nan, math.nan))
             m_lo, m_hi = (wilson_interval(sum(arithmetic_steps(r["output"]) >= 2 for r in healthy), len(healthy))
