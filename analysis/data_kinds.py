@@ -16,7 +16,8 @@ the key's norms carried through the same maps (``--seeds``, 95% t-intervals). Th
 measures prune; the summary's per-kind pick is, at the smallest alpha where the native key
 changes the first token of most dev questions, the rank closest to the *native key's* own
 first-token distribution (transfer fidelity), not to the CoT prompt's. Then, for each kind's
-pick, greedy generation on ``--n-gen`` SVAMP problems: identical-output share and token
+pick, greedy generation on ``--n-gen`` SVAMP dev problems (the ``dev`` part of ``real_pair_data``'s
+split, disjoint from its evaluation problems): identical-output share and token
 agreement with the native key at the same alpha on the problems whose output the native key
 changed (fidelity), the degenerate-output rate and the CoT-format rate among non-degenerate
 outputs, against a random-mapped control.
@@ -43,12 +44,15 @@ from tqdm.auto import tqdm
 
 from analysis import MapBank, load_any
 from analysis.protocol_diff import METRICS, first_token_metrics, interval
+from analysis.real_pair import EVAL_PARTS
 from unlock_lens import Steering, Unlock, generate, load_dataset
 from unlock_lens.align.layers import LayerPairing, map_directions
 from unlock_lens.controls import random_like
 from unlock_lens.diagnostics.cached_scoring import prefix_cache, score_last_position
 from unlock_lens.diagnostics.fidelity import transfer_fidelity
 from unlock_lens.distributions import kl_divergence
+from unlock_lens.evaluate import split_problems
+from unlock_lens.evaluate.datasets import Problem
 from unlock_lens.evaluate.results import degenerate, shows_working
 
 RESULTS = Path("analysis/results")
@@ -70,11 +74,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--n-gen", type=int, default=30, help="SVAMP problems generated per condition")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0, help="SVAMP dev / eval split (real_pair_data's)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--report", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS / "data_kinds")
     p.add_argument("--md", type=Path, default=RESULTS / "data_kinds.md")
     return p.parse_args(argv)
+
+
+def generation_problems(n: int, seed: int = 0) -> list[Problem]:
+    """The SVAMP problems generated on: the first ``n`` of the ``dev`` part of the split
+    ``real_pair_data`` uses (``EVAL_PARTS``, same seed), so none is one of its evaluation problems."""
+    dev = split_problems(load_dataset("svamp", "test"), EVAL_PARTS, seed=seed)["dev"]
+    if n > len(dev):
+        raise SystemExit(f"--n-gen {n}: the SVAMP dev part has {len(dev)} problems; lower --n-gen")
+    return dev[:n]
 
 
 def cosines(directions: dict[int, torch.Tensor], native: Any) -> list[float]:
@@ -149,7 +163,7 @@ def run_direction(args: argparse.Namespace) -> Path:
     picks = (grid[(grid.condition == "transferred key") & (grid.alpha == alpha)].sort_values("kl_to_native")
              .groupby("kind", sort=False).head(1))
     summary, samples = [], {}
-    svamp = load_dataset("svamp", "test", limit=args.n_gen)
+    svamp = generation_problems(args.n_gen, args.seed)
     prompts = tv.prompts([p.question for p in svamp])
 
     def gen(steering: Steering | None) -> list[str]:
@@ -225,6 +239,9 @@ def direction_section(run_dir: Path) -> str:
              f"alignment {run['n_align']} questions (≤ {run['max_pairs']} pairs), dev {run['n_dev']}, "
              f"ranks {run['ranks']}, α ∈ {{{run['alphas']}}}, {run['seeds']} random seeds, "
              f"{run['n_gen']} SVAMP problems × {run['max_new_tokens']} tokens)", "",
+             *(() if "seed" in run else (
+                 f"Generated on the first {run['n_gen']} SVAMP test problems, before the split fix: 7 of the 30 "
+                 "are `real_pair_data` evaluation problems (a re-run generates on the SVAMP dev part).", "")),
              "References (first token, dev):", "",
              "| condition | α | KL to CoT ↓ | entropy | p(CoT top) ↑ | top-1 agree ↑ |", "|---|---|---|---|---|---|"]
     for _, r in ref.iterrows():
