@@ -11,7 +11,9 @@ installed) and a ``results.meta.json`` sidecar (models, pack hash, dataset, deco
 
 The summary has one row per (condition, alpha, seed); the random control has a pooled row
 (``seed`` missing, ``n_seeds`` > 1) plus one row per seed. Columns: accuracy with a 95% Wilson
-interval, CoT-format rate, mean output tokens, mean first-token entropy (nats), and the paired
+interval, CoT-format rate (:func:`shows_working`, lenient) beside the stricter multi-step rate
+(two or more :func:`arithmetic_steps`) and the degenerate rate (:func:`degenerate`), mean output
+tokens, mean first-token entropy (nats), and the paired
 difference against ``direct``
 (per-problem accuracy, averaged over seeds for a pooled row) with a paired-bootstrap 95%
 interval over problems and an exact McNemar p-value. For a pooled row the Wilson interval and
@@ -259,6 +261,8 @@ def _summary_row(
         "acc_lo": lo,
         "acc_hi": hi,
         "cot_rate": sum(bool(r["cot_format"]) for r in rows) / n,
+        "multi_step_rate": sum(arithmetic_steps(r["output"]) >= 2 for r in rows) / n,
+        "degenerate_rate": sum(degenerate(r["output"]) for r in rows) / n,
         "mean_tokens": sum(int(r["n_tokens"]) for r in rows) / n,
         "first_token_entropy": _nanmean([r.get("first_token_entropy") for r in rows]),
         **paired,
@@ -296,7 +300,8 @@ def summary_records(
 def summarize(
     rows: Sequence[dict[str, Any]], *, baseline: str = "direct", n_boot: int = 2000, seed: int = 0
 ):
-    """Summary table (pandas DataFrame): accuracy + Wilson CI, CoT rate, length, paired diff."""
+    """Summary table (pandas DataFrame): accuracy + Wilson CI, CoT rate beside the multi-step
+    rate, degenerate rate, length, paired diff."""
     import pandas as pd
 
     frame = pd.DataFrame(summary_records(rows, baseline=baseline, n_boot=n_boot, seed=seed))
