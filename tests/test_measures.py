@@ -8,6 +8,7 @@ import pytest
 from unlock_lens.diagnostics.fidelity import token_agreement, transfer_fidelity
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.evaluate.results import arithmetic_steps, behaviour, degenerate, degenerate_kind
+from unlock_lens.evaluate.stats import cohen_kappa, confusion_counts
 from unlock_lens.random_models import build_tokenizer
 
 
@@ -63,3 +64,27 @@ def test_transfer_fidelity():
     assert f["token_agreement"] == pytest.approx((1 + (n - 1) / n + 0) / 3)
     with pytest.raises(UnlockLensError, match="same problems"):
         transfer_fidelity(ours, native[:2], tok)
+
+
+def _table(yes_yes, yes_no, no_yes, no_no):
+    cells = [("y", "y")] * yes_yes + [("y", "n")] * yes_no + [("n", "y")] * no_yes + [("n", "n")] * no_no
+    return [a for a, _ in cells], [b for _, b in cells]
+
+
+@pytest.mark.parametrize(("cells", "kappa"), [
+    # the worked examples of Wikipedia's "Cohen's kappa" article (p_o, p_e computed there by hand)
+    ((20, 5, 10, 15), 0.4), ((45, 15, 25, 15), 0.1304), ((25, 35, 5, 35), 0.2593),
+])
+def test_cohen_kappa_worked_examples(cells, kappa):
+    a, b = _table(*cells)
+    assert cohen_kappa(a, b) == pytest.approx(kappa, abs=5e-5)
+    assert confusion_counts(a, b) == {k: v for k, v in zip([("y", "y"), ("y", "n"), ("n", "y"), ("n", "n")], cells,
+                                                          strict=True) if v}
+
+
+def test_cohen_kappa_edges():
+    assert cohen_kappa(list("abcab"), list("abcab")) == 1.0
+    assert cohen_kappa(list("aaaa"), list("aaaa")) != cohen_kappa(list("aaaa"), list("aaaa"))  # NaN: p_e = 1
+    assert cohen_kappa(list("abab"), list("baba")) == -1.0
+    with pytest.raises(UnlockLensError, match="same items"):
+        cohen_kappa(["a"], ["a", "b"])
