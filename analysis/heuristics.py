@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +34,124 @@ import pandas as pd
 import torch
 
 from analysis import MapBank, load_any
-from analysis.real_pair_data import generate_rows, problem_sets, random_mapped_rows
+from analysis.real_pair_data import SEQUENCE_WORDS, generate_rows, problem_sets, random_mapped_rows
 from unlock_lens import Steering, Unlock, generate
 from unlock_lens.align.layers import LayerPairing, map_directions
 from unlock_lens.controls import random_like
 from unlock_lens.evaluate import load_dataset
+from unlock_lens.evaluate.results import (
+    DEGENERATE_KINDS,
+    arithmetic_steps,
+    degenerate,
+    degenerate_kind,
+    shows_working,
+)
 from unlock_lens.evaluate.runner import Decoding
+from unlock_lens.evaluate.stats import cohen_kappa, confusion_counts
 
 RESULTS = Path("analysis/results")
 FIXTURE = Path("tests/fixtures/heuristic_labels.jsonl")
+FIXTURE_FIELDS = ("direction", "condition", "problem_id", "seed", "output", "raw", "labels")
+LABELS = {"shows_working": (True, False), "multi_step": (True, False), "sequenced": (True, False),
+          "degenerate_kind": ("none", *DEGENERATE_KINDS)}
+
+
+def _kind(text: str) -> str:
+    return degenerate_kind(text) or "none"
+
+
+# heuristic name -> (the heuristic on an output, the hand label it is read against, that label's value)
+HEURISTICS: dict[str, tuple[Callable[[str], Hashable], Callable[[dict[str, Any]], Hashable]]] = {
+    "shows_working (CoT format)": (shows_working, lambda lab: lab["shows_working"]),
+    "shows_working, read as multi-step": (shows_working, lambda lab: lab["multi_step"]),
+    ">= 2 arithmetic steps": (lambda t: arithmetic_steps(t) >= 2, lambda lab: lab["multi_step"]),
+    "sequence words (post hoc)": (lambda t: bool(SEQUENCE_WORDS.search(t)), lambda lab: lab["sequenced"]),
+    "degenerate": (degenerate, lambda lab: lab["degenerate_kind"] != "none"),
+    "degenerate_kind (5 classes)": (_kind, lambda lab: lab["degenerate_kind"]),
+    **{f"degenerate_kind == {k}": ((lambda t, k=k: _kind(t) == k), (lambda lab, k=k: lab["degenerate_kind"] == k))
+       for k in DEGENERATE_KINDS},
+}
+
+
+def load_labels(path: Path) -> list[dict[str, Any]]:
+    """The hand-labelled outputs (one JSON object a line, ``FIXTURE_FIELDS``), checked."""
+    if not path.is_file():
+        raise SystemExit(f"{path}: no hand labels; label a sample from `python -m analysis.heuristics --generate`")
+    rows = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+    for i, r in enumerate(rows, 1):
+        if set(r) != set(FIXTURE_FIELDS) or set(r["labels"]) != set(LABELS):
+            raise SystemExit(f"{path}:{i}: fields {sorted(r)}, labels {sorted(r['labels'])}; "
+                             f"expected {list(FIXTURE_FIELDS)} and labels {list(LABELS)}")
+        if bad := [k for k, v in r["labels"].items() if v not in LABELS[k]]:
+            raise SystemExit(f"{path}:{i}: label {bad[0]}={r['labels'][bad[0]]!r}; choose from {LABELS[bad[0]]}")
+    return rows
+
+
+def agreement(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per heuristic: n, accuracy and Cohen's kappa against the hand labels, and the confusion
+    counts ``{(label, heuristic): n}``."""
+    table = []
+    for name, (measure, label) in HEURISTICS.items():
+        truth = [label(r["labels"]) for r in rows]
+        said = [measure(r["output"]) for r in rows]
+        table.append({"heuristic": name, "n": len(rows),
+                      "accuracy": sum(t == s for t, s in zip(truth, said, strict=True)) / len(rows),
+                      "kappa": cohen_kappa(truth, said), "confusion": confusion_counts(truth, said)})
+    return table
+
+
+def _confusion_text(confusion: dict[tuple[Hashable, Hashable], int]) -> str:
+    def name(v: Hashable) -> str:
+        return {True: "yes", False: "no"}.get(v, str(v)) if isinstance(v, bool) else str(v)
+
+    return "; ".join(f"{name(t)}→{name(s)} {n}" for (t, s), n in
+                     sorted(confusion.items(), key=lambda kv: (-kv[1], str(kv[0]))))
+
+
+def rates_by_condition(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per direction and condition: each measure's share, by hand label and by heuristic."""
+    out = []
+    for (direction, condition), group in pd.DataFrame(rows).groupby(["direction", "condition"], sort=False):
+        labs, outs = list(group["labels"]), list(group["output"])
+        n = len(group)
+        out.append({"direction": direction.replace("_to_", " → "), "condition": condition, "n": n,
+                    "shows working: label / heuristic":
+                        f"{sum(lab['shows_working'] for lab in labs) / n:.2f} / {sum(map(shows_working, outs)) / n:.2f}",
+                    "multi-step: label / ≥ 2 steps":
+                        f"{sum(lab['multi_step'] for lab in labs) / n:.2f} / "
+                        f"{sum(arithmetic_steps(t) >= 2 for t in outs) / n:.2f}",
+                    "sequenced: label / words":
+                        f"{sum(lab['sequenced'] for lab in labs) / n:.2f} / "
+                        f"{sum(bool(SEQUENCE_WORDS.search(t)) for t in outs) / n:.2f}",
+                    "degenerate: label / heuristic":
+                        f"{sum(lab['degenerate_kind'] != 'none' for lab in labs) / n:.2f} / "
+                        f"{sum(map(degenerate, outs)) / n:.2f}"})
+    return pd.DataFrame(out)
+
+
+def report(args: argparse.Namespace) -> Path:
+    rows = load_labels(args.fixture)
+    table = agreement(rows)
+    command = " ".join(["python -m analysis.heuristics", *map(shlex.quote, sys.argv[1:])])
+    lines = ["| heuristic | hand label | n | accuracy | Cohen's κ | confusion (label→heuristic: count) |",
+             "|---|---|---|---|---|---|"]
+    labelled = {"shows_working (CoT format)": "shows working", "shows_working, read as multi-step": "multi-step",
+                ">= 2 arithmetic steps": "multi-step", "sequence words (post hoc)": "sequenced"}
+    for r in table:
+        label = labelled.get(r["heuristic"], "degenerate kind")
+        lines.append(f"| {r['heuristic']} | {label} | {r['n']} | {r['accuracy']:.3f} | {r['kappa']:.3f} | "
+                     f"{_confusion_text(r['confusion'])} |")
+    by_cond = rates_by_condition(rows)
+    lines += ["", "Shares per condition (hand label / heuristic):", "",
+              "| " + " | ".join(by_cond.columns) + " |", "|" + "---|" * len(by_cond.columns)]
+    lines += ["| " + " | ".join(str(v) for v in rec.values()) + " |" for rec in by_cond.to_dict("records")]
+    text = args.md.read_text() if args.md.is_file() else "# Generation heuristics against hand labels\n"
+    marker = "<!-- agreement: written by analysis.heuristics -->"
+    head = text.split(marker)[0].rstrip() + "\n\n"
+    body = f"{marker}\n\n`{command}` ({len(rows)} hand-labelled outputs, `{args.fixture}`):\n\n" + "\n".join(lines) + "\n"
+    args.md.write_text(head + body)
+    print(body)
+    return args.md
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -138,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.generate:
         print(generate_sample(args))
     else:
-        raise SystemExit("agreement report: not written yet")
+        report(args)
 
 
 if __name__ == "__main__":
