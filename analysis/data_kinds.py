@@ -53,7 +53,7 @@ from unlock_lens.diagnostics.fidelity import transfer_fidelity
 from unlock_lens.distributions import kl_divergence
 from unlock_lens.evaluate import split_problems
 from unlock_lens.evaluate.datasets import Problem
-from unlock_lens.evaluate.results import degenerate, shows_working
+from unlock_lens.evaluate.results import arithmetic_steps, degenerate, shows_working
 
 RESULTS = Path("analysis/results")
 KINDS = ("last", "tokens", "text", "tokens+last")
@@ -89,6 +89,16 @@ def generation_problems(n: int, seed: int = 0) -> list[Problem]:
     if n > len(dev):
         raise SystemExit(f"--n-gen {n}: the SVAMP dev part has {len(dev)} problems; lower --n-gen")
     return dev[:n]
+
+
+def text_measures(texts: list[str]) -> dict[str, float]:
+    """The degenerate share, and among the other outputs the CoT-format share (lenient) beside
+    the share with two or more arithmetic steps (strict)."""
+    healthy = [t for t in texts if not degenerate(t)]
+    return {"degenerate": 1 - len(healthy) / len(texts),
+            "cot_non_degenerate": sum(map(shows_working, healthy)) / len(healthy) if healthy else math.nan,
+            "multi_step_non_degenerate": (sum(arithmetic_steps(t) >= 2 for t in healthy) / len(healthy)
+                                          if healthy else math.nan)}
 
 
 def cosines(directions: dict[int, torch.Tensor], native: Any) -> list[float]:
@@ -196,23 +206,15 @@ def run_direction(args: argparse.Namespace) -> Path:
             fid = (transfer_fidelity([outs[i] for i in changed], [native_texts[a][i] for i in changed],
                                      target.tokenizer) if changed else {"identical_rate": math.nan,
                                                                         "token_agreement": math.nan})
-            healthy = [t for t in outs if not degenerate(t)]
             row |= {f"{label}_identical_to_native": fid["identical_rate"],
                     f"{label}_token_agreement": fid["token_agreement"],
-                    f"{label}_degenerate": 1 - len(healthy) / len(outs),
-                    f"{label}_cot_non_degenerate": (sum(map(shows_working, healthy)) / len(healthy)
-                                                    if healthy else math.nan)}
-        healthy_native = [t for t in native_texts[a] if not degenerate(t)]
-        row |= {"native_degenerate": 1 - len(healthy_native) / len(native_texts[a]),
-                "native_cot_non_degenerate": (sum(map(shows_working, healthy_native)) / len(healthy_native)
-                                              if healthy_native else math.nan)}
+                    **{f"{label}_{m}": v for m, v in text_measures(outs).items()}}
+        row |= {f"native_{m}": v for m, v in text_measures(native_texts[a]).items()}
         summary.append(row)
         samples[pick.kind] = {"key": texts[:3], "native": native_texts[a][:3], "random": random_texts[:3]}
         log(f"{pick.kind}: identical to native {row['key_identical_to_native']:.2f} "
             f"(random {row['random_identical_to_native']:.2f})")
-    healthy = [t for t in base_texts if not degenerate(t)]
-    base = {"degenerate": 1 - len(healthy) / len(base_texts),
-            "cot_non_degenerate": sum(map(shows_working, healthy)) / len(healthy) if healthy else math.nan}
+    base = text_measures(base_texts)
     grid.to_csv(out / "grid.csv", index=False)
     pd.DataFrame(cos_rows).to_csv(out / "cosine_to_native.csv", index=False)
     pd.DataFrame(summary).to_csv(out / "summary.csv", index=False)
@@ -254,8 +256,9 @@ def direction_section(run_dir: Path) -> str:
               "(share in the column):", "",
               "| data | rank | α | KL to native ↓ | mean cos to native | KL to CoT | entropy | p(CoT top) | "
               "random-mapped KL to CoT [95% CI] | native changed | identical to native: key / random | token agreement: key / random "
-              "| degenerate: key / native / random | CoT among non-degenerate: key / native / random |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| degenerate: key / native / random | CoT among non-degenerate: key / native / random "
+              "| ≥ 2 arithmetic steps among non-degenerate: key / native / random |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in s.iterrows():
         lines.append(
             f"| {r.kind} | {r['rank']} | {r.alpha:g} | {_f(r.kl_to_native)} | {_f(r.mean_cos_to_native)} | "
@@ -264,10 +267,11 @@ def direction_section(run_dir: Path) -> str:
             f"{_f(r.key_identical_to_native)} / {_f(r.random_identical_to_native)} | "
             f"{_f(r.key_token_agreement)} / {_f(r.random_token_agreement)} | "
             f"{_f(r.key_degenerate)} / {_f(r.native_degenerate)} / {_f(r.random_degenerate)} | "
-            f"{_f(r.key_cot_non_degenerate)} / {_f(r.native_cot_non_degenerate)} / {_f(r.random_cot_non_degenerate)} |")
+            f"{_f(r.key_cot_non_degenerate)} / {_f(r.native_cot_non_degenerate)} / {_f(r.random_cot_non_degenerate)} | "
+            + " / ".join(_f(r.get(f"{c}_multi_step_non_degenerate")) for c in ("key", "native", "random")) + " |")
     base = run["unsteered_generation"]
     lines += ["", f"Unsteered generation: degenerate {_f(base['degenerate'])}, CoT among non-degenerate "
-              f"{_f(base['cot_non_degenerate'])}.", "",
+              f"{_f(base['cot_non_degenerate'])} (≥ 2 arithmetic steps: {_f(base.get('multi_step_non_degenerate'))}).", "",
               "Mean cosine of the mapped key to the native key, per data kind and rank (all target layers):", "",
               "| data | " + " | ".join(f"rank {r}" for r in run["ranks"].split(",")) + " |",
               "|---|" + "---|" * len(run["ranks"].split(","))]
