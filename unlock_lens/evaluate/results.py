@@ -28,6 +28,7 @@ import io
 import json
 import re
 from collections.abc import Iterable, Sequence
+from difflib import SequenceMatcher
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,8 +102,6 @@ _NUMBER_RE = re.compile(r"\d+")
 def _same_step(a: str, b: str, min_similarity: float) -> bool:
     """Identical, or both worded (>= 3 words once numbers are masked) and equal up to small
     edits: a bare calculation chain ("5 + 3 = 8", "8 + 2 = 10") is not a repeat."""
-    from difflib import SequenceMatcher
-
     if a == b:
         return True
     a, b = _NUMBER_RE.sub("#", a), _NUMBER_RE.sub("#", b)
