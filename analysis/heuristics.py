@@ -73,6 +73,31 @@ HEURISTICS: dict[str, tuple[Callable[[str], Hashable], Callable[[dict[str, Any]]
 }
 
 
+def copies_question(text: str, question: str, n_words: int = 8) -> bool:
+    """Whether ``text`` repeats ``n_words`` consecutive words of ``question`` (case-insensitive):
+    such an output quotes the evaluation set and stays out of the committed fixture."""
+    words = question.lower().split()
+    spans = {" ".join(words[i:i + n_words]) for i in range(len(words) - n_words + 1)}
+    said = text.lower().split()
+    return any(" ".join(said[i:i + n_words]) in spans for i in range(len(said) - n_words + 1))
+
+
+def fixture_rows(sample: list[dict[str, Any]], labels: list[dict[str, Any]], questions: dict[str, str]
+                 ) -> list[dict[str, Any]]:
+    """The labelled sample as fixture rows: ids, never questions; outputs that copy their question
+    dropped; ``raw`` kept only up to its first "Question:" (what shows the cut)."""
+    rows = []
+    for r, lab in zip(sample, labels, strict=True):
+        if copies_question(r["output"], questions[r["problem_id"]]):
+            continue
+        raw = r.get("raw")
+        if raw is not None and "Question:" in raw:
+            raw = raw[: raw.index("Question:") + len("Question:")]
+        rows.append({"direction": r["direction"], "condition": r["condition"], "problem_id": r["problem_id"],
+                     "seed": r["seed"], "output": r["output"], "raw": raw, "labels": lab})
+    return rows
+
+
 def load_labels(path: Path) -> list[dict[str, Any]]:
     """The hand-labelled outputs (one JSON object a line, ``FIXTURE_FIELDS``), checked."""
     if not path.is_file():
