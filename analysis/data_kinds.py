@@ -19,8 +19,8 @@ first-token distribution (transfer fidelity), not to the CoT prompt's. Then, for
 pick, greedy generation on ``--n-gen`` SVAMP dev problems (the ``dev`` part of ``real_pair_data``'s
 split, disjoint from its evaluation problems): identical-output share and token
 agreement with the native key at the same alpha on the problems whose output the native key
-changed (fidelity), the degenerate-output rate and the CoT-format rate among non-degenerate
-outputs, against a random-mapped control.
+changed (fidelity), the degenerate-output rate and, among non-degenerate outputs, the CoT-format
+rate beside the share with two or more arithmetic steps, against a random-mapped control.
 
     python -m analysis.data_kinds --source smollm2-135m-instruct --target gemma-3-270m
     python -m analysis.data_kinds --source gemma-3-270m --target smollm2-135m-instruct
