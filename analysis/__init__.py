@@ -32,7 +32,7 @@ from unlock_lens.align.layers import (
     fit_layer_maps,
     fit_layer_maps_from_stats,
 )
-from unlock_lens.alignment_data import alignment_stats
+from unlock_lens.alignment_data import alignment_stats, generate_continuations, parse_data
 from unlock_lens.diagnostics.ablations import AblationSetup, prepare_ablation
 from unlock_lens.masterkey import MasterKey, extract_masterkey
 from unlock_lens.plots import METRIC_LABELS, save_figure
@@ -114,14 +114,30 @@ class Pair:
 class MapBank:
     """The layer maps of each (data kind, method, rank) from ``source`` to ``target`` on the
     alignment questions, fitted on first use; each kind's data is captured once (``last``:
-    dense last-token rows; other kinds: streamed Gram statistics of at most ``max_pairs``)."""
+    dense last-token rows; other kinds: streamed Gram statistics of at most ``max_pairs``).
+    ``continuations`` kinds need ``unlocked`` (the source's unlocked variant), whose greedy
+    outputs (``continuation_tokens``, cut at ``continuation_stop``) are generated once."""
 
     def __init__(self, source: Variant, target: Variant, align_qs: list[str], pairing: LayerPairing,
-                 max_pairs: int, progress: bool = False) -> None:
+                 max_pairs: int, progress: bool = False, *, unlocked: Variant | None = None,
+                 continuation_tokens: int = 64, continuation_stop: tuple[str, ...] = ()) -> None:
         self.source, self.target, self.align_qs, self.pairing = source, target, align_qs, pairing
         self.max_pairs, self.progress = max_pairs, progress
+        self.unlocked, self.continuation_tokens, self.continuation_stop = unlocked, continuation_tokens, continuation_stop
+        self.continuations: list[str] | None = None
         self.captured: dict[str, Any] = {}
         self.maps: dict[tuple[str, str, int], Any] = {}
+
+    def _continuations(self, kind: str) -> list[str] | None:
+        if "continuations" not in parse_data(kind):
+            return None
+        if self.unlocked is None:
+            raise SystemExit(f"alignment data {kind!r} needs MapBank(unlocked=the source's unlocked variant)")
+        if self.continuations is None:
+            self.continuations = generate_continuations(
+                self.unlocked, self.align_qs, max_new_tokens=self.continuation_tokens,
+                stop_strings=self.continuation_stop, progress=self.progress)
+        return self.continuations
 
     def data(self, kind: str) -> Any:
         if kind not in self.captured:
@@ -130,7 +146,7 @@ class MapBank:
                 capture_pair(self.source, self.target, self.align_qs, p.source_layers, p.target_layers)
                 if kind == "last" else
                 alignment_stats(self.source, self.target, self.align_qs, p, data=kind, max_pairs=self.max_pairs,
-                                progress=self.progress))
+                                progress=self.progress, continuations=self._continuations(kind)))
         return self.captured[kind]
 
     def n_fit(self, kind: str) -> int:

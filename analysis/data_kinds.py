@@ -25,6 +25,14 @@ rate beside the share with two or more arithmetic steps, against a random-mapped
     python -m analysis.data_kinds --source smollm2-135m-instruct --target gemma-3-270m
     python -m analysis.data_kinds --source gemma-3-270m --target smollm2-135m-instruct
     python -m analysis.data_kinds --report
+
+``--kinds`` also takes ``continuations`` (the source's CoT-prompted outputs, ``--max-new-tokens``
+each, teacher-forced after the direct prompt; ``unlock_lens.alignment_data``). ``--cosine-only``
+stops after the per-layer cosines to the native key (``cosine_to_native.csv`` and ``run.json``
+in ``--out``; no grid, no generation, not read by ``--report``):
+
+    python -m analysis.data_kinds --cosine-only --kinds last,tokens+last,continuations \
+        --max-pairs 2000 --out analysis/results/data_kinds_cosine
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import math
 import shlex
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +82,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-pairs", type=int, default=4000, help="cap on token / text pairs (seeded)")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--n-gen", type=int, default=30, help="SVAMP problems generated per condition")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="generated tokens (also each continuation's)")
     p.add_argument("--seed", type=int, default=0, help="SVAMP dev / eval split (real_pair_data's)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cosine-only", action="store_true",
+                   help="only the per-layer cosine of each kind's mapped key to the native key (no grid, no generation)")
     p.add_argument("--report", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS / "data_kinds")
     p.add_argument("--md", type=Path, default=RESULTS / "data_kinds.md")
@@ -111,6 +122,22 @@ def _mean_cos(cos_rows: list[dict[str, Any]], kind: str, rank: int) -> float:
     return sum(vals) / len(vals)
 
 
+def mapped_keys(bank: MapBank, kinds: list[str], ranks: list[int], key: Any, native: Any, cos_rows: list[dict[str, Any]],
+                log: Any) -> Iterator[tuple[str, int, Any, dict[int, torch.Tensor]]]:
+    """(kind, rank, maps, mapped key) for every rank the kind's pairs and both widths allow, its
+    per-layer cosines to the native key appended to ``cos_rows`` (one capture per kind)."""
+    for kind in tqdm(kinds, desc="data kinds"):
+        for rank in ranks:
+            if rank > min(bank.n_fit(kind), key.directions.shape[-1], native.directions.shape[-1]):
+                continue
+            maps = bank(kind, "svd", rank)
+            dirs = map_directions(key, maps)
+            cos_rows += [{"kind": kind, "rank": rank, "target_layer": t, "cosine_to_native": c}
+                         for t, c in zip(sorted(dirs), cosines(dirs, native), strict=True)]
+            log(f"{kind} rank {rank}: mean cos to native {_mean_cos(cos_rows, kind, rank):.3f}")
+            yield kind, rank, maps, dirs
+
+
 def run_direction(args: argparse.Namespace) -> Path:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -128,12 +155,27 @@ def run_direction(args: argparse.Namespace) -> Path:
     key = pipe.extract(key_qs)
     native = Unlock(target, target, protocol="library").extract(key_qs)
     tv = pipe.target_variant
+    ranks = [int(r) for r in args.ranks.split(",")]
+    packs, cos_rows = {}, []
+    stops = tuple(pipe.protocol.decoding_for().stop_strings)
+    bank = MapBank(pipe.locked, tv, align_qs, LayerPairing.by_depth(key.source.n_layers, int(target.cfg.n_layers)),
+                   args.max_pairs, progress=True, unlocked=pipe.unlocked,
+                   continuation_tokens=args.max_new_tokens, continuation_stop=stops)
+    run = {k: v for k, v in vars(args).items() if k not in ("out", "md", "report")}
+    run["command"] = " ".join(["python -m analysis.data_kinds", *map(shlex.quote, sys.argv[1:])])
+    if args.cosine_only:  # the per-layer cosine of each kind's mapped key to the native key, nothing else
+        for _ in mapped_keys(bank, args.kinds.split(","), ranks, key, native, cos_rows, log):
+            pass
+        pd.DataFrame(cos_rows).to_csv(out / "cosine_to_native.csv", index=False)
+        # no continuation text: it quotes the alignment questions (kept out of the repository)
+        run |= {"wall_s": round(time.perf_counter() - t0), "n_pairs": {k: bank.n_fit(k) for k in args.kinds.split(",")}}
+        (out / "run.json").write_text(json.dumps(run, indent=1))
+        return out
     _, t_cot = pipe.protocol.formats(target.tokenizer)
     reference = score_last_position(target, prefix_cache(target, t_cot.render_all(dev_qs, target.tokenizer)))
     cache = prefix_cache(target, tv.prompts(dev_qs))
     unsteered = score_last_position(target, cache)
     alphas = [float(a) for a in args.alphas.split(",")]
-    ranks = [int(r) for r in args.ranks.split(",")]
     log("key, native key and reference distributions ready")
 
     rows: list[dict[str, Any]] = [{"kind": "-", "condition": "unsteered", "rank": 0, "alpha": 0.0,
@@ -143,25 +185,13 @@ def run_direction(args: argparse.Namespace) -> Path:
         native_logits[a] = score_last_position(target, cache, Steering(native.directions, alpha=a))
         rows.append({"kind": "-", "condition": "native key", "rank": 0, "alpha": a,
                      **first_token_metrics(reference, native_logits[a])})
-    packs, cos_rows = {}, []
-    bank = MapBank(pipe.locked, tv, align_qs, LayerPairing.by_depth(key.source.n_layers, int(target.cfg.n_layers)),
-                   args.max_pairs, progress=True)
-    for kind in tqdm(args.kinds.split(","), desc="data kinds"):
-        n_fit = args.n_align if kind == "last" else args.max_pairs
-        for rank in ranks:
-            if rank > min(n_fit, key.directions.shape[-1], int(target.cfg.d_model)):
-                continue
-            maps = bank(kind, "svd", rank)  # one capture per kind; every rank is fitted from it
-            packs[kind, rank] = maps
-            dirs = map_directions(key, maps)
-            cos_rows += [{"kind": kind, "rank": rank, "target_layer": t, "cosine_to_native": c}
-                         for t, c in zip(sorted(dirs), cosines(dirs, native), strict=True)]
-            for a in alphas:
-                logits = score_last_position(target, cache, Steering(dirs, alpha=a))
-                rows.append({"kind": kind, "condition": "transferred key", "rank": rank, "alpha": a,
-                             **first_token_metrics(reference, logits),
-                             "kl_to_native": float(kl_divergence(native_logits[a], logits).mean())})
-            log(f"{kind} rank {rank}: mean cos to native {_mean_cos(cos_rows, kind, rank):.3f}")
+    for kind, rank, maps, dirs in mapped_keys(bank, args.kinds.split(","), ranks, key, native, cos_rows, log):
+        packs[kind, rank] = maps
+        for a in alphas:
+            logits = score_last_position(target, cache, Steering(dirs, alpha=a))
+            rows.append({"kind": kind, "condition": "transferred key", "rank": rank, "alpha": a,
+                         **first_token_metrics(reference, logits),
+                         "kl_to_native": float(kl_divergence(native_logits[a], logits).mean())})
     grid = pd.DataFrame(rows)
 
     # alpha: the smallest at which the native key changes the first token on most dev questions
@@ -218,9 +248,7 @@ def run_direction(args: argparse.Namespace) -> Path:
     grid.to_csv(out / "grid.csv", index=False)
     pd.DataFrame(cos_rows).to_csv(out / "cosine_to_native.csv", index=False)
     pd.DataFrame(summary).to_csv(out / "summary.csv", index=False)
-    run = {k: v for k, v in vars(args).items() if k not in ("out", "md", "report")}
-    run |= {"command": " ".join(["python -m analysis.data_kinds", *map(shlex.quote, sys.argv[1:])]),
-            "wall_s": round(time.perf_counter() - t0), "unsteered_generation": base,
+    run |= {"wall_s": round(time.perf_counter() - t0), "unsteered_generation": base,
             "native_moves_first_token": moved, "pick_alpha": alpha,
             "samples": samples, "unsteered_samples": base_texts[:3]}
     (out / "run.json").write_text(json.dumps(run, indent=1))

@@ -16,8 +16,12 @@ extract_masterkey / align_key / Steering); this script wires the sweeps:
 5. mechanism checks (shuffled pairs, centred fits, minus the mean state);
 6. the hard pair: both directions aligned on the paper's data (``short-only``: locked short
    chains, the kind the key is extracted on), for each alignment data kind (``last``,
-   ``tokens``, ``tokens+last``) the method x rank x alpha sweep on ``dev`` and the dev-best
-   setting on ``test`` beside random controls and the cosine to the native key.
+   ``tokens``, ``tokens+last``, ``continuations``: the source's ``STEP``-triggered outputs on
+   those chains teacher-forced after the plain prompt, ``continuations+last``) the method x
+   rank x alpha sweep on ``dev`` and the dev-best setting on ``test`` beside random controls and
+   the cosine to the native key. ``--hard-only [--hard-kinds K,...]`` reruns only this section
+   for those kinds and merges them into the existing ``organisms.json`` (every other number
+   kept; the keys and splits are seeded, so they are the ones the full run used).
 
 Key questions come from the ``key`` split, alignment questions from ``align``, selection from
 ``dev``, reported numbers from ``test``: four disjoint held-out splits never seen in training.
@@ -38,7 +42,7 @@ from tqdm.auto import tqdm
 
 from unlock_lens.activations import Variant, capture
 from unlock_lens.align.layers import AlignSpec, LayerPairing, fit_layer_maps, map_directions
-from unlock_lens.alignment_data import plan_pairs
+from unlock_lens.alignment_data import generate_continuations, parse_data, plan_pairs
 from unlock_lens.evaluate.stats import wilson_interval
 from unlock_lens.organisms import LONG_OPS, SHORT_OPS, generate_problems, load_organism
 from unlock_lens.organisms.demo import (
@@ -60,7 +64,7 @@ RANKS = (4, 16, 64)
 METHODS = ("svd", "procrustes", "ridge")
 REGIMES = ("trigger-free", "contrast-inclusive", "task-agnostic")
 HARD_REGIME = "short-only"  # the paper's data: locked prompts of the kind the key is extracted on
-HARD_KINDS = ("last", "tokens", "tokens+last")
+HARD_KINDS = ("last", "tokens", "tokens+last", "continuations", "continuations+last")
 
 
 def fmt_acc(k: int, n: int) -> str:
@@ -80,8 +84,11 @@ def fits(method: str, rank: int, src: Any, tgt: Any) -> bool:
 
 
 def count_pairs(src: Any, tgt: Any, qs: list[str], data: str) -> int:
-    """How many (source, target) state pairs alignment data ``data`` gives on ``qs``."""
-    plans = plan_pairs(Variant(src, LOCKED), Variant(tgt, LOCKED), qs, data)
+    """How many (source, target) state pairs alignment data ``data`` gives on ``qs``
+    (continuations: the source's under the ``STEP`` trigger, as ``transfer`` makes them)."""
+    conts = (generate_continuations(Variant(src, UNLOCKED), qs, batch_size=128)
+             if "continuations" in parse_data(data) else None)
+    plans = plan_pairs(Variant(src, LOCKED), Variant(tgt, LOCKED), qs, data, continuations=conts)
     return sum(len(p.source_positions) for p in plans)
 
 
@@ -135,15 +142,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--skip-sweep", action="store_true", help="only the default settings")
+    ap.add_argument("--hard-only", action="store_true",
+                    help="rerun only section 6 (the hard pair) and merge it into the existing organisms.json")
+    ap.add_argument("--hard-kinds", default=",".join(HARD_KINDS), help="alignment data kinds of section 6")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
-    R: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()},
-                         "command": " ".join(["python -m analysis.organisms", *sys.argv[1:]])}
+    command = " ".join(["python -m analysis.organisms", *sys.argv[1:]])
+    if args.hard_only:
+        R: dict[str, Any] = json.loads((args.out / "organisms.json").read_text())
+        differ = [k for k in ("n_test", "n_dev", "n_key", "n_align", "seeds", "skip_sweep")
+                  if R["args"][k] != str(getattr(args, k))]
+        if differ:
+            raise SystemExit(f"--hard-only: {differ} differ from the full run's {R['args']}: pass the same")
+        R["hard_command"] = command
+    else:
+        R = {"args": {k: str(v) for k, v in vars(args).items()}, "command": command}
 
     def save() -> None:
-        R["seconds"] = round(time.perf_counter() - t0, 1)
+        R["hard_seconds" if args.hard_only else "seconds"] = round(time.perf_counter() - t0, 1)
         (args.out / "organisms.json").write_text(json.dumps(R, indent=1) + "\n")
 
     def log(*a: Any) -> None:
@@ -153,6 +171,10 @@ def main(argv: list[str] | None = None) -> None:
     models = {n: load_organism(n) for n in names}
     test = generate_problems(args.n_test, split="test", n_ops=SHORT_OPS)
     dev = generate_problems(args.n_dev, split="dev", n_ops=SHORT_OPS)
+    if args.hard_only:
+        keys = {n: prompt_key(models[n], args.n_key) for n in ("chain-s", "chain-m")}
+        hard_pair(R, models, keys, dev, test, args, save, log)
+        return
     long_test = generate_problems(args.n_test, split="test", n_ops=LONG_OPS)
 
     # 1. base models
@@ -280,14 +302,20 @@ def main(argv: list[str] | None = None) -> None:
         log("checks", pair, {k: v["test"]["acc"] for k, v in out.items() if k != "alpha"})
         save()
 
-    # 6. the hard pair: the paper's alignment data (locked short chains only), by data kind
-    R["hard"] = {}
+    hard_pair(R, models, keys, dev, test, args, save, log)
+
+
+def hard_pair(R: dict[str, Any], models: dict[str, Any], keys: dict[str, Any], dev: list[Any],
+              test: list[Any], args: argparse.Namespace, save: Any, log: Any) -> None:
+    """6. the hard pair: the paper's alignment data (locked short chains only), by data kind;
+    kinds already in ``R["hard"]`` and not in ``--hard-kinds`` are kept."""
+    R.setdefault("hard", {})
     qs = align_questions(HARD_REGIME, args.n_align)
     for s_name, t_name in (("chain-s", "chain-m"), ("chain-m", "chain-s")):
         src, tgt = models[s_name], models[t_name]
         pair = f"{s_name}->{t_name}"
-        R["hard"][pair] = {}
-        for data in HARD_KINDS:
+        R["hard"].setdefault(pair, {})
+        for data in args.hard_kinds.split(","):
             settings = ([(m, r) for m in METHODS for r in RANKS] if not args.skip_sweep
                         else [("svd", 16)])
             sweep = dev_sweep(keys[s_name], keys[t_name], src, tgt, qs, dev, settings, data=data,
@@ -334,7 +362,12 @@ def _hard_markdown(R: dict[str, Any]) -> list[str]:
          f"(`align_questions(\"{HARD_REGIME}\")`: the kind of prompt the key is extracted on, "
          "all answered directly, so the key's direction does not vary across them), for each "
          "alignment data kind; method x rank x alpha chosen on `dev`, measured on `test`. The "
-         "first row of each pair is the target steered with its own (native) key.", "",
+         "first row of each pair is the target steered with its own (native) key. `continuations`: "
+         "the source's own outputs on these chains under the `STEP` trigger (its step traces), "
+         "appended to the plain (locked) prompt and read by both organisms, every continuation "
+         "position paired (one tokenizer).", "",
+         *([f"Rows rerun with `{R['hard_command']}` ({R['hard_seconds']} s); the other sections "
+            "are the full run's.", ""] if "hard_command" in R else []),
          _row(["pair", "alignment data (pairs)", "dev-best (method, rank, alpha)", "dev acc",
                "target direct", "UNLOCK test", "gain", "step", "random mean (max) of seeds",
                "cos to native key (per layer)", "mean cos"]), _row(["---"] * 11)]
@@ -433,7 +466,16 @@ def write_markdown(R: dict[str, Any], path: Path) -> None:
         L.append("")
     if "hard" in R:
         L += _hard_markdown(R)
-    path.write_text("\n".join(L) + "\n")
+    path.write_text("\n".join(L) + "\n" + _other_sections(path, [x for x in L if x.startswith("## ")]))
+
+
+def _other_sections(path: Path, own: list[str]) -> str:
+    """The ``## `` sections of ``path`` that other scripts keep there (e.g. ``fidelity_organisms``'
+    calibration), as they are: rewriting this script's tables leaves them in place."""
+    if not path.exists():
+        return ""
+    parts = path.read_text().split("\n## ")[1:]
+    return "".join("\n## " + part for part in parts if "## " + part.split("\n", 1)[0] not in own)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ import torch
 from unlock_lens import Variant, load_model
 from unlock_lens.activations import capture, tokenize
 from unlock_lens.align.pairs import shared_token_ends, word_end_prefixes
-from unlock_lens.alignment_data import parse_data, plan_pairs
+from unlock_lens.alignment_data import generate_continuations, parse_data, plan_pairs
 from unlock_lens.errors import UnlockLensError
+from unlock_lens.organisms.planted import rotated_copy
 from unlock_lens.prompts import GENERAL_DIRECT
 from unlock_lens.random_models import build_random_model, build_tokenizer
 
@@ -97,36 +98,11 @@ def test_bad_data_kind_is_refused():
         parse_data("tokens,last")
 
 
-def rotated_copy(src_dir, out_dir, seed: int = 0):
-    """The same llama with its residual basis turned by a random orthogonal R: every state of the
-    copy is the source's times R (norm weights are ones at init, so RMSNorm commutes with R)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(src_dir, dtype=torch.float32)
-    d = model.config.hidden_size
-    R, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
-    R = R.float()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                assert torch.equal(p, torch.ones_like(p)), name
-            elif name.endswith(("embed_tokens.weight", "q_proj.weight", "k_proj.weight", "v_proj.weight",
-                                "gate_proj.weight", "up_proj.weight", "lm_head.weight")):
-                p.copy_(p @ R)           # reads the residual stream
-            elif name.endswith(("o_proj.weight", "down_proj.weight")):
-                p.copy_(R.T @ p)         # writes to it
-            else:
-                raise AssertionError(f"unhandled parameter {name}")
-    model.save_pretrained(out_dir)
-    AutoTokenizer.from_pretrained(src_dir).save_pretrained(out_dir)
-    return R
-
-
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
     src_dir = build_random_model(root / "src", "llama", d_model=32, n_layers=2, seed=3, n_ctx=2048)
-    R = rotated_copy(src_dir, root / "rot")
+    R = rotated_copy(src_dir, root / "rot", seed=0)
     return load_model(str(src_dir)), load_model(str(root / "rot")), R
 
 
@@ -225,3 +201,156 @@ def test_dense_rows_are_the_pairs_the_statistics_hold(planted, monkeypatch):
     for m in maps.values():
         assert m.method == "lstsq"
         torch.testing.assert_close(m.weight, R, atol=2e-3, rtol=0)
+
+
+# ---- continuations: the source's unlocked outputs teacher-forced after the locked prompt -------
+
+
+def test_continuation_positions_pair_at_shared_character_ends_hand_checked(two_vocab_models):
+    """" Tom has 3 apples." after each model's locked prompt. Model a reads it as
+    ` Tom| has| 3| apples|.` (ends 4 8 10 17 18 of the continuation), model b as
+    ` |T|o|m| h|a|s| |3| a|p|p|les|.` (ends 1 2 3 4 6 7 8 9 10 12 13 14 17 18): five shared ends,
+    and no prompt token is paired."""
+    a, b = two_vocab_models
+    src, tgt = Variant(a, GENERAL_DIRECT), Variant(b, GENERAL_DIRECT)
+    cont = " Tom has 3 apples."
+    (p,) = plan_pairs(src, tgt, ["What is 2 + 3?"], "continuations", continuations=[cont])
+    prompt = GENERAL_DIRECT.render("What is 2 + 3?", a.tokenizer)
+    assert (p.source_prompt, p.target_prompt) == (prompt + cont, prompt + cont)
+    n_a = len(tokenize(a, p.source_prompt, special_tokens="tokenizer")[0])
+    n_b = len(tokenize(b, p.target_prompt, special_tokens="tokenizer")[0])
+    assert p.source_positions == [n_a - 5 + k for k in range(5)]
+    assert p.target_positions == [n_b - 14 + k for k in (3, 6, 8, 12, 13)]
+
+
+def test_continuations_combine_and_blank_ones_give_no_pairs(two_vocab_models):
+    a, b = two_vocab_models
+    src, tgt = Variant(a, GENERAL_DIRECT), Variant(b, GENERAL_DIRECT)
+    qs = ["What is 2 + 3?", "What is 4 + 4?"]
+    plans = plan_pairs(src, tgt, qs, "continuations+last", continuations=[" Tom has 3 apples.", ""])
+    # the last prompt token of both questions (plain prompts), and the continuation of the first only
+    assert [len(p.source_positions) for p in plans] == [1, 5, 1]
+    assert [p.source_prompt.endswith("apples.") for p in plans] == [False, True, False]
+
+
+def test_continuations_bad_input_is_refused(two_vocab_models):
+    a, b = two_vocab_models
+    src, tgt = Variant(a, GENERAL_DIRECT), Variant(b, GENERAL_DIRECT)
+    with pytest.raises(UnlockLensError, match="needs the source's unlocked outputs"):
+        plan_pairs(src, tgt, ["What is 2 + 3?"], "continuations")
+    with pytest.raises(UnlockLensError, match="1 continuations for 2 alignment texts"):
+        plan_pairs(src, tgt, ["What is 2 + 3?", "x"], "tokens+continuations", continuations=[" 5"])
+    with pytest.raises(UnlockLensError, match="a string for 1 alignment texts"):
+        plan_pairs(src, tgt, ["What is 2 + 3?"], "continuations", continuations=" 5")
+    with pytest.raises(UnlockLensError, match="continuation tokens must be an int >= 1"):
+        generate_continuations(src, ["What is 2 + 3?"], max_new_tokens=0)
+
+
+@pytest.fixture(scope="module")
+def organisms():
+    from unlock_lens.organisms import load_organism
+
+    return load_organism("chain-s"), load_organism("chain-m")
+
+
+def test_continuations_come_from_the_unlocked_variant_and_follow_the_locked_prompt(organisms):
+    """chain-s answers a plain prompt directly (``=4.``) and a ``STEP`` prompt with its steps; the
+    continuation data holds the steps, after the plain (locked) prompt, on both organisms, and
+    every continuation character pairs (one tokenizer); ``align_key`` generates the same ones."""
+    from unlock_lens.align.layers import AlignSpec, LayerPairing
+    from unlock_lens.alignment_data import alignment_stats
+    from unlock_lens.masterkey import extract_masterkey
+    from unlock_lens.organisms.demo import align_questions
+    from unlock_lens.organisms.task import LOCKED, UNLOCKED, score_completion
+    from unlock_lens.unlock import align_key
+
+    s, m = organisms
+    qs = align_questions("short-only", 6)
+    conts = generate_continuations(Variant(s, UNLOCKED), qs)
+    assert conts == generate_continuations(Variant(s, UNLOCKED), qs)  # greedy: deterministic
+    direct = generate_continuations(Variant(s, LOCKED), qs)
+    assert all(score_completion(q, c).step_format for q, c in zip(qs, conts, strict=True))
+    assert not any(score_completion(q, c).step_format for q, c in zip(qs, direct, strict=True))
+    plans = plan_pairs(Variant(s, LOCKED), Variant(m, LOCKED), qs, "continuations", continuations=conts)
+    for q, c, p in zip(qs, conts, plans, strict=True):
+        assert p.source_prompt == p.target_prompt == LOCKED.render(q, s.tokenizer) + c
+        n = len(tokenize(s, p.source_prompt, special_tokens=LOCKED.special_tokens)[0])
+        assert p.source_positions == p.target_positions == list(range(n - len(c), n))
+
+    pairing = LayerPairing.by_depth(int(s.cfg.n_layers), int(m.cfg.n_layers))
+    key = extract_masterkey(Variant(s, LOCKED), Variant(s, UNLOCKED), qs)
+    with pytest.raises(UnlockLensError, match="pass unlocked=Variant"):
+        align_key(key, Variant(s, LOCKED), Variant(m, LOCKED), qs, AlignSpec("svd", 8, data="continuations"))
+    maps = align_key(key, Variant(s, LOCKED), Variant(m, LOCKED), qs, AlignSpec("svd", 8, data="continuations"),
+                     unlocked=Variant(s, UNLOCKED))
+    stats = alignment_stats(Variant(s, LOCKED), Variant(m, LOCKED), qs, pairing, data="continuations",
+                            continuations=conts)
+    assert {t: mp.metrics["n_train"] for t, mp in maps.items()} == {t: sum(map(len, conts)) for t in maps}
+    for t in maps:
+        torch.testing.assert_close(fit_svd8(stats[t]).weight, maps[t].weight)
+
+
+def fit_svd8(stats):
+    from unlock_lens.align.stats import fit_from_stats
+
+    return fit_from_stats(stats, "svd", 8)
+
+
+def test_continuation_subsampling_is_seeded(organisms):
+    from unlock_lens.organisms.demo import align_questions
+    from unlock_lens.organisms.task import LOCKED, UNLOCKED
+
+    s, m = organisms
+    qs = align_questions("short-only", 6)
+    conts = generate_continuations(Variant(s, UNLOCKED), qs)
+
+    def chosen(seed):
+        return [(p.source_prompt, i) for p in plan_pairs(Variant(s, LOCKED), Variant(m, LOCKED), qs, "continuations",
+                                                         max_pairs=30, seed=seed, continuations=conts)
+                for i in p.source_positions]
+
+    assert len(chosen(0)) == 30 and chosen(0) == chosen(0) and chosen(0) != chosen(1)
+
+
+def test_a_planted_map_is_recovered_from_continuations(planted):
+    """The rotated copy again, fitted only on the source's unlocked continuations read after the
+    locked prompt: the map is R (a pairing off by one position would not give R)."""
+    from unlock_lens.align.layers import AlignSpec
+    from unlock_lens.masterkey import extract_masterkey
+    from unlock_lens.prompts import GENERAL_COT
+    from unlock_lens.unlock import build_pack
+
+    src, rot, R = planted
+    s, t, u = Variant(src, GENERAL_DIRECT), Variant(rot, GENERAL_DIRECT), Variant(src, GENERAL_COT)
+    key = extract_masterkey(s, u, QUESTIONS)
+    spec = AlignSpec("svd", rank=32, data="continuations", continuation_tokens=24)
+    pack = build_pack(key, s, t, QUESTIONS, spec, unlocked=u)
+    for m in pack.maps.values():
+        assert m.metrics["n_train"] >= 40  # decoded text re-tokenised: about 24 positions a question
+        torch.testing.assert_close(m.weight, R, atol=2e-3, rtol=0)
+    assert (pack.alignment["data"], pack.alignment["continuation_tokens"], pack.alignment["continuation_stop"]) == \
+        ("continuations", 24, [])
+
+
+def test_unlock_align_generates_continuations_with_its_unlocked_variant_and_stop_strings(planted):
+    """``Unlock.align`` hands its unlocked variant (the CoT format) to the continuation kind and
+    cuts continuations at its protocol's stop strings, recorded in the pack."""
+    from dataclasses import replace
+
+    from unlock_lens import Unlock
+    from unlock_lens.align.layers import LayerPairing
+    from unlock_lens.alignment_data import alignment_stats
+
+    src, rot, _ = planted
+    pipe = Unlock(src, rot, protocol="paper", rank=8)
+    key = pipe.extract(QUESTIONS)
+    spec = replace(pipe.spec, data="continuations", continuation_tokens=12)
+    pack = pipe.align(key, QUESTIONS, spec)
+    stops = list(pipe.protocol.decoding_for("prompt").stop_strings)
+    assert stops and pack.alignment["continuation_stop"] == stops
+    conts = generate_continuations(pipe.unlocked, QUESTIONS, max_new_tokens=12, stop_strings=stops)
+    stats = alignment_stats(pipe.locked, pipe.target_variant, QUESTIONS, LayerPairing.by_depth(2, 2),
+                            data="continuations", continuations=conts, final_layer=key.final_layer)
+    assert {t: m.metrics["n_train"] for t, m in pack.maps.items()} == {t: s.n for t, s in stats.items()}
+    for t, m in pack.maps.items():
+        torch.testing.assert_close(m.weight, fit_svd8(stats[t]).weight)

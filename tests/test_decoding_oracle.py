@@ -118,6 +118,21 @@ class Oracle:
         return (new[: new.index(eos)] if eos in new else new), first
 
     @torch.no_grad()
+    def teacher_forced(self, prompt: str, continuation: list[int], directions=None, spec=None) -> torch.Tensor:
+        """Log-probabilities of each continuation token after the prompt: one forward pass over
+        prompt + continuation, the edit at the last prompt position (``spec``'s rule)."""
+        prompt_ids = self.ids(prompt)
+        ids = torch.tensor([prompt_ids + list(continuation)])
+        handles = self._hooks(directions, spec, len(prompt_ids))
+        try:
+            logits = self.hf(input_ids=ids, use_cache=False).logits[0]
+        finally:
+            for h in handles:
+                h.remove()
+        logp = torch.log_softmax(logits[len(prompt_ids) - 1 : -1].float(), -1)
+        return logp.gather(-1, torch.tensor(continuation)[:, None]).squeeze(-1)
+
+    @torch.no_grad()
     def residual_norms(self, prompt: str) -> list[float]:
         """Mean residual-stream norm after each decoder layer (unsteered)."""
         ids = torch.tensor([self.ids(prompt)])

@@ -267,15 +267,15 @@ def dev_problems():
     return generate_problems(N_TEST, split="dev", n_ops=SHORT_OPS)
 
 
-def mean_cosine_and_accuracy(zoo, keys, pair, regime, data, dev_problems, alpha=0.5):
-    """Mean cosine to the native key and dev accuracy of an svd-16 map fitted on ``regime``."""
+def mean_cosine_and_accuracy(zoo, keys, pair, regime, data, dev_problems, alpha=0.5, method="svd"):
+    """Mean cosine to the native key and dev accuracy of a rank-16 map fitted on ``regime``."""
     from unlock_lens.align.layers import AlignSpec
     from unlock_lens.organisms.demo import align_questions, cosine_to_native, evaluate, transfer
     from unlock_lens.steer import Steering
 
     s_name, t_name = pair
     dirs = transfer(keys[s_name], zoo[s_name], zoo[t_name], align_questions(regime, 256),
-                    AlignSpec("svd", 16, data=data)).target_directions()
+                    AlignSpec(method, 16, data=data)).target_directions()
     cos = cosine_to_native(dirs, keys[t_name])
     acc = evaluate(zoo[t_name], dev_problems, LOCKED, Steering(dirs, alpha=alpha)).accuracy
     return sum(cos.values()) / len(cos), acc
@@ -310,3 +310,21 @@ def test_hard_pair_fails_on_the_papers_data_and_works_on_trigger_free_data(zoo, 
     assert hard_cos < 0.45 and hard_acc <= direct + 0.15, (hard_cos, hard_acc, direct)
     assert tokens_acc <= direct + 0.15, (tokens_acc, direct)
     assert easy_cos > 0.85 and easy_acc >= direct + 0.5, (easy_cos, easy_acc, direct)
+
+
+def test_continuations_with_the_last_token_partly_rescue_the_hard_pair_one_way(zoo, keys, dev_problems):
+    """chain-m -> chain-s on the paper's data (locked short chains): a map fitted on the source's
+    ``STEP`` continuations read after the locked prompt *plus* the last prompt token (procrustes
+    16, alpha 0.5: the dev-best cell of analysis/organisms.py) lifts dev accuracy off the direct
+    level; the continuations alone do not (the map also needs the states where the key is
+    applied). Measured with the lock's versions: direct 31%, continuations+last 46% (test: 50.3%
+    against random 30.6%), continuations 25%; s -> m is not rescued (organisms.md, hard pair)."""
+    from unlock_lens.organisms.demo import evaluate
+
+    pair = ("chain-m", "chain-s")
+    direct = evaluate(zoo["chain-s"], dev_problems, LOCKED).accuracy
+    _, both = mean_cosine_and_accuracy(zoo, keys, pair, "short-only", "continuations+last", dev_problems,
+                                       method="procrustes")
+    _, alone = mean_cosine_and_accuracy(zoo, keys, pair, "short-only", "continuations", dev_problems,
+                                        method="procrustes")
+    assert both >= direct + 0.1 and alone <= direct, (both, alone, direct)

@@ -3,6 +3,7 @@ from collections import Counter
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from unlock_lens.artifacts import load_artifact
@@ -276,3 +277,22 @@ def test_cli_eval(tiny_dirs, pack, tmp_path, monkeypatch):
     except ImportError:
         r = runner.invoke(app, [*args, "--dataset", "svamp", "--backend", "vllm"])
         assert r.exit_code != 0 and "unlock-lens[vllm]" in str(r.exception)
+
+
+def test_random_mapped_condition_carries_random_source_directions_through_the_maps(tiny_models):
+    """`random-mapped` steers with random source directions (the key's norms) mapped by the
+    pack: each seed's steering is exactly controls.random_mapped of the pack, at every alpha."""
+    from unlock_lens.controls import random_mapped
+    from unlock_lens.evaluate import runner
+
+    src, tgt = tiny_models["llama"], tiny_models["qwen2"]
+    pack = Unlock(source=src, target=tgt, rank=4).run(KEY_Q, ALIGN_Q)
+    runs = runner._plan(["random-mapped"], ["p"], ["q"], [0.1, 0.3], [0, 1], pack, None)
+    assert [(r.condition, r.alpha, r.seed) for r in runs] == [
+        ("random-mapped", 0.1, 0), ("random-mapped", 0.1, 1), ("random-mapped", 0.3, 0), ("random-mapped", 0.3, 1)]
+    for r in runs:
+        want = random_mapped(pack.key, pack.maps, r.seed)
+        assert r.steering.alpha == r.alpha and set(r.steering.directions) == set(want)
+        for t, v in want.items():
+            torch.testing.assert_close(r.steering.directions[t], v)
+    assert not torch.allclose(runs[0].steering.directions[0], runs[1].steering.directions[0])

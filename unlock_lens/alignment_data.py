@@ -7,7 +7,13 @@
   both tokens end at the same character of the text the prompts share
   (:func:`unlock_lens.align.pairs.shared_token_ends`); with one tokenizer every position pairs;
 - ``text``: prefixes of the alignment texts cut at word ends, each fed in both models' locked
-  formats, paired at their last prompt tokens.
+  formats, paired at their last prompt tokens;
+- ``continuations``: the source's own greedy output on each alignment text under its
+  *unlocked* variant (CoT prompt, trigger; :func:`generate_continuations`), appended as plain
+  text to each model's *locked* prompt and teacher-forced through both; the positions inside
+  the continuation are paired where both tokens end at the same character of it
+  (:func:`unlock_lens.align.pairs.block_token_ends`). Label-free: it shows the maps the states
+  in which the unlocked behaviour is expressed.
 
 Pairs are planned from tokenisation alone, subsampled to ``max_pairs`` with a seed, then
 captured in lockstep (a chunk of prompts through the source, the same through the target) and
@@ -27,11 +33,12 @@ from tqdm.auto import tqdm
 
 from unlock_lens.activations import FinalLayer, HookKind, Variant, iter_capture_positions, tokenize
 from unlock_lens.align.layers import LayerPairing
-from unlock_lens.align.pairs import shared_token_ends, word_end_prefixes
+from unlock_lens.align.pairs import block_token_ends, shared_token_ends, word_end_prefixes
 from unlock_lens.align.stats import GramStats
 from unlock_lens.errors import UnlockLensError
+from unlock_lens.generation import generate
 
-DATA_KINDS = ("last", "tokens", "text")
+DATA_KINDS = ("last", "tokens", "text", "continuations")
 
 
 def parse_data(data: str) -> tuple[str, ...]:
@@ -59,33 +66,73 @@ class PromptPairs:
             self.target_positions.append(i_tgt)
 
 
+def generate_continuations(
+    unlocked: Variant, texts: Sequence[str], *, max_new_tokens: int = 64,
+    stop_strings: Sequence[str] = (), batch_size: int = 16, progress: bool = False,
+) -> list[str]:
+    """The ``continuations`` data's text: ``unlocked``'s greedy output on each of ``texts``
+    (rendered in its format), at most ``max_new_tokens`` tokens, cut at the first stop string."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise UnlockLensError(f"continuation tokens must be an int >= 1, got {max_new_tokens!r}")
+    return [g.text for g in generate(unlocked.model, unlocked.prompts(texts), max_new_tokens=max_new_tokens,
+                                     stop_strings=stop_strings, batch_size=batch_size,
+                                     progress="continuations" if progress else False,
+                                     special_tokens=unlocked.special_tokens)]
+
+
+def _check_continuations(kinds: tuple[str, ...], texts: Sequence[str],
+                         continuations: Sequence[str] | None) -> None:
+    if "continuations" not in kinds:
+        return
+    if continuations is None:
+        raise UnlockLensError(
+            "alignment data 'continuations' needs the source's unlocked outputs, one per alignment "
+            "text: pass continuations=generate_continuations(unlocked, texts) (align_key and "
+            "build_pack do it when given unlocked=Variant(source model, its unlocked format))")
+    if isinstance(continuations, str) or len(continuations) != len(texts):
+        n = "a string" if isinstance(continuations, str) else f"{len(continuations)} continuations"
+        raise UnlockLensError(f"got {n} for {len(texts)} alignment texts: pass one continuation "
+                              "(a string) per text, in the same order")
+
+
 def plan_pairs(source: Variant, target: Variant, texts: Sequence[str], data: str = "tokens", *,
-               max_pairs: int | None = None, seed: int = 0) -> list[PromptPairs]:
-    """The prompt pairs and token positions to capture (no forward pass)."""
+               max_pairs: int | None = None, seed: int = 0,
+               continuations: Sequence[str] | None = None) -> list[PromptPairs]:
+    """The prompt pairs and token positions to capture (no forward pass). ``continuations``:
+    one text per alignment text (the ``continuations`` kind's; ignored by the other kinds)."""
     kinds = parse_data(data)
+    _check_continuations(kinds, texts, continuations)
     plans: dict[tuple[str, str], PromptPairs] = {}
 
-    def plan(question: str) -> PromptPairs:
-        ps, pt = source.format.render(question, source.model.tokenizer), target.format.render(
-            question, target.model.tokenizer)
+    def plan(question: str, cont: str = "") -> PromptPairs:
+        ps, pt = (v.format.render(question, v.model.tokenizer) + cont for v in (source, target))
         return plans.setdefault((ps, pt), PromptPairs(ps, pt))
 
     def last_tokens(entry: PromptPairs) -> None:
         entry.add(*(len(tokenize(v.model, p, special_tokens=v.special_tokens)[0]) - 1
                     for v, p in ((source, entry.source_prompt), (target, entry.target_prompt))))
 
-    for text in texts:
+    def spans(entry: PromptPairs) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        return tuple(tokenize(v.model, p, special_tokens=v.special_tokens, offsets=True)[1]  # type: ignore[return-value]
+                     for v, p in ((source, entry.source_prompt), (target, entry.target_prompt)))
+
+    for i, text in enumerate(texts):
         if "last" in kinds:
             last_tokens(plan(text))
         if "tokens" in kinds:
             entry = plan(text)
-            _, spans_s = tokenize(source.model, entry.source_prompt, special_tokens=source.special_tokens, offsets=True)
-            _, spans_t = tokenize(target.model, entry.target_prompt, special_tokens=target.special_tokens, offsets=True)
+            spans_s, spans_t = spans(entry)
             for i_s, i_t in shared_token_ends(entry.source_prompt, spans_s, entry.target_prompt, spans_t):
                 entry.add(i_s, i_t)
         if "text" in kinds:
             for prefix in word_end_prefixes(text):
                 last_tokens(plan(prefix))
+        if "continuations" in kinds:  # paired inside the continuation only, after each locked prompt
+            cont = continuations[i]  # type: ignore[index]
+            entry = plan(text, cont)
+            for i_s, i_t in block_token_ends(*spans(entry), len(entry.source_prompt) - len(cont),
+                                             len(entry.target_prompt) - len(cont), len(cont)):
+                entry.add(i_s, i_t)
     out = [p for p in plans.values() if p.source_positions]
     return subsample(out, max_pairs, seed)
 
@@ -114,11 +161,12 @@ def subsample(plans: list[PromptPairs], max_pairs: int | None, seed: int) -> lis
 def _pair_chunks(
     source: Variant, target: Variant, texts: Sequence[str], pairing: LayerPairing, data: str,
     max_pairs: int | None, seed: int, hook: HookKind, final_layer: FinalLayer, batch_size: int,
-    progress: bool,
+    progress: bool, continuations: Sequence[str] | None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(source [pairs, Ls, d_s], target [pairs, Lt, d_t]) states of every planned pair, a chunk
     of ``batch_size`` prompts at a time (layers in ``pairing``'s source / target order)."""
-    plans = plan_pairs(source, target, texts, data, max_pairs=max_pairs, seed=seed)
+    plans = plan_pairs(source, target, texts, data, max_pairs=max_pairs, seed=seed,
+                       continuations=continuations)
     n_pairs = sum(len(p.source_positions) for p in plans)
     if n_pairs < 2:
         raise UnlockLensError(f"alignment data {data!r} gave {n_pairs} token pairs: pass more "
@@ -148,14 +196,16 @@ def alignment_stats(
     final_layer: FinalLayer = "block",
     batch_size: int = 16,
     progress: bool = False,
+    continuations: Sequence[str] | None = None,
 ) -> dict[int, GramStats]:
     """Per target layer of ``pairing``: the Gram statistics of (source layer s(t), target layer t)
-    states over every planned pair, captured a chunk of ``batch_size`` prompts at a time."""
+    states over every planned pair, captured a chunk of ``batch_size`` prompts at a time
+    (``continuations``: one per text, for the ``continuations`` kind; :func:`plan_pairs`)."""
     s_layers, t_layers = pairing.source_layers, pairing.target_layers
     d_s, d_t = int(source.model.cfg.d_model), int(target.model.cfg.d_model)
     stats = {t: GramStats.empty(d_s, d_t) for t in t_layers}
     for h_s, h_t in _pair_chunks(source, target, texts, pairing, data, max_pairs, seed, hook,
-                                 final_layer, batch_size, progress):
+                                 final_layer, batch_size, progress, continuations):
         for j, t in enumerate(t_layers):
             stats[t].update(h_s[:, s_layers.index(pairing.source_of[t])], h_t[:, j])
     return stats
@@ -174,11 +224,12 @@ def alignment_rows(
     final_layer: FinalLayer = "block",
     batch_size: int = 16,
     progress: bool = False,
+    continuations: Sequence[str] | None = None,
 ) -> tuple[Float[Tensor, "pairs Ls d_src"], Float[Tensor, "pairs Lt d_tgt"]]:
     """The same pairs as :func:`alignment_stats`, kept as dense rows (``fit_layer_maps`` input)
     for methods that have no fit from statistics; memory grows with the pairs (cap them)."""
     chunks = list(_pair_chunks(source, target, texts, pairing, data, max_pairs, seed, hook,
-                               final_layer, batch_size, progress))
+                               final_layer, batch_size, progress, continuations))
     return torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
 
 

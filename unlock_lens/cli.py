@@ -30,7 +30,8 @@ FitRank = Annotated[int | None, typer.Option(
          "(at most the alignment questions there)")]
 Data = Annotated[str, typer.Option(
     help="alignment data: tokens+last (default: token pairs at shared character ends plus the last "
-         "token), tokens, text, or last (the paper's: the last prompt token)")]
+         "token), tokens, text, continuations (the source's CoT outputs read after the direct prompt), "
+         "or last (the paper's: the last prompt token)")]
 MaxPairs = Annotated[int, typer.Option(help="cap on token / text pairs (drawn with --seed)")]
 Alpha = Annotated[float, typer.Option(help="steering strength (negative steers away: removes the capability)")]
 AlphaOr = Annotated[float | None, typer.Option(help="steering strength (default: the pack's)")]

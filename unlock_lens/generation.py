@@ -29,12 +29,15 @@ from unlock_lens.prompts import SpecialTokens
 @dataclass(frozen=True)
 class Generation:
     """One completion; ``first_token_entropy``: entropy (nats) of the first next-token
-    distribution, as generated (steered when steering was on)."""
+    distribution, as generated (steered when steering was on); ``tokens``: the generated ids
+    kept (before EOS, and before the first stop string: the longest prefix whose text fits in
+    ``text``), the exact tokens to teacher-force when scoring this completion."""
 
     prompt: str
     text: str
     n_tokens: int
     first_token_entropy: float = float("nan")
+    tokens: tuple[int, ...] = ()
 
 
 class _FirstStepEntropy(StoppingCriteria):
@@ -209,4 +212,13 @@ def finish(tokenizer: Any, prompt: str, tokens: list[int], stop_strings: Sequenc
     text = tokenizer.decode(tokens, skip_special_tokens=True)
     cut = _cut_at_stop(text, stop_strings)
     n = len(tokens) if cut == text else len(tokenizer(cut, add_special_tokens=False)["input_ids"])
-    return Generation(prompt, cut, n, first_token_entropy)
+    kept = tokens if cut == text else _tokens_within(tokenizer, tokens, len(cut))
+    return Generation(prompt, cut, n, first_token_entropy, tuple(kept))
+
+
+def _tokens_within(tokenizer: Any, tokens: list[int], n_chars: int) -> list[int]:
+    """The longest prefix of ``tokens`` whose decoded text is at most ``n_chars`` long."""
+    k = len(tokens)
+    while k and len(tokenizer.decode(tokens[:k], skip_special_tokens=True)) > n_chars:
+        k -= 1
+    return tokens[:k]

@@ -473,6 +473,8 @@ DATA_KINDS: dict[str, str] = {
     "tokens": "#17becf",
     "text": "#bcbd22",
     "tokens+last": "#1f77b4",
+    "continuations": "#d62728",
+    "continuations+last": "#ff7f0e",
 }
 
 

@@ -83,8 +83,15 @@ class AlignSpec:
     mean-difference key, centred for a PCA key. ``clamp_rank=True`` lowers a rank above
     min(n, d_src, d_tgt) to that limit with a warning (the authors' code does it silently);
     by default such a rank is refused. ``data``: which paired states the maps are fitted on
-    (:mod:`unlock_lens.alignment_data`: ``last``, the authors'; ``tokens``; ``text``; or a
-    ``+``-joined combination), at most ``max_pairs`` pairs drawn with ``data_seed``.
+    (:mod:`unlock_lens.alignment_data`: ``last``, the authors'; ``tokens``; ``text``;
+    ``continuations``; or a ``+``-joined combination), at most ``max_pairs`` pairs drawn with
+    ``data_seed``. ``continuations`` are generated greedily by the source's unlocked variant, at
+    most ``continuation_tokens`` tokens, cut at ``continuation_stop`` (``None``: none when
+    calling ``align_key``; :class:`~unlock_lens.unlock.Unlock` uses its protocol's stop strings).
+
+    A bare ``AlignSpec()`` is the authors' fit (``last``, svd, rank 16). The library's default
+    alignment is its protocol's (``get_protocol("library")``: ``tokens+last``, svd, rank 256),
+    which ``Unlock`` and the CLI use; README "Which data to use" gives the evidence for it.
     """
 
     method: str = "svd"
@@ -96,6 +103,8 @@ class AlignSpec:
     data: str = "last"
     max_pairs: int | None = None
     data_seed: int = 0
+    continuation_tokens: int = 64
+    continuation_stop: tuple[str, ...] | None = None
 
     def for_key(self, key: Any) -> AlignSpec:
         """This spec with ``centered`` resolved for ``key`` (a MasterKey; ``aggregator`` read)."""
@@ -109,6 +118,9 @@ class AlignSpec:
             "method": self.method, "rank": self.rank, "centered": bool(self.centered),
             "holdout": self.holdout, **({"clamp_rank": True} if self.clamp_rank else {}),
             "data": self.data, "max_pairs": self.max_pairs, "data_seed": self.data_seed,
+            **({"continuation_tokens": self.continuation_tokens,
+                "continuation_stop": list(self.continuation_stop or ())}
+               if "continuations" in self.data else {}),
             "fit_kwargs": {k: v for k, v in self.fit_kwargs.items() if isinstance(v, int | float | str | bool)},
         }
 

@@ -30,13 +30,26 @@ def shared_token_ends(
     """Token index pairs ``(i_src, i_tgt)`` whose tokens lie inside the two texts' longest common
     block and end at the same character of it. Same text and tokenizer: every non-special token
     pairs with itself."""
-    a, b, size = common_block(src_text, tgt_text)
+    return block_token_ends(src_spans, tgt_spans, *common_block(src_text, tgt_text))
+
+
+def block_token_ends(
+    src_spans: Sequence[Span], tgt_spans: Sequence[Span], src_start: int, tgt_start: int, size: int
+) -> list[tuple[int, int]]:
+    """Token index pairs ``(i_src, i_tgt)`` whose tokens lie inside one shared block of text
+    (``size`` characters from ``src_start`` in the source text, from ``tgt_start`` in the target
+    text) and end at the same character of it. A token that starts before the block (e.g. one
+    that merges a prompt's last character with a continuation's first) is not paired.
+
+    >>> block_token_ends([(0, 3), (3, 5), (5, 7)], [(0, 2), (2, 5), (5, 6), (6, 8)], 3, 4, 4)
+    [(1, 2), (2, 3)]
+    """
 
     def inside(spans: Sequence[Span], start: int) -> dict[int, int]:
         return {end - start: i for i, (s, end) in enumerate(spans)
                 if end > s and s >= start and end <= start + size}
 
-    src_ends, tgt_ends = inside(src_spans, a), inside(tgt_spans, b)
+    src_ends, tgt_ends = inside(src_spans, src_start), inside(tgt_spans, tgt_start)
     return [(i, tgt_ends[e]) for e, i in sorted(src_ends.items()) if e in tgt_ends]
 
 

@@ -10,7 +10,9 @@
 - ``distribution_shift``: KL of the steered next-token distribution to the CoT-prompted one.
 - ``cached_scoring``: first-token logits of many last-prompt-token steerings from one shared
   prefix KV cache (one one-position forward per configuration).
-- ``fidelity``: transferred-key outputs against the native key's (identical share, token agreement).
+- ``fidelity``: does a transferred key carry the behaviour? The likelihood fidelity test
+  (``likelihood_fidelity`` / ``pack_fidelity``: F against >= 30 null directions, rank and
+  direction-level p) and text agreement with the native key's outputs.
 
 Names load lazily (``__init__.pyi`` lists them), so importing
 ``unlock_lens.diagnostics.similarity`` does not load model libraries.

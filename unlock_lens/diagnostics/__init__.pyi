@@ -15,6 +15,7 @@ from .ablations import (
 from .cached_scoring import (
     PrefixCache as PrefixCache,
     prefix_cache as prefix_cache,
+    score_continuations as score_continuations,
     score_last_position as score_last_position,
 )
 from .distribution_shift import (
@@ -28,8 +29,19 @@ from .explorer import (
     first_token_table as first_token_table,
 )
 from .fidelity import (
+    FidelityReport as FidelityReport,
+    Reference as Reference,
+    direction_rank as direction_rank,
+    fidelity_by_alpha as fidelity_by_alpha,
+    fidelity_ratio as fidelity_ratio,
+    greedy_reference as greedy_reference,
+    half_split_direction as half_split_direction,
+    likelihood_fidelity as likelihood_fidelity,
+    pack_fidelity as pack_fidelity,
+    random_mapped_nulls as random_mapped_nulls,
     token_agreement as token_agreement,
     transfer_fidelity as transfer_fidelity,
+    verdict as verdict,
 )
 from .sharpening import (
     first_token_frequencies as first_token_frequencies,
@@ -63,8 +75,20 @@ from .similarity import (
 )
 
 __all__ = [
+    "fidelity_by_alpha",
+    "verdict",
+    "score_continuations",
+    "random_mapped_nulls",
+    "pack_fidelity",
+    "likelihood_fidelity",
+    "half_split_direction",
+    "greedy_reference",
+    "fidelity_ratio",
+    "direction_rank",
     "AblationSetup",
+    "FidelityReport",
     "PrefixCache",
+    "Reference",
     "alignment_sweep",
     "alignment_table",
     "alpha_sweep",

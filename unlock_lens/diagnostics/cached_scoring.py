@@ -184,3 +184,95 @@ def score_last_position(
         for k, i in enumerate(batch.indices):
             rows[i] = logits[k]
     return torch.stack([rows[i] for i in range(cache.n_prompts)])
+
+
+# ---------------------------------------------------------------------------------------------
+# teacher-forced continuations on the same cache
+
+
+def _continuation_batch(
+    model: Any, batch: PrefixBatch, continuations: Sequence[Sequence[int]], steering: Any
+) -> tuple[list[Float[Tensor, " m"]], Float[Tensor, "b vocab"]]:
+    """Per-token log-probabilities of each row's continuation after its prompt, and the first
+    next-token log-distribution.
+
+    Two forwards on a private copy of the prefix cache: the last prompt token, steered exactly
+    as in a steered prefill (its logits score the first continuation token), then the
+    continuation tokens unsteered, as a KV-cache decode sees them (right-padded after the
+    prompt; causal attention never lets a real token see the padding behind it).
+    """
+    kv = _fresh_kv(batch.kv) if batch.kv is not None else None
+    first_kwargs = {**batch.last_kwargs, "use_cache": True}
+    if kv is not None:
+        first_kwargs["past_key_values"] = kv
+    ctx = steering.applied(model) if steering is not None else nullcontext()
+    with torch.inference_mode():
+        with ctx:
+            logits, kv = model(batch.last_ids, return_type="logits_and_cache", **first_kwargs)
+        first = torch.log_softmax(logits[:, -1].float(), -1).cpu()
+        rest = _teacher_forced(model, batch, continuations, kv)
+    rows = []
+    for k, cont in enumerate(continuations):
+        head = first[k, list(cont)[:1]]
+        rows.append(torch.cat([head, rest[k]]))
+    return rows, first
+
+
+def _teacher_forced(model: Any, batch: PrefixBatch, continuations: Sequence[Sequence[int]],
+                    kv: Any) -> list[Float[Tensor, " m_minus_1"]]:
+    """Log-probability of continuation token j + 1 after tokens 0..j, for every row."""
+    width = max(len(c) for c in continuations) - 1
+    if width <= 0:
+        return [torch.zeros(0) for _ in continuations]
+    device = batch.last_ids.device
+    ids = torch.zeros(len(continuations), width + 1, dtype=torch.long, device=device)
+    cont_mask = torch.zeros(len(continuations), width, dtype=batch.mask.dtype, device=device)
+    for k, cont in enumerate(continuations):
+        ids[k, : len(cont)] = torch.as_tensor(list(cont), dtype=torch.long)
+        cont_mask[k, : max(len(cont) - 1, 0)] = 1
+    kwargs: dict[str, Any] = {"attention_mask": torch.cat([batch.mask, cont_mask], dim=1),
+                              "past_key_values": kv, "use_cache": True}
+    if "position_ids" in batch.last_kwargs:
+        start = batch.last_kwargs["position_ids"][:, -1:] + 1
+        kwargs["position_ids"] = start + torch.arange(width, device=device)
+    logits = model(ids[:, :-1], return_type="logits", **kwargs)
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1).cpu()
+    return [logp[k, : max(len(c) - 1, 0)] for k, c in enumerate(continuations)]
+
+
+def score_continuations(
+    model: Any,
+    cache: PrefixCache,
+    continuations: Sequence[Sequence[int]],
+    steering: Any = None,
+    *,
+    return_first: bool = False,
+) -> list[Float[Tensor, " m"]] | tuple[list[Float[Tensor, " m"]], Float[Tensor, "n vocab"]]:
+    """Teacher-forced log-probabilities of ``continuations[i]`` (token ids) after prompt ``i``.
+
+    The steering edits the last prompt token only, as in a steered generation's prefill, and
+    generated tokens see it through the KV cache: the log-probabilities greedy generation
+    would have assigned to these tokens under ``steering`` (None: unsteered). Equals a full
+    forward over prompt + continuation with the edit at the last prompt position
+    (``tests/test_fidelity.py``, 1e-4). One list entry per prompt, in prompt order;
+    ``return_first`` also returns the first next-token log-distribution of every prompt (the
+    steered last prompt position's, as :func:`score_last_position` gives it), at no extra cost.
+    """
+    if cache.model is not model:
+        raise UnlockLensError("this PrefixCache was built on another model: build one per model")
+    if len(continuations) != cache.n_prompts:
+        raise UnlockLensError(
+            f"{len(continuations)} continuations for {cache.n_prompts} cached prompts: pass one "
+            "continuation (a list of token ids, possibly empty) per prompt, in prompt order"
+        )
+    if steering is not None:
+        check_cacheable(steering)
+    rows: dict[int, Tensor] = {}
+    firsts: dict[int, Tensor] = {}
+    for batch in cache.batches:
+        conts = [continuations[i] for i in batch.indices]
+        scored, first = _continuation_batch(model, batch, conts, steering)
+        for k, (i, lp) in enumerate(zip(batch.indices, scored, strict=True)):
+            rows[i], firsts[i] = lp, first[k]
+    out = [rows[i] for i in range(cache.n_prompts)]
+    return (out, torch.stack([firsts[i] for i in range(cache.n_prompts)])) if return_first else out

@@ -16,8 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from unlock_lens.activations import final_logits
-from unlock_lens.align.layers import map_directions
-from unlock_lens.controls import random_like
+from unlock_lens.controls import random_mapped
 from unlock_lens.distributions import entropy, kl_divergence, top_k_mass
 from unlock_lens.prompts import PromptFormat
 from unlock_lens.steer import Steering
@@ -33,13 +32,9 @@ def shift_row(reference: Tensor, logits: Tensor, k: int = 5) -> dict[str, float]
 
 
 def mapped_random_like(pack: Any, seed: int) -> dict[int, Tensor]:
-    """A random *source* direction per layer (the key's norms) carried through the pack's maps.
-
-    The control that shares the transferred key's target subspace: if it moves the target as
-    much as the key, the effect comes from the subspace, not from the key.
-    """
-    src = random_like({layer: pack.key.direction(layer) for layer in pack.key.layers}, seed)
-    return map_directions(src, pack.maps)
+    """A random *source* direction per layer (the key's norms) carried through the pack's maps
+    (:func:`unlock_lens.controls.random_mapped`)."""
+    return random_mapped(pack.key, pack.maps, seed)
 
 
 def first_token_shift(

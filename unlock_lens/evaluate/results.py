@@ -51,7 +51,7 @@ __all__ = [
     "summarize",
 ]
 
-CONDITIONS = ("direct", "cot-prompt", "steered", "native-key", "random")
+CONDITIONS = ("direct", "cot-prompt", "steered", "native-key", "random", "random-mapped")
 ROW_FIELDS = (
     "problem_id", "condition", "alpha", "seed", "prompt", "output", "answer", "gold",
     "correct", "n_tokens", "cot_format", "first_token_entropy",

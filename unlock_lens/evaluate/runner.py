@@ -8,7 +8,11 @@ Conditions (every one uses the same problems, greedy decoding, stop strings, max
 - ``native-key``: the locked prompt steered with the target's own prompt-driven key
   (extracted on the target, locked vs unlocked format, on ``key_questions``), once per alpha;
 - ``random``: the locked prompt steered with random directions of the same per-layer norms as
-  the steered ones (``controls.random_like``), once per alpha and seed.
+  the steered ones (``controls.random_like``), once per alpha and seed;
+- ``random-mapped``: random *source* directions with the key's per-layer norms carried through
+  the pack's maps (``controls.random_mapped``), once per alpha and seed: the
+  null that shares the transferred key's target subspace. The unit of a comparison with it is
+  the direction: use >= 10 seeds and compare the key with their spread, not only their mean.
 
 ``evaluate`` returns an :class:`EvalResults` (rows + metadata); ``select_alpha`` picks alpha on
 dev problems (disjoint from the eval ones) and records it in the pack.
@@ -25,6 +29,7 @@ from typing import Any
 
 from unlock_lens.activations import Variant
 from unlock_lens.artifacts import library_version
+from unlock_lens.controls import random_mapped
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.evaluate.answers import REL_TOL
 from unlock_lens.evaluate.datasets import Problem, question_fingerprint
@@ -139,7 +144,7 @@ def _check_seeds(seeds: Sequence[int]) -> list[int]:
 def _check_requests(
     conditions: Sequence[str], pack: Any, key_questions: Any, problems: Sequence[Problem]
 ) -> None:
-    needs_pack = [c for c in conditions if c in ("steered", "random")]
+    needs_pack = [c for c in conditions if c in ("steered", "random", "random-mapped")]
     if needs_pack and pack is None:
         raise UnlockLensError(f"conditions {needs_pack} need a CapabilityPack: pass pack=...")
     if "native-key" not in conditions:
@@ -232,6 +237,10 @@ def _plan(
         if "random" in conditions:
             runs.extend(_Run("random", locked_prompts, alpha, s, steered.scaled(alpha).randomized(s))
                         for s in seeds)
+        if "random-mapped" in conditions:
+            runs.extend(_Run("random-mapped", locked_prompts, alpha, s, Steering(
+                random_mapped(pack.key, pack.maps, s), alpha, steered.normalisation, steered.positions, None,
+                steered.hook)) for s in seeds)
     return runs
 
 
@@ -363,13 +372,13 @@ def evaluate(
     _check_requests(conds, pack, key_questions, problems)
     if pack is not None:
         pack.check_model(model)
-    steered_like = any(c in conds for c in ("steered", "native-key", "random"))
+    steered_like = any(c in conds for c in ("steered", "native-key", "random", "random-mapped"))
     if alphas is None:
         if steered_like and pack is None:
             raise UnlockLensError("pass alphas=[...]: there is no pack to take alpha from")
         alphas = [pack.alpha] if pack is not None else []
     alpha_list = _check_alphas(alphas) if steered_like else []
-    seed_list = _check_seeds(seeds) if "random" in conds else []
+    seed_list = _check_seeds(seeds) if {"random", "random-mapped"} & set(conds) else []
     locked, unlocked = _formats(model, pack, locked_format, unlocked_format)
     if locked.special_tokens != unlocked.special_tokens:
         raise UnlockLensError(

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from unlock_lens.activations import Variant
 from unlock_lens.align.layers import AlignSpec
+from unlock_lens.diagnostics.fidelity import direction_rank
 from unlock_lens.errors import SanityCheckError
 from unlock_lens.evaluate.results import summarize
 from unlock_lens.evaluate.runner import Decoding, evaluate as evaluate_conditions, run_condition
@@ -166,9 +167,11 @@ def transfer(
     *,
     alpha: float = 0.5,
 ) -> CapabilityPack:
-    """Fit per-layer maps on ``questions`` (locked format on both sides) and pack the key."""
+    """Fit per-layer maps on ``questions`` (locked format on both sides) and pack the key
+    (a prompt-driven key's ``continuations`` come from the source under the ``STEP`` trigger)."""
+    unlocked = Variant(source, UNLOCKED) if key.contrast == "prompt" else None
     return build_pack(key, Variant(source, LOCKED), Variant(target, LOCKED), questions, spec,
-                      alpha=alpha, batch_size=128)
+                      alpha=alpha, batch_size=128, unlocked=unlocked)
 
 
 def self_pack(key: MasterKey, model: Any, alpha: float) -> Steering:
@@ -225,7 +228,7 @@ def run_demo(
     rank: int | None = None,
     alpha: float | None = None,
     method: str | None = None,
-    n_random: int = 5,
+    n_random: int = 10,
     html: str | Path | None = None,
     verbose: bool = True,
 ) -> Any:
@@ -233,9 +236,13 @@ def run_demo(
 
     Rows: source direct / trigger, target direct / trigger, target + its own key (same-model
     UNLOCK), target + the transferred key (cross-model UNLOCK, trigger-free fit) and one row per
-    random-direction seed plus their mean. ``n_test`` short held-out ``test`` problems.
-    Column ``cos_native`` gives the mean per-layer cosine of the transferred key to the
-    target's own key. ``html`` writes a plotly report.
+    random-mapped null direction (random source directions with the key's per-layer norms,
+    through the same maps; ``n_random`` of them) plus their mean with the spread (min, median,
+    max over directions). ``n_test`` short held-out ``test`` problems. Columns on the key's row:
+    ``cos_native``, the mean per-layer cosine of the transferred key to the target's own key;
+    ``rank_among_nulls`` and ``p_direction``, the key's accuracy ranked among the null
+    directions' (1 = above all; one-sided permutation p, the direction as unit). ``html``
+    writes a plotly report.
     """
     import pandas as pd
 
@@ -259,9 +266,9 @@ def run_demo(
     def add(model_name: str, summary: Any, **extra: Any) -> None:
         """One table row from a row of the runner's summary."""
         cond = labels.get(summary["condition"])
-        if summary["condition"] == "random":
-            cond = (f"random direction (mean of {n_random})" if pd.isna(summary["seed"])
-                    else f"random direction (seed {int(summary['seed'])})")
+        if summary["condition"] == "random-mapped":
+            cond = (f"random-mapped direction (mean of {n_random})" if pd.isna(summary["seed"])
+                    else f"random-mapped direction (seed {int(summary['seed'])})")
         n = int(summary["n"])
         res = TaskResult(n, int(summary["k"]), round(summary["cot_rate"] * n), [], [])
         rows.append(Condition(cond, model_name, res, extra))
@@ -290,15 +297,20 @@ def run_demo(
     mean_cos = sum(cos.values()) / len(cos)
     key_qs = [p.question for p in generate_problems(n_key, split="key", n_ops=SHORT_OPS)]
     steered = summarize(evaluate_conditions(
-        tgt, problems, conditions=("native-key", "steered", "random"), pack=pack, alphas=[alpha],
-        seeds=range(n_random), key_questions=key_qs, **common).rows)
+        tgt, problems, conditions=("native-key", "steered", "random-mapped"), pack=pack,
+        alphas=[alpha], seeds=range(n_random), key_questions=key_qs, **common).rows)
     add(t_name, steered[steered.condition == "native-key"].iloc[0])
-    add(t_name, steered[steered.condition == "steered"].iloc[0], cos_native=mean_cos)
-    randoms = steered[steered.condition == "random"]
+    randoms = steered[steered.condition == "random-mapped"]
+    per_direction = randoms[randoms.seed.notna()].accuracy.astype(float)
+    key_row = steered[steered.condition == "steered"].iloc[0]
+    # the unit of this comparison is the direction: the key's accuracy ranked among the nulls'
+    rank, p = direction_rank(float(key_row["accuracy"]), per_direction.tolist())
+    add(t_name, key_row, cos_native=mean_cos, rank_among_nulls=rank, p_direction=p)
     for _, row in randoms[randoms.seed.notna()].iterrows():
         add(t_name, row)
-    pooled = randoms[randoms.seed.isna()].iloc[0]
-    add(t_name, pooled, max_seed_accuracy=float(randoms[randoms.seed.notna()].accuracy.max()))
+    add(t_name, randoms[randoms.seed.isna()].iloc[0], min_seed_accuracy=float(per_direction.min()),
+        median_seed_accuracy=float(per_direction.median()),
+        max_seed_accuracy=float(per_direction.max()))
     df = pd.DataFrame([r.row() for r in rows])
     df.attrs.update(source=s_name, target=t_name, rank=rank, alpha=alpha, method=method,
                     n_key=n_key, n_align=n_align, seconds=round(time.perf_counter() - t0, 1),
