@@ -28,8 +28,8 @@ import io
 import json
 import re
 from collections.abc import Iterable, Sequence
-from difflib import SequenceMatcher
 from dataclasses import dataclass, field
+from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
 
