@@ -37,7 +37,7 @@ from analysis import MapBank, load_any
 from analysis.real_pair_data import SEQUENCE_WORDS, generate_rows, problem_sets, random_mapped_rows
 from unlock_lens import Steering, Unlock, generate
 from unlock_lens.align.layers import LayerPairing, map_directions
-from unlock_lens.controls import random_like
+from unlock_lens.controls import random_mapped
 from unlock_lens.evaluate import load_dataset
 from unlock_lens.evaluate.results import (
     DEGENERATE_KINDS,
@@ -60,7 +60,7 @@ def _kind(text: str) -> str:
     return degenerate_kind(text) or "none"
 
 
-# heuristic name -> (the heuristic on an output, the hand label it is read against, that label's value)
+# heuristic name -> (the heuristic on an output, the hand label it is read against, from a row's labels)
 HEURISTICS: dict[str, tuple[Callable[[str], Hashable], Callable[[dict[str, Any]], Hashable]]] = {
     "shows_working (CoT format)": (shows_working, lambda lab: lab["shows_working"]),
     "shows_working, read as multi-step": (shows_working, lambda lab: lab["multi_step"]),
@@ -243,22 +243,19 @@ def generate_sample(args: argparse.Namespace) -> Path:
     conditions["cot-prompt"] = (cot_prompts, None)
     rows = []
     for label, (ps, steer) in conditions.items():
-        part = generate_rows(pipe, held, ps, steer, label, dec)
-        rows += [{"condition": label, **r} for r in part]
+        rows += generate_rows(pipe, held, ps, steer, label, dec)
         print(f"[{time.perf_counter() - t0:5.0f}s] {label}", flush=True)
     p = picks["tokens+last"]
     fitted = bank("tokens+last", p.method, int(p["rank"]))
-    part = random_mapped_rows(pipe, key, fitted, held, prompts, float(p.alpha), dec)
-    rows += [{"condition": "random-mapped tokens+last", **r} for r in part]
+    rows += random_mapped_rows(pipe, key, fitted, held, prompts, float(p.alpha), dec)  # condition "random"
     print(f"[{time.perf_counter() - t0:5.0f}s] random-mapped tokens+last", flush=True)
 
     # what the stop strings cut from whitespace-only outputs
     blank = [i for i, r in enumerate(rows) if not r["output"].strip()]
     for i in blank:
         r = rows[i]
-        if r["condition"] == "random-mapped tokens+last":
-            rnd = random_like({layer: key.direction(layer) for layer in key.layers}, int(r["seed"]))
-            steer = Steering(map_directions(rnd, fitted), alpha=float(p.alpha))
+        if r["condition"] == "random":
+            steer = Steering(random_mapped(key, fitted, int(r["seed"])), alpha=float(p.alpha))
         else:
             steer = conditions[r["condition"]][1]
         r["raw"] = raw_continuations(pipe, [r["prompt"]], steer)[0]
