@@ -32,7 +32,7 @@ from unlock_lens import Steering, Unlock
 from unlock_lens.align.layers import LayerPairing, map_directions
 from unlock_lens.evaluate import load_dataset
 from unlock_lens.evaluate.datasets import Problem
-from unlock_lens.evaluate.results import degenerate
+from unlock_lens.evaluate.results import behaviour
 from unlock_lens.evaluate.runner import Decoding, check_disjoint
 from unlock_lens.evaluate.stats import mcnemar_exact, paired_bootstrap_diff, wilson_interval
 
@@ -95,16 +95,16 @@ def main(argv: list[str] | None = None) -> Path:
              f"`python -m analysis.confirm_signature --source {args.source} --target {args.target} --kind {args.kind} "
              f"--n {args.n} --max-new-tokens {args.max_new_tokens}` ({time.perf_counter() - t0:.0f} s, "
              f"{args.threads} CPU threads; pick: {pick.method} rank {int(pick['rank'])}, α {alpha:g})", "",
-             "| condition | sequence words [95% CI] | degenerate | CoT among non-degenerate | first output |",
-             "|---|---|---|---|---|"]
+             "| condition | sequence words [95% CI] | degenerate | CoT among non-degenerate | "
+             "≥ 2 arithmetic steps among non-degenerate | first output |",
+             "|---|---|---|---|---|---|"]
     for name, rows in results.items():
-        healthy = [r for r in rows if degenerate(r["output"]) is None]
         k = sum(has_word[name])
         lo, hi = wilson_interval(k, len(rows))
-        cot = sum(bool(r["cot_format"]) for r in healthy) / len(healthy) if healthy else float("nan")
+        b = behaviour(rows)
         first = rows[0]["output"][:80].replace("\n", "\\n").replace("|", "/")
-        lines.append(f"| {name} | {k / len(rows):.3f} [{lo:.3f}, {hi:.3f}] | {1 - len(healthy) / len(rows):.3f} | "
-                     f"{cot:.3f} | `{first}` |")
+        lines.append(f"| {name} | {k / len(rows):.3f} [{lo:.3f}, {hi:.3f}] | {b['degenerate_rate']:.3f} | "
+                     f"{b['cot_rate_non_degenerate']:.3f} | {b['multi_step_rate_non_degenerate']:.3f} | `{first}` |")
     keyed, control = has_word[f"{args.kind} key (α {alpha:g})"], has_word[f"random-mapped {args.kind} (α {alpha:g})"]
     diff = paired_bootstrap_diff(keyed, control)
     verdict = "holds" if diff.lo > 0 else "does not hold"

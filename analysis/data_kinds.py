@@ -16,10 +16,11 @@ the key's norms carried through the same maps (``--seeds``, 95% t-intervals). Th
 measures prune; the summary's per-kind pick is, at the smallest alpha where the native key
 changes the first token of most dev questions, the rank closest to the *native key's* own
 first-token distribution (transfer fidelity), not to the CoT prompt's. Then, for each kind's
-pick, greedy generation on ``--n-gen`` SVAMP problems: identical-output share and token
+pick, greedy generation on ``--n-gen`` SVAMP dev problems (the ``dev`` part of ``real_pair_data``'s
+split, disjoint from its evaluation problems): identical-output share and token
 agreement with the native key at the same alpha on the problems whose output the native key
-changed (fidelity), the degenerate-output rate and the CoT-format rate among non-degenerate
-outputs, against a random-mapped control.
+changed (fidelity), the degenerate-output rate and, among non-degenerate outputs, the CoT-format
+rate beside the share with two or more arithmetic steps, against a random-mapped control.
 
     python -m analysis.data_kinds --source smollm2-135m-instruct --target gemma-3-270m
     python -m analysis.data_kinds --source gemma-3-270m --target smollm2-135m-instruct
@@ -52,13 +53,16 @@ from tqdm.auto import tqdm
 
 from analysis import MapBank, load_any
 from analysis.protocol_diff import METRICS, first_token_metrics, interval
+from analysis.real_pair import EVAL_PARTS
 from unlock_lens import Steering, Unlock, generate, load_dataset
 from unlock_lens.align.layers import LayerPairing, map_directions
 from unlock_lens.controls import random_like
 from unlock_lens.diagnostics.cached_scoring import prefix_cache, score_last_position
 from unlock_lens.diagnostics.fidelity import transfer_fidelity
 from unlock_lens.distributions import kl_divergence
-from unlock_lens.evaluate.results import degenerate, shows_working
+from unlock_lens.evaluate import split_problems
+from unlock_lens.evaluate.datasets import Problem
+from unlock_lens.evaluate.results import arithmetic_steps, degenerate, shows_working
 
 RESULTS = Path("analysis/results")
 KINDS = ("last", "tokens", "text", "tokens+last")
@@ -79,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--n-gen", type=int, default=30, help="SVAMP problems generated per condition")
     p.add_argument("--max-new-tokens", type=int, default=64, help="generated tokens (also each continuation's)")
+    p.add_argument("--seed", type=int, default=0, help="SVAMP dev / eval split (real_pair_data's)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cosine-only", action="store_true",
                    help="only the per-layer cosine of each kind's mapped key to the native key (no grid, no generation)")
@@ -86,6 +91,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS / "data_kinds")
     p.add_argument("--md", type=Path, default=RESULTS / "data_kinds.md")
     return p.parse_args(argv)
+
+
+def generation_problems(n: int, seed: int = 0) -> list[Problem]:
+    """The SVAMP problems generated on: the first ``n`` of the ``dev`` part of the split
+    ``real_pair_data`` uses (``EVAL_PARTS``, same seed), so none is one of its evaluation problems."""
+    dev = split_problems(load_dataset("svamp", "test"), EVAL_PARTS, seed=seed)["dev"]
+    if n > len(dev):
+        raise SystemExit(f"--n-gen {n}: the SVAMP dev part has {len(dev)} problems; lower --n-gen")
+    return dev[:n]
+
+
+def text_measures(texts: list[str]) -> dict[str, float]:
+    """The degenerate share, and among the other outputs the CoT-format share (lenient) beside
+    the share with two or more arithmetic steps (strict)."""
+    healthy = [t for t in texts if not degenerate(t)]
+    return {"degenerate": 1 - len(healthy) / len(texts),
+            "cot_non_degenerate": sum(map(shows_working, healthy)) / len(healthy) if healthy else math.nan,
+            "multi_step_non_degenerate": (sum(arithmetic_steps(t) >= 2 for t in healthy) / len(healthy)
+                                          if healthy else math.nan)}
 
 
 def cosines(directions: dict[int, torch.Tensor], native: Any) -> list[float]:
@@ -179,7 +203,7 @@ def run_direction(args: argparse.Namespace) -> Path:
     picks = (grid[(grid.condition == "transferred key") & (grid.alpha == alpha)].sort_values("kl_to_native")
              .groupby("kind", sort=False).head(1))
     summary, samples = [], {}
-    svamp = load_dataset("svamp", "test", limit=args.n_gen)
+    svamp = generation_problems(args.n_gen, args.seed)
     prompts = tv.prompts([p.question for p in svamp])
 
     def gen(steering: Steering | None) -> list[str]:
@@ -212,23 +236,15 @@ def run_direction(args: argparse.Namespace) -> Path:
             fid = (transfer_fidelity([outs[i] for i in changed], [native_texts[a][i] for i in changed],
                                      target.tokenizer) if changed else {"identical_rate": math.nan,
                                                                         "token_agreement": math.nan})
-            healthy = [t for t in outs if degenerate(t) is None]
             row |= {f"{label}_identical_to_native": fid["identical_rate"],
                     f"{label}_token_agreement": fid["token_agreement"],
-                    f"{label}_degenerate": 1 - len(healthy) / len(outs),
-                    f"{label}_cot_non_degenerate": (sum(map(shows_working, healthy)) / len(healthy)
-                                                    if healthy else math.nan)}
-        healthy_native = [t for t in native_texts[a] if degenerate(t) is None]
-        row |= {"native_degenerate": 1 - len(healthy_native) / len(native_texts[a]),
-                "native_cot_non_degenerate": (sum(map(shows_working, healthy_native)) / len(healthy_native)
-                                              if healthy_native else math.nan)}
+                    **{f"{label}_{m}": v for m, v in text_measures(outs).items()}}
+        row |= {f"native_{m}": v for m, v in text_measures(native_texts[a]).items()}
         summary.append(row)
         samples[pick.kind] = {"key": texts[:3], "native": native_texts[a][:3], "random": random_texts[:3]}
         log(f"{pick.kind}: identical to native {row['key_identical_to_native']:.2f} "
             f"(random {row['random_identical_to_native']:.2f})")
-    healthy = [t for t in base_texts if degenerate(t) is None]
-    base = {"degenerate": 1 - len(healthy) / len(base_texts),
-            "cot_non_degenerate": sum(map(shows_working, healthy)) / len(healthy) if healthy else math.nan}
+    base = text_measures(base_texts)
     grid.to_csv(out / "grid.csv", index=False)
     pd.DataFrame(cos_rows).to_csv(out / "cosine_to_native.csv", index=False)
     pd.DataFrame(summary).to_csv(out / "summary.csv", index=False)
@@ -253,6 +269,9 @@ def direction_section(run_dir: Path) -> str:
              f"alignment {run['n_align']} questions (≤ {run['max_pairs']} pairs), dev {run['n_dev']}, "
              f"ranks {run['ranks']}, α ∈ {{{run['alphas']}}}, {run['seeds']} random seeds, "
              f"{run['n_gen']} SVAMP problems × {run['max_new_tokens']} tokens)", "",
+             *(() if "seed" in run else (
+                 f"Generated on the first {run['n_gen']} SVAMP test problems, before the split fix: 7 of the 30 "
+                 "are `real_pair_data` evaluation problems (a re-run generates on the SVAMP dev part).", "")),
              "References (first token, dev):", "",
              "| condition | α | KL to CoT ↓ | entropy | p(CoT top) ↑ | top-1 agree ↑ |", "|---|---|---|---|---|---|"]
     for _, r in ref.iterrows():
@@ -265,8 +284,9 @@ def direction_section(run_dir: Path) -> str:
               "(share in the column):", "",
               "| data | rank | α | KL to native ↓ | mean cos to native | KL to CoT | entropy | p(CoT top) | "
               "random-mapped KL to CoT [95% CI] | native changed | identical to native: key / random | token agreement: key / random "
-              "| degenerate: key / native / random | CoT among non-degenerate: key / native / random |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| degenerate: key / native / random | CoT among non-degenerate: key / native / random "
+              "| ≥ 2 arithmetic steps among non-degenerate: key / native / random |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in s.iterrows():
         lines.append(
             f"| {r.kind} | {r['rank']} | {r.alpha:g} | {_f(r.kl_to_native)} | {_f(r.mean_cos_to_native)} | "
@@ -275,10 +295,11 @@ def direction_section(run_dir: Path) -> str:
             f"{_f(r.key_identical_to_native)} / {_f(r.random_identical_to_native)} | "
             f"{_f(r.key_token_agreement)} / {_f(r.random_token_agreement)} | "
             f"{_f(r.key_degenerate)} / {_f(r.native_degenerate)} / {_f(r.random_degenerate)} | "
-            f"{_f(r.key_cot_non_degenerate)} / {_f(r.native_cot_non_degenerate)} / {_f(r.random_cot_non_degenerate)} |")
+            f"{_f(r.key_cot_non_degenerate)} / {_f(r.native_cot_non_degenerate)} / {_f(r.random_cot_non_degenerate)} | "
+            + " / ".join(_f(r.get(f"{c}_multi_step_non_degenerate")) for c in ("key", "native", "random")) + " |")
     base = run["unsteered_generation"]
     lines += ["", f"Unsteered generation: degenerate {_f(base['degenerate'])}, CoT among non-degenerate "
-              f"{_f(base['cot_non_degenerate'])}.", "",
+              f"{_f(base['cot_non_degenerate'])} (≥ 2 arithmetic steps: {_f(base.get('multi_step_non_degenerate'))}).", "",
               "Mean cosine of the mapped key to the native key, per data kind and rank (all target layers):", "",
               "| data | " + " | ".join(f"rank {r}" for r in run["ranks"].split(",")) + " |",
               "|---|" + "---|" * len(run["ranks"].split(","))]

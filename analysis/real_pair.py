@@ -75,7 +75,7 @@ from unlock_lens.steer import Steering
 
 EVAL_PARTS = {"dev": 0.2, "eval": 0.8}
 SUMMARY_COLUMNS = ["condition", "alpha", "seed", "n", "accuracy", "acc_lo", "acc_hi", "diff",
-                   "diff_lo", "diff_hi", "mcnemar_p", "cot_rate", "mean_tokens",
+                   "diff_lo", "diff_hi", "mcnemar_p", "cot_rate", "multi_step_rate", "mean_tokens",
                    "first_token_entropy"]
 
 
@@ -383,7 +383,9 @@ Written by `python -m analysis.real_pair --report`: the reading, then the alignm
 the paper's alignment data (`python -m analysis.real_pair`; see each script's docstring for its
 protocol). In the first runs' tables: accuracy: 95% Wilson interval; `diff`: paired difference against
 direct with a 95% paired-bootstrap interval; `mcnemar_p`: exact McNemar test against direct;
-`cot_rate`: share of outputs with multi-step working before the answer; `mean_tokens`: output
+`cot_rate`: share of outputs that show working by the lenient `shows_working` heuristic (two sentences
+suffice); `multi_step_rate` (runs after issue 23): the stricter share with two or more arithmetic steps
+`a op b = c`; `mean_tokens`: output
 length up to EOS, a stop string or a detected loop; `first_token_entropy`: entropy (nats) of the
 first next-token distribution, as generated. `random`: seed s on every third problem; the pooled
 row covers all problems. Hyper-parameters (method, rank, alpha) were chosen on dev problems only.

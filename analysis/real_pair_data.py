@@ -69,7 +69,7 @@ from unlock_lens.diagnostics.cached_scoring import prefix_cache, score_last_posi
 from unlock_lens.diagnostics.fidelity import transfer_fidelity
 from unlock_lens.evaluate import load_dataset, split_problems
 from unlock_lens.evaluate.datasets import Problem
-from unlock_lens.evaluate.results import arithmetic_steps, behaviour, degenerate
+from unlock_lens.evaluate.results import DEGENERATE_KINDS, arithmetic_steps, behaviour, degenerate
 from unlock_lens.evaluate.runner import Decoding, check_disjoint, run_condition
 from unlock_lens.evaluate.stats import wilson_interval
 
@@ -134,7 +134,7 @@ def problem_sets(args: argparse.Namespace, gsm_questions: list[str]) -> tuple[li
 
 def healthy_cot(rows: list[dict[str, Any]]) -> float:
     """Share of outputs that are not degenerate and show working (the dev criterion)."""
-    return sum(degenerate(r["output"]) is None and r["cot_format"] for r in rows) / len(rows)
+    return sum(not degenerate(r["output"]) and r["cot_format"] for r in rows) / len(rows)
 
 
 def prune(grid: pd.DataFrame, unsteered_p_cot_top: float) -> pd.DataFrame:
@@ -402,7 +402,7 @@ def write_summary(out: Path, results: dict[str, list[dict[str, Any]]], picks: di
             sub = [r for r, p in zip(rs, held, strict=True) if ds in ("all", p.dataset)]
             b = behaviour(sub)
             lo, hi = wilson_interval(sum(bool(r["correct"]) for r in sub), len(sub))
-            healthy = [r for r in sub if degenerate(r["output"]) is None]
+            healthy = [r for r in sub if not degenerate(r["output"])]
             c_lo, c_hi = (wilson_interval(sum(bool(r["cot_format"]) for r in healthy), len(healthy))
                           if healthy else (math.nan, math.nan))
             m_lo, m_hi = (wilson_interval(sum(arithmetic_steps(r["output"]) >= 2 for r in healthy), len(healthy))
@@ -494,13 +494,14 @@ def direction_section(run_dir: Path) -> str:
     for kind in run["kinds"].split(","):
         lines.append(f"| {kind} | " + " | ".join(_f(cos.get((kind, int(r)), math.nan)) for r in run["ranks"].split(",")) + " |")
     lines += ["", "**Selection on dev by generated text** (healthy CoT = not degenerate and shows working):", "",
-              "| condition | data | method | rank | α | healthy CoT | degenerate | CoT among non-degenerate | mean tokens |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| condition | data | method | rank | α | healthy CoT | degenerate | CoT among non-degenerate | "
+              "≥ 2 arithmetic steps among non-degenerate | mean tokens |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in dev_gen.iterrows():
         rank = "" if pd.isna(r.get("rank")) else int(r["rank"])
         lines.append(f"| {r.condition} | {r.kind} | {r.get('method', '') if not pd.isna(r.get('method')) else ''} | {rank} | "
                      f"{r.alpha:g} | {_f(r.healthy_cot)} | {_f(r.degenerate_rate)} | {_f(r.cot_rate_non_degenerate)} | "
-                     f"{_f(r.mean_tokens, '.1f')} |")
+                     f"{_f(r.get('multi_step_rate_non_degenerate'))} | {_f(r.mean_tokens, '.1f')} |")
     lines += ["", "Picks, with the first-token random-mapped control (mean [95% CI] over seeds):", "",
               "| pick | method | rank | α | KL to CoT | random KL [CI] | p(CoT top) | random p(CoT top) [CI] |",
               "|---|---|---|---|---|---|---|---|"]
@@ -515,13 +516,15 @@ def direction_section(run_dir: Path) -> str:
                      f"{_f(r.p_cot_top)} | {rndp} |")
     lines += ["", f"**Evaluation** ({run['n_eval']} SVAMP + {run['n_eval']} MultiArith; fidelity on the "
               f"{run['native_changed']:.0%} of problems whose output the native key changed):", "",
-              "| condition | set | α | accuracy [95% CI] | degenerate | CoT among non-degenerate [95% CI] | "
+              "| condition | set | α | accuracy [95% CI] | degenerate | blank / cut-by-stop / near-loop / loop | "
+              "CoT among non-degenerate [95% CI] | "
               "≥ 2 arithmetic steps among non-degenerate [95% CI] | sequence words (post hoc) | mean tokens | "
               "identical to native | token agreement |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in s.iterrows():
         lines.append(f"| {r.condition} | {r.dataset} | {_f(r.alpha, 'g')} | {r.accuracy:.1%} [{r.acc_lo:.1%}, {r.acc_hi:.1%}] | "
-                     f"{_f(r.degenerate_rate)} | {_f(r.cot_rate_non_degenerate)} [{_f(r.cot_lo)}, {_f(r.cot_hi)}] | "
+                     f"{_f(r.degenerate_rate)} | {degenerate_kinds_cell(r)} | "
+                     f"{_f(r.cot_rate_non_degenerate)} [{_f(r.cot_lo)}, {_f(r.cot_hi)}] | "
                      f"{_f(r.multi_step_rate_non_degenerate)} [{_f(r.multi_step_lo)}, {_f(r.multi_step_hi)}] | "
                      f"{_f(r.sequence_word_rate_non_degenerate)} | "
                      f"{_f(r.mean_tokens, '.1f')} | "
@@ -530,6 +533,13 @@ def direction_section(run_dir: Path) -> str:
     for name, outs in run["samples"].items():
         lines.append(f"- {name}: " + " · ".join(json.dumps(o[:120]) for o in outs[:2]))
     return "\n".join(lines) + "\n"
+
+
+def degenerate_kinds_cell(row: pd.Series) -> str:
+    """Each degenerate kind's rate (``behaviour``'s ``<kind>_rate``); empty for summaries written
+    before the kinds were told apart."""
+    rates = [row.get(f"{kind.replace('-', '_')}_rate") for kind in DEGENERATE_KINDS]
+    return "" if any(r is None or pd.isna(r) for r in rates) else " / ".join(_f(r) for r in rates)
 
 
 def cosine_figure(runs: list[Path], path: Path) -> Path:

@@ -17,6 +17,7 @@ from unlock_lens.evaluate import (
     paired_bootstrap_diff,
     shows_working,
 )
+from unlock_lens.evaluate.results import arithmetic_steps, degenerate
 from unlock_lens.evaluate.runner import (
     Decoding,
     best_alpha,
@@ -125,6 +126,8 @@ def test_summary_agrees_with_rows(results, problems):
         assert rec["accuracy"] == pytest.approx(sel.correct.mean())
         assert rec["acc_lo"] <= rec["accuracy"] <= rec["acc_hi"]
         assert rec["cot_rate"] == pytest.approx(sel.cot_format.mean())
+        assert rec["multi_step_rate"] == pytest.approx(sel.output.map(arithmetic_steps).ge(2).mean())
+        assert rec["degenerate_rate"] == pytest.approx(sel.output.map(degenerate).mean())
         assert rec["mean_tokens"] == pytest.approx(sel.n_tokens.mean())
         per_problem = sel.groupby("problem_id")["correct"].mean()
         ci = paired_bootstrap_diff(per_problem[direct.index].to_numpy(), direct.to_numpy(),

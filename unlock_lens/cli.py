@@ -346,7 +346,7 @@ def generate(
 
 
 SUMMARY_COLUMNS = ["condition", "alpha", "seed", "n", "accuracy", "acc_lo", "acc_hi", "cot_rate",
-                   "mean_tokens", "diff", "diff_lo", "diff_hi", "mcnemar_p"]
+                   "multi_step_rate", "degenerate_rate", "mean_tokens", "diff", "diff_lo", "diff_hi", "mcnemar_p"]
 BACKENDS = ("auto", "bridge", "hf", "vllm")
 
 

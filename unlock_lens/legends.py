@@ -26,7 +26,10 @@ TABLE_LEGENDS: dict[str, str] = {
     ),
     "eval": (
         "accuracy = correct answers among n, [acc_lo, acc_hi] its 95% Wilson interval; cot_rate = "
-        "share of outputs in CoT form; mean_tokens = mean output length; diff = accuracy minus "
+        "share of outputs in CoT form (a lenient text heuristic), always beside multi_step_rate = share "
+        "with two or more arithmetic steps a op b = c (stricter; agreement with hand labels in "
+        "analysis/results/heuristics.md); degenerate_rate = share blank, cut to nothing by a stop "
+        "string, or looping; mean_tokens = mean output length; diff = accuracy minus "
         "direct's on the same problems, [diff_lo, diff_hi] its paired-bootstrap 95% interval, "
         "mcnemar_p its exact McNemar p; steered = the pack's transferred key; native-key = the "
         "target's own key (the ceiling); random = random directions with the key's per-layer "

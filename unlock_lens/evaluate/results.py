@@ -11,7 +11,9 @@ installed) and a ``results.meta.json`` sidecar (models, pack hash, dataset, deco
 
 The summary has one row per (condition, alpha, seed); the random control has a pooled row
 (``seed`` missing, ``n_seeds`` > 1) plus one row per seed. Columns: accuracy with a 95% Wilson
-interval, CoT-format rate, mean output tokens, mean first-token entropy (nats), and the paired
+interval, CoT-format rate (:func:`shows_working`, lenient) beside the stricter multi-step rate
+(two or more :func:`arithmetic_steps`) and the degenerate rate (:func:`degenerate`), mean output
+tokens, mean first-token entropy (nats), and the paired
 difference against ``direct``
 (per-problem accuracy, averaged over seeds for a pooled row) with a paired-bootstrap 95%
 interval over problems and an exact McNemar p-value. For a pooled row the Wilson interval and
@@ -27,6 +29,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +39,13 @@ from unlock_lens.evaluate.stats import mcnemar_exact, paired_bootstrap_diff, wil
 
 __all__ = [
     "CONDITIONS",
+    "DEGENERATE_KINDS",
     "ROW_FIELDS",
     "EvalResults",
+    "arithmetic_steps",
+    "behaviour",
+    "degenerate",
+    "degenerate_kind",
     "markdown_table",
     "shows_working",
     "summarize",
@@ -86,36 +94,87 @@ def arithmetic_steps(text: str) -> int:
     return len(_EQUATION_RE.findall(text))
 
 
-def degenerate(text: str, *, max_period: int = 64, min_span: int = 96) -> str | None:
-    """Why an output is degenerate, or None: ``"empty"``, ``"whitespace"`` (blank or newlines
-    only) or ``"loop"`` (its last ``max(2p, min_span)`` characters repeat one block of
-    ``p <= max_period`` characters, e.g. the same line over and over).
+DEGENERATE_KINDS = ("blank", "cut-by-stop", "near-loop", "loop")
+_NUMBERED_EMPTY_RE = re.compile(r"^\s*\d+\s*[.):]?\s*$")
+_NUMBER_RE = re.compile(r"\d+")
 
-    >>> degenerate(" \\n"), degenerate("ab" * 60), degenerate("3 + 5 = 8. The final answer is 8.")
-    ('whitespace', 'loop', None)
+
+def _same_step(a: str, b: str, min_similarity: float) -> bool:
+    """Identical, or both worded (>= 3 words once numbers are masked) and equal up to small
+    edits: a bare calculation chain ("5 + 3 = 8", "8 + 2 = 10") is not a repeat."""
+    if a == b:
+        return True
+    a, b = _NUMBER_RE.sub("#", a), _NUMBER_RE.sub("#", b)
+    if min(len(_WORD_RE.findall(a)), len(_WORD_RE.findall(b))) < 3:
+        return False
+    return SequenceMatcher(None, a, b).ratio() >= min_similarity
+
+
+def _looping_steps(text: str, min_run: int, min_similarity: float) -> str | None:
+    """"loop" / "near-loop" when ``min_run`` consecutive steps (lines or sentences) repeat one
+    step exactly / with small edits; None otherwise."""
+    steps = [s.strip() for s in _STEP_SPLIT_RE.split(text) if s.strip()]
+    run_start = 0
+    for i in range(1, len(steps) + 1):
+        if i < len(steps) and _same_step(steps[i - 1], steps[i], min_similarity):
+            continue
+        if i - run_start >= min_run:
+            return "loop" if len(set(steps[run_start:i])) == 1 else "near-loop"
+        run_start = i
+    return None
+
+
+def degenerate_kind(text: str, *, max_period: int = 64, min_span: int = 96, min_run: int = 3,
+                    min_similarity: float = 0.9) -> str | None:
+    """What kind of degenerate output ``text`` is (one of ``DEGENERATE_KINDS``), or None.
+
+    - ``"blank"``: empty, or whitespace that does not end in a newline;
+    - ``"cut-by-stop"``: whitespace ending in a newline: the blank line the ``"\\nQuestion:"``
+      stop string leaves when the model starts the next question instead of answering;
+    - ``"loop"``: the last ``max(2p, min_span)`` characters repeat one block of
+      ``p <= max_period`` characters, or ``min_run`` consecutive lines / sentences are identical;
+    - ``"near-loop"``: ``min_run`` consecutive worded lines / sentences repeat one with small
+      edits (a difflib ratio >= ``min_similarity`` once numbers are masked: "The number of days
+      is 15." then "... is 16."), or ``min_run`` numbered empty items (``"1.\\n2.\\n3."``).
+
+    >>> [degenerate_kind(t) for t in ("", "\\n", "ab" * 60, "1.\\n2.\\n3.", "3 + 5 = 8. It is 8.")]
+    ['blank', 'cut-by-stop', 'loop', 'near-loop', None]
     """
-    if text == "":
-        return "empty"
     if not text.strip():
-        return "whitespace"
+        return "cut-by-stop" if text.endswith("\n") else "blank"
     for p in range(1, max_period + 1):
         span = max(2 * p, min_span)
         if len(text) >= span and text[-span + p:] == text[-span:-p]:
             return "loop"
-    return None
+    if sum(bool(_NUMBERED_EMPTY_RE.match(line)) for line in text.splitlines()) >= min_run:
+        return "near-loop"
+    return _looping_steps(text, min_run, min_similarity)
+
+
+def degenerate(text: str, **kwargs: Any) -> bool:
+    """Whether an output is degenerate: blank, cut by a stop string to nothing, a loop or a
+    near-loop (:func:`degenerate_kind` says which; ``kwargs`` go to it).
+
+    >>> degenerate(" \\n"), degenerate("ab" * 60), degenerate("3 + 5 = 8. The final answer is 8.")
+    (True, True, False)
+    """
+    return degenerate_kind(text, **kwargs) is not None
 
 
 def behaviour(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Generation-level measures of one condition's rows (``evaluate`` rows: output, correct,
-    cot_format, n_tokens): the CoT-format rate among non-degenerate outputs, the stricter
-    multi-step rate among them (two or more :func:`arithmetic_steps`), the degenerate rate beside
-    them, mean length in tokens, and accuracy."""
+    cot_format, n_tokens): the degenerate rate and the rate of each kind
+    (``<kind>_rate``, :data:`DEGENERATE_KINDS`, ``-`` as ``_``), the CoT-format rate among
+    non-degenerate outputs beside the stricter multi-step rate among them (two or more
+    :func:`arithmetic_steps`), mean length in tokens, and accuracy."""
     if not rows:
         raise UnlockLensError("no rows to summarise: pass a condition's evaluation rows")
-    healthy = [r for r in rows if degenerate(r["output"]) is None]
+    kinds = [degenerate_kind(r["output"]) for r in rows]
+    healthy = [r for r, k in zip(rows, kinds, strict=True) if k is None]
     return {
         "n": len(rows),
         "degenerate_rate": 1.0 - len(healthy) / len(rows),
+        **{f"{kind.replace('-', '_')}_rate": kinds.count(kind) / len(rows) for kind in DEGENERATE_KINDS},
         "cot_rate_non_degenerate": (sum(bool(r["cot_format"]) for r in healthy) / len(healthy)
                                     if healthy else float("nan")),
         "multi_step_rate_non_degenerate": (sum(arithmetic_steps(r["output"]) >= 2 for r in healthy) / len(healthy)
@@ -201,6 +260,8 @@ def _summary_row(
         "acc_lo": lo,
         "acc_hi": hi,
         "cot_rate": sum(bool(r["cot_format"]) for r in rows) / n,
+        "multi_step_rate": sum(arithmetic_steps(r["output"]) >= 2 for r in rows) / n,
+        "degenerate_rate": sum(degenerate(r["output"]) for r in rows) / n,
         "mean_tokens": sum(int(r["n_tokens"]) for r in rows) / n,
         "first_token_entropy": _nanmean([r.get("first_token_entropy") for r in rows]),
         **paired,
@@ -238,7 +299,8 @@ def summary_records(
 def summarize(
     rows: Sequence[dict[str, Any]], *, baseline: str = "direct", n_boot: int = 2000, seed: int = 0
 ):
-    """Summary table (pandas DataFrame): accuracy + Wilson CI, CoT rate, length, paired diff."""
+    """Summary table (pandas DataFrame): accuracy + Wilson CI, CoT rate beside the multi-step
+    rate, degenerate rate, length, paired diff."""
     import pandas as pd
 
     frame = pd.DataFrame(summary_records(rows, baseline=baseline, n_boot=n_boot, seed=seed))

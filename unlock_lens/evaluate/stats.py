@@ -1,4 +1,5 @@
-"""Small-sample statistics for accuracy tables: Wilson intervals, paired bootstrap, McNemar.
+"""Small-sample statistics for accuracy tables: Wilson intervals, paired bootstrap, McNemar;
+agreement of two labellings (Cohen's kappa, confusion counts).
 
 Pure functions on Python / NumPy values; no model code, no global random state.
 """
@@ -6,14 +7,16 @@ Pure functions on Python / NumPy values; no model code, no global random state.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Hashable, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
 from unlock_lens.errors import UnlockLensError
 
-__all__ = ["DiffInterval", "mcnemar_exact", "paired_bootstrap_diff", "wilson_interval"]
+__all__ = ["DiffInterval", "cohen_kappa", "confusion_counts", "mcnemar_exact", "paired_bootstrap_diff",
+           "wilson_interval"]
 
 
 class DiffInterval(NamedTuple):
@@ -99,3 +102,24 @@ def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1))
     return min(1.0, 2 * tail / 2**n)
+
+
+def confusion_counts(truth: Sequence[Hashable], predicted: Sequence[Hashable]) -> dict[tuple[Hashable, Hashable], int]:
+    """How often each (truth, predicted) pair of labels occurs (pairs that never occur are absent)."""
+    if len(truth) != len(predicted):
+        raise UnlockLensError(f"{len(truth)} labels against {len(predicted)} predictions: label the same items")
+    return dict(Counter(zip(truth, predicted, strict=True)))
+
+
+def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable]) -> float:
+    """Cohen's kappa of two labellings of the same items: (p_o - p_e) / (1 - p_e), with p_o the
+    observed agreement and p_e the agreement expected from the two marginals; NaN when p_e = 1
+    (both give every item one and the same label)."""
+    counts = confusion_counts(a, b)
+    n = len(a)
+    if n == 0:
+        raise UnlockLensError("no items to compare: pass at least one label")
+    p_o = sum(c for (x, y), c in counts.items() if x == y) / n
+    left, right = Counter(a), Counter(b)
+    p_e = sum(left[label] * right[label] for label in left) / n**2
+    return float("nan") if p_e == 1 else (p_o - p_e) / (1 - p_e)
