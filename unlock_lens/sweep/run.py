@@ -221,7 +221,8 @@ class Sweeper:
         self.pairing = LayerPairing.by_depth(n_src, n_tgt)
         self.pairing.require_source(pair.key.layers)
         self.bank = MapBank(Variant(pair.source, pair.source_formats[0]), Variant(tgt, locked),
-                            pair.questions["align"], self.pairing, settings.max_pairs, progress)
+                            pair.questions["align"], self.pairing, settings.max_pairs, progress,
+                            unlocked=Variant(pair.source, pair.source_formats[1]))
         tok, qs = tgt.tokenizer, pair.questions["eval"]
         reference = final_logits(tgt, unlocked.render_all(qs, tok), batch_size=settings.batch_size,
                                  special_tokens=unlocked.special_tokens)
@@ -425,15 +426,15 @@ def register(app: Any) -> None:
         ranks: Annotated[str, typer.Option(help="map ranks, comma list")] = "16",
         alphas: Annotated[str, typer.Option(help="steering strengths, comma list")] = "0.1,0.25,0.5,1",
         methods: Annotated[str, typer.Option(help="alignment methods, comma list")] = "svd",
-        kinds: Annotated[str, typer.Option(help="alignment data kinds: last, tokens, text, tokens+last")] = "last",
+        kinds: Annotated[str, typer.Option(help="alignment data kinds: last, tokens, text, continuations, or +-joined (tokens+last)")] = "last",
         n_random: Annotated[int, typer.Option(help="random-mapped reference directions per cell")] = 10,
-        n_key: int = 64,
-        n_align: int = 256,
+        n_key: Annotated[int, typer.Option(help="key questions (both keys; disjoint from align and eval)")] = 64,
+        n_align: Annotated[int, typer.Option(help="alignment questions, disjoint from the key's")] = 256,
         n_eval: Annotated[int, typer.Option(help="prompts scored per configuration")] = 64,
         vocab_k: Annotated[int | None, typer.Option(help="KL / entropy over the reference's top-k union plus a rest "
                                                 "bucket (faster; then not full-vocabulary KL)")] = None,
-        seed: int = 0,
-        device: str = "cpu",
+        seed: Annotated[int, typer.Option(help="seed of the disjoint key / align / eval question splits")] = 0,
+        device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:N or mps")] = "cpu",
     ) -> None:
         """Layer sets x rank x alpha x method x data kind: first-token KL to the target's CoT
         prompt, entropy, p(its top token), top-1 agreement, against the native key and
