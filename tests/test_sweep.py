@@ -189,3 +189,27 @@ def test_cli_small_grid_with_a_restricted_vocabulary(tmp_path):
     table = json.loads((out / "sweep.json").read_text())
     assert table["settings"]["vocab_k"] == 5 and len(table["rows"]) == 6
     assert "not full vocabulary" in (out / "report.html").read_text()
+
+
+def test_the_fidelity_column_ranks_the_key_among_the_random_directions(pair, tmp_path):
+    """--fidelity-tokens: per cell, F of the key and of each random-mapped direction on the
+    native key's own continuations (same layers, same alpha). On the organisms the key carries
+    the behaviour at alpha 1 (F near 1, above every random direction); the key's F equals the
+    one pack_fidelity computes for the same maps, key and references."""
+    from unlock_lens.diagnostics.fidelity import greedy_reference, likelihood_fidelity
+
+    grid = SweepGrid(layers=("all",), ranks=(4,), alphas=(1.0,), n_random=5)
+    settings = SweepSettings(n_key=16, n_align=64, n_eval=16, fidelity_tokens=8)
+    table = run_sweep(grid, settings, tmp_path, pair=pair, progress=False, report=False)
+    row = table.iloc[0]
+    assert row.key_fidelity > 0.8 and row.key_fidelity_rank == 1 and row.key_fidelity_p == pytest.approx(1 / 6)
+    assert row.random_fidelity_max < row.key_fidelity
+    # the same number through likelihood_fidelity, one condition at a time
+    sweeper = sweep_module.Sweeper(pair, settings, grid)
+    maps = sweeper.bank("last", "svd", 4)
+    cell = grid.cells(4)[0]
+    key = sweeper._steering(sweep_module.map_directions(pair.key, maps), cell)
+    native = sweeper._steering({t: pair.native.direction(t) for t in cell.layers}, cell)
+    ref = greedy_reference(pair.target, sweeper.locked_prompts, name="native", steering=native, max_new_tokens=8)
+    report = likelihood_fidelity(pair.target, ref, native=native, candidates={"key": key}, progress=False)
+    assert report.summary(n_boot=10).set_index("condition").loc["key", "F"] == pytest.approx(row.key_fidelity, abs=1e-6)

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import pandas as pd
 import torch
 import typer
@@ -54,6 +55,7 @@ from unlock_lens.align.layers import (
 from unlock_lens.alignment_data import parse_data
 from unlock_lens.controls import random_mapped
 from unlock_lens.diagnostics import cached_scoring
+from unlock_lens.diagnostics.fidelity import direction_rank, fidelity_ratio, greedy_reference
 from unlock_lens.diagnostics.restricted_vocab import MEASURES, FirstTokenReference
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.steer import Steering
@@ -207,6 +209,7 @@ class SweepSettings:
     batch_size: int = 64
     device: str = "cpu"
     extra_measures: tuple[str, ...] = field(default=())
+    fidelity_tokens: int = 0
 
 
 class Sweeper:
@@ -231,6 +234,8 @@ class Sweeper:
                                                  special_tokens=locked.special_tokens)
         self.direct = _means(self.reference.measures(_score_configurations(tgt, self.cache, [None])[0]))
         self.random_seeds = range(settings.seed, settings.seed + grid.n_random)
+        self.locked_prompts = locked.render_all(qs, tok)
+        self._references: dict[tuple[str, float], tuple[Any, Any]] = {}
         self._native: dict[tuple[str, float], dict[str, float]] = {}
 
     def _steering(self, directions: Mapping[int, Tensor], cell: Cell) -> Steering:
@@ -263,12 +268,36 @@ class Sweeper:
             row[f"random_{m}_min"], row[f"random_{m}_max"] = float(values.min()), float(values.max())
         row.update({f"native_{m}": v for m, v in self._native[native_key].items()})
         row["key_below_all_random"] = bool(row["key_kl"] < row["random_kl_min"])
+        if self.settings.fidelity_tokens:
+            row.update(self.fidelity(cell, steerings[: 1 + self.grid.n_random]))
         for name, measure in self.extra.items():
             values = list(measure(steerings[: 1 + self.grid.n_random]))
             row[f"key_{name}"] = float(values[0])
             row[f"random_{name}_mean"] = float(sum(values[1:]) / max(1, len(values) - 1))
         row["seconds"] = round(time.perf_counter() - t0, 3)
         return row
+
+    def fidelity(self, cell: Cell, steerings: Sequence[Steering]) -> dict[str, Any]:
+        """Likelihood fidelity F of the key and of each random-mapped direction (the first
+        steering is the key): the native key's greedy continuations on these layers at this
+        alpha are the reference (built once per layer set and alpha), every condition is scored
+        on one prefix cache, and the key's F is ranked among the random directions'."""
+        tgt, ref_id = self.pair.target, (cell.layer_set, cell.alpha)
+        native = self._steering({t: self.pair.native.direction(t) for t in cell.layers}, cell)
+        if ref_id not in self._references:
+            ref = greedy_reference(tgt, self.locked_prompts, name="native", steering=native,
+                                   max_new_tokens=self.settings.fidelity_tokens,
+                                   batch_size=self.settings.batch_size)
+            self._references[ref_id] = ref, cached_scoring.prefix_cache(
+                tgt, list(ref.prompts), batch_size=self.settings.batch_size)
+        ref, cache = self._references[ref_id]
+        ll, _ = cached_scoring.continuation_loglik(tgt, cache, ref.tokens, [None, native, *steerings])
+        gains = ll[1:] - ll[0]
+        f = [fidelity_ratio(g, gains[0]) for g in gains[1:]]
+        rank, p = direction_rank(f[0], f[1:])
+        return {"key_fidelity": f[0], "random_fidelity_mean": float(np.mean(f[1:])),
+                "random_fidelity_max": float(np.max(f[1:])), "key_fidelity_rank": rank,
+                "key_fidelity_p": p}
 
 
 # ---- the resumable run --------------------------------------------------------------------
@@ -386,6 +415,8 @@ def check_grid(grid: SweepGrid, settings: SweepSettings) -> None:
     for flag in ("n_key", "n_align", "n_eval", "batch_size"):
         if getattr(settings, flag) < 1:
             raise UnlockLensError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(settings, flag)}")
+    if settings.fidelity_tokens < 0:
+        raise UnlockLensError(f"--fidelity-tokens must be 0 (off) or more, got {settings.fidelity_tokens}")
     if settings.vocab_k is not None and settings.vocab_k < 1:
         raise UnlockLensError(f"--vocab-k must be at least 1, got {settings.vocab_k}")
 
@@ -433,6 +464,9 @@ def register(app: Any) -> None:
         n_eval: Annotated[int, typer.Option(help="prompts scored per configuration")] = 64,
         vocab_k: Annotated[int | None, typer.Option(help="KL / entropy over the reference's top-k union plus a rest "
                                                 "bucket (faster; then not full-vocabulary KL)")] = None,
+        fidelity_tokens: Annotated[int, typer.Option(help="also score the likelihood fidelity F of each cell on the "
+                                                     "native key's greedy continuations of this many tokens, ranked "
+                                                     "among the random-mapped directions (0: off)")] = 0,
         seed: Annotated[int, typer.Option(help="seed of the disjoint key / align / eval question splits")] = 0,
         device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:N or mps")] = "cpu",
     ) -> None:
@@ -442,7 +476,8 @@ def register(app: Any) -> None:
         grid = SweepGrid(_split(layers, str, "layers"), _split(ranks, int, "ranks"),
                          _split(alphas, float, "alphas"), _split(methods, str, "methods"),
                          _split(kinds, str, "kinds"), n_random)
-        settings = SweepSettings(source, target, n_key, n_align, n_eval, seed, vocab_k=vocab_k, device=device)
+        settings = SweepSettings(source, target, n_key, n_align, n_eval, seed, vocab_k=vocab_k, device=device,
+                                 fidelity_tokens=fidelity_tokens)
         table = run_sweep(grid, settings, out)
         best = table.loc[table["key_kl"].idxmin()]
         typer.echo(f"{len(table)} cells -> {out}/sweep.csv, report {out}/report.html; lowest KL "
