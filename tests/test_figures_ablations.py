@@ -41,8 +41,8 @@ def test_progress_counts_every_steered_pass(setup, monkeypatch, capsys):
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     abl.rank_sweep(setup, ranks=(2, 4), methods=("svd", "ridge"), seeds=SEEDS, progress=True)
     bars = capsys.readouterr().err
-    # svd at two ranks (2 x (key + 3 seeds) = 8 passes), ridge once (4 passes)
-    assert "rank sweep (steered passes): 100%" in bars and "8/8" in bars and "4/4" in bars
+    # svd at two ranks (2 x (key + 3 seeds) = 8 configurations), ridge once (4)
+    assert "rank sweep (steered configurations): 100%" in bars and "8/8" in bars and "4/4" in bars
 
 
 def test_native_row_scores_the_targets_own_key(setup, tiny_models, questions):

@@ -249,8 +249,11 @@ def test_pack_with_organism_format_reloads_and_steers_the_same(zoo, keys, test_p
 
 
 def test_run_demo_table(tmp_path):
+    from html import escape
+
     from test_legends import DEMO_COLUMNS
 
+    from unlock_lens.legends import TABLE_LEGENDS
     from unlock_lens.organisms import run_demo
 
     df = run_demo(n_test=40, n_random=2, html=tmp_path / "demo.html", verbose=False)
@@ -258,7 +261,7 @@ def test_run_demo_table(tmp_path):
     assert any("UNLOCK" in c for c in df["condition"]) and any("random" in c for c in df["condition"])
     assert (df["n"] > 0).all() and ((df["ci_lo"] <= df["accuracy"]) & (df["accuracy"] <= df["ci_hi"])).all()
     html = (tmp_path / "demo.html").read_text()
-    assert html.count("plotly") > 0 and "max_seed_accuracy = the best single random seed" in html
+    assert html.count("plotly") > 0 and escape(TABLE_LEGENDS["demo"]) in html
     assert set(df.columns) == set(DEMO_COLUMNS)  # the columns the legend defines (tests/test_legends.py)
 
 
