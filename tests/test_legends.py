@@ -24,7 +24,7 @@ def test_each_legend_is_one_line_and_names_every_column_of_its_table():
         unnamed = [c for c in columns if c not in ("condition", "alpha", "seed", "n", "model")
                    and c not in legend]
         assert not unnamed, (table, unnamed)
-    assert "random-mapped" in TABLE_LEGENDS["run"] and "random =" in TABLE_LEGENDS["run"]
+    assert "random-mapped =" in TABLE_LEGENDS["run"] and "random =" in TABLE_LEGENDS["eval"]
 
 
 def test_readme_quotes_every_legend_word_for_word():

@@ -6,12 +6,6 @@ reports under theirs, and README quotes them (``tests/test_legends.py`` holds RE
 
 from __future__ import annotations
 
-CONTROLS = (
-    "random = random directions with the key's per-layer norms, drawn in the target (one per seed); "
-    "random-mapped = random source directions carried through the same maps as the key (the "
-    "control that shares the key's target subspace)"
-)
-
 TABLE_LEGENDS: dict[str, str] = {
     "demo": (
         "accuracy = exact answers among the n held-out problems, [ci_lo, ci_hi] its 95% Wilson "
@@ -48,7 +42,9 @@ TABLE_LEGENDS: dict[str, str] = {
         "unsteered = no steering; native = the target's own key (the ceiling); transferred = the "
         "mapped key; -transferred = its negation; nulls qX = the X quantile of the null "
         "directions' F and the matching quantile of their KL; "
-        f"{CONTROLS}; NaN = does not apply to the row."
+        "random-mapped = random source directions with the key's per-layer norms carried through "
+        "the same maps (the control that shares the key's target subspace); NaN = does not apply "
+        "to the row."
     ),
 }
 
