@@ -175,7 +175,9 @@ def report(args: argparse.Namespace) -> Path:
                              f"{_f(row.p, '.3f')} | {_f(row.first_token_kl, '.3f')} | {int(row.kl_rank)} | {nulls} |")
         lines.append("")
     path = args.out.parent / "real_pair_fidelity.md"
-    path.write_text("\n".join(lines) + "\n")
+    reading = path.read_text().split("\n## Reading", 1) if path.exists() else [""]
+    kept = "\n## Reading" + reading[1] if len(reading) > 1 else ""  # written by hand: kept
+    path.write_text("\n".join(lines) + "\n" + kept)
     return path
 
 
