@@ -120,8 +120,10 @@ def greedy_reference(
 
     ``steering``: the behaviour's own steering (the target's native key); ``generate_from``:
     prompts to generate from instead (the capability prompt, one per entry of ``prompts``),
-    whose continuations are then scored after the locked ``prompts``. A continuation that
-    came out empty is dropped with its prompt (it has no likelihood to compare).
+    whose continuations are then scored after the locked ``prompts``. ``stop_strings`` cut a
+    continuation as generation does (the kept tokens are the exact ids generated); with none,
+    the raw ``max_new_tokens`` greedy tokens. A continuation that came out empty is dropped
+    with its prompt (it has no likelihood to compare); ``indices`` records the prompts kept.
     """
     sources = list(prompts if generate_from is None else generate_from)
     if len(sources) != len(prompts):
@@ -217,7 +219,8 @@ class FidelityReport:
 
     def summary(self, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> Any:
         """One row per condition: gain per token, pooled F with a paired-bootstrap interval over
-        problems, and the rank / p among the null directions (each null's own row, then their
+        problems, and the rank / p among the null directions by mean gain (F's order, the
+        native key raising its own continuations' likelihood) (each null's own row, then their
         quantiles as rows ``nulls q0.5``, ``nulls q0.95``, ``nulls q1``);
         with a first-token reference also the mean first-token KL to it and its rank / p among
         the nulls (lower is closer)."""
