@@ -112,14 +112,15 @@ def confusion_counts(truth: Sequence[Hashable], predicted: Sequence[Hashable]) -
 
 
 def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable]) -> float:
-    """Cohen's kappa of two labellings of the same items: (p_o - p_e) / (1 - p_e), with p_o the
-    observed agreement and p_e the agreement expected from the two marginals; NaN when p_e = 1
-    (both give every item one and the same label)."""
-    counts = confusion_counts(a, b)
-    n = len(a)
-    if n == 0:
+    """Cohen's kappa of two labellings of the same items (scikit-learn's
+    ``cohen_kappa_score``): (p_o - p_e) / (1 - p_e); NaN when p_e = 1 (both give every item one
+    and the same label)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    if len(a) != len(b):
+        raise UnlockLensError(f"{len(a)} labels against {len(b)} predictions: label the same items")
+    if len(a) == 0:
         raise UnlockLensError("no items to compare: pass at least one label")
-    p_o = sum(c for (x, y), c in counts.items() if x == y) / n
-    left, right = Counter(a), Counter(b)
-    p_e = sum(left[label] * right[label] for label in left) / n**2
-    return float("nan") if p_e == 1 else (p_o - p_e) / (1 - p_e)
+    if len(set(a) | set(b)) == 1:
+        return float("nan")
+    return float(cohen_kappa_score([str(x) for x in a], [str(x) for x in b]))
