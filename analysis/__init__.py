@@ -170,5 +170,39 @@ def write(frame: pd.DataFrame | None, fig: Any, args: argparse.Namespace, stem: 
     return paths
 
 
+@dataclass
+class Direction:
+    """What every per-direction real-pair script opens with: its output folder, a timed log,
+    both models in the library pipeline, and the GSM8K-train pool with its key / align parts."""
+
+    out: Path
+    t0: float
+    pipe: Any
+    pool: list[str]
+    key_qs: list[str]
+    align_qs: list[str]
+
+    def log(self, *parts: Any) -> None:
+        print(f"[{time.perf_counter() - self.t0:6.0f}s]", *parts, flush=True)
+
+
+def open_direction(args: argparse.Namespace) -> Direction:
+    """Threads, ``--out/<source>_to_<target>/``, both models (library protocol) and the key /
+    alignment questions (``--n-key`` / ``--n-align``) of GSM8K train."""
+    import torch
+
+    from unlock_lens.evaluate.datasets import load_dataset
+    from unlock_lens.unlock import Unlock
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    out = args.out / f"{Path(args.source).name}_to_{Path(args.target).name}"
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = Unlock(load_any(args.source), load_any(args.target), protocol="library")
+    pool = [p.question for p in load_dataset("gsm8k", "train")]
+    key_qs, align_qs = pipe.protocol.question_sets(pool, args.n_key, args.n_align)
+    return Direction(out, t0, pipe, pool, key_qs, align_qs)
+
+
 def log(t0: float, *parts: Any) -> None:
     print(f"[{time.perf_counter() - t0:6.1f}s]", *parts, flush=True)

@@ -51,7 +51,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from analysis import MapBank, load_any
+from analysis import MapBank, open_direction
 from analysis.protocol_diff import METRICS, first_token_metrics, interval
 from analysis.real_pair import EVAL_PARTS
 from unlock_lens import Steering, Unlock, generate, load_dataset
@@ -139,18 +139,9 @@ def mapped_keys(bank: MapBank, kinds: list[str], ranks: list[int], key: Any, nat
 
 
 def run_direction(args: argparse.Namespace) -> Path:
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    out = args.out / f"{Path(args.source).name}_to_{Path(args.target).name}"
-    out.mkdir(parents=True, exist_ok=True)
-
-    def log(*parts: Any) -> None:
-        print(f"[{time.perf_counter() - t0:6.0f}s]", *parts, flush=True)
-
-    source, target = load_any(args.source), load_any(args.target)
-    pipe = Unlock(source, target, protocol="library")
-    pool = [p.question for p in load_dataset("gsm8k", "train")]
-    key_qs, align_qs = pipe.protocol.question_sets(pool, args.n_key, args.n_align)
+    d = open_direction(args)
+    out, t0, log, pipe, target = d.out, d.t0, d.log, d.pipe, d.pipe.target
+    pool, key_qs, align_qs = d.pool, d.key_qs, d.align_qs
     dev_qs = pool[: args.n_dev]
     key = pipe.extract(key_qs)
     native = Unlock(target, target, protocol="library").extract(key_qs)

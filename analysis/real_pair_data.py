@@ -58,7 +58,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from analysis import MapBank, load_any
+from analysis import MapBank, load_any, open_direction
 from analysis.data_kinds import cosines
 from analysis.protocol_diff import METRICS, first_token_metrics, interval
 from analysis.real_pair import EVAL_PARTS  # the same dev / eval problems as the first runs
@@ -148,19 +148,10 @@ def prune(grid: pd.DataFrame, unsteered_p_cot_top: float) -> pd.DataFrame:
 
 
 def run_direction(args: argparse.Namespace) -> Path:
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    out = args.out / f"{Path(args.source).name}_to_{Path(args.target).name}"
-    out.mkdir(parents=True, exist_ok=True)
-
-    def log(*parts: Any) -> None:
-        print(f"[{time.perf_counter() - t0:6.0f}s]", *parts, flush=True)
-
     wanted = conditions(args)
-    source, target = load_any(args.source), load_any(args.target)
-    pipe = Unlock(source, target, protocol="library")
-    pool = [p.question for p in load_dataset("gsm8k", "train")]
-    key_qs, align_qs = pipe.protocol.question_sets(pool, args.n_key, args.n_align)
+    d = open_direction(args)
+    out, t0, log, pipe, target = d.out, d.t0, d.log, d.pipe, d.pipe.target
+    key_qs, align_qs = d.key_qs, d.align_qs
     dev, held = problem_sets(args, key_qs + align_qs)
     key = pipe.extract(key_qs)
     native = Unlock(target, target, protocol="library").extract(key_qs)

@@ -28,13 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
-from analysis import MapBank, load_any
+from analysis import MapBank, open_direction
 from analysis.real_pair_data import problem_sets
 from unlock_lens.align.layers import LayerPairing
 from unlock_lens.diagnostics.fidelity import greedy_reference, likelihood_fidelity, pack_fidelity
-from unlock_lens.evaluate.datasets import load_dataset
 from unlock_lens.evaluate.runner import DEFAULT_STOP_STRINGS
 from unlock_lens.model_info import ModelInfo
 from unlock_lens.pack import CapabilityPack
@@ -73,18 +71,9 @@ def pack_of(key: Any, maps: Any, target: Any) -> CapabilityPack:
 
 
 def run_direction(args: argparse.Namespace) -> Path:
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    out = args.out / f"{args.source}_to_{args.target}"
-    out.mkdir(parents=True, exist_ok=True)
-
-    def log(*parts: Any) -> None:
-        print(f"[{time.perf_counter() - t0:6.0f}s]", *parts, flush=True)
-
-    source, target = load_any(args.source), load_any(args.target)
-    pipe = Unlock(source, target, protocol="library")
-    pool = [p.question for p in load_dataset("gsm8k", "train")]
-    key_qs, align_qs = pipe.protocol.question_sets(pool, args.n_key, args.n_align)
+    d = open_direction(args)
+    out, t0, log, pipe, target = d.out, d.t0, d.log, d.pipe, d.pipe.target
+    key_qs, align_qs = d.key_qs, d.align_qs
     ns = argparse.Namespace(seed=args.seed, n_dev=args.n_dev, n_eval=args.n_eval)
     dev, held = problem_sets(ns, key_qs + align_qs)
     key = pipe.extract(key_qs)
