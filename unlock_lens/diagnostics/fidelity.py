@@ -340,6 +340,8 @@ def pack_fidelity(
     n_nulls: int = 30,
     seed: int = 0,
     extra_nulls: Mapping[str, Mapping[int, Tensor]] | None = None,
+    extra_candidates: Mapping[str, Mapping[int, Tensor]] | None = None,
+    native_reference: Reference | None = None,
     max_new_tokens: int = 32,
     stop_strings: Sequence[str] = (),
     batch_size: int = 16,
@@ -354,7 +356,12 @@ def pack_fidelity(
     reference. Candidates: the transferred key and its negation (alpha -> -alpha). Nulls:
     ``n_nulls`` random-mapped directions (seeds ``seed..``) and ``extra_nulls`` (structured
     nulls already in the target's space, e.g. a half split or a paraphrased-template contrast
-    through the same maps). Every steering uses the pack's normalisation and positions.
+    through the same maps). ``extra_candidates``: more directions in the target's space, scored
+    and ranked like the transferred key but not in the null population (e.g. random target
+    directions, the native key's own null). ``native_reference``: the native key's greedy
+    continuations of ``locked_prompts`` already generated (:func:`greedy_reference` with this
+    alpha), used instead of generating them again. Every steering uses the pack's
+    normalisation and positions.
     """
     unknown = sorted(set(references) - {"native", "unlocked-prompt"})
     if unknown or not references:
@@ -365,12 +372,18 @@ def pack_fidelity(
 
     native = steered.like(native_directions)
     candidates = {"transferred": steered, "-transferred": steered.like(steered.directions, -alpha)}
+    candidates.update({name: steered.like(d) for name, d in (extra_candidates or {}).items()})
     nulls = {f"random-mapped {seed + i}": steered.like(d)
              for i, d in enumerate(random_mapped_nulls(pack.key, pack.maps, n_nulls, seed=seed))}
     nulls.update({name: steered.like(d) for name, d in (extra_nulls or {}).items()})
     decoding = dict(max_new_tokens=max_new_tokens, stop_strings=stop_strings, batch_size=batch_size)
     refs = []
-    if "native" in references:
+    if "native" in references and native_reference is not None:
+        if not set(native_reference.prompts) <= set(locked_prompts):
+            raise UnlockLensError("native_reference continues other prompts than locked_prompts: "
+                                  "build it with greedy_reference on the same locked prompts")
+        refs.append(native_reference)
+    elif "native" in references:
         refs.append(greedy_reference(target, locked_prompts, name="native", steering=native, **decoding))
     if "unlocked-prompt" in references:
         refs.append(greedy_reference(target, locked_prompts, name="unlocked-prompt",
