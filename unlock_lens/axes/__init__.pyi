@@ -11,3 +11,10 @@ from .scorers import (
     SCORER_PARAMS as SCORER_PARAMS,
     make_scorer as make_scorer,
 )
+from .pool import (
+    SPLIT_FRACTIONS as SPLIT_FRACTIONS,
+    neutral_requests as neutral_requests,
+    request_fingerprint as request_fingerprint,
+    request_pool as request_pool,
+    split_of as split_of,
+)
