@@ -9,7 +9,7 @@ import pytest
 import unlock_lens
 
 PACKAGES = ["unlock_lens", "unlock_lens.align", "unlock_lens.axes", "unlock_lens.diagnostics",
-            "unlock_lens.evaluate", "unlock_lens.organisms", "unlock_lens.sweep"]
+            "unlock_lens.evaluate", "unlock_lens.organisms", "unlock_lens.sweep", "unlock_lens.axes_report"]
 
 
 def _stub_imports(package: str) -> dict[str, tuple[str, str]]:
@@ -54,7 +54,8 @@ def test_core_math_imports_no_model_library():
 
 #: the method's order, bottom to top: a module may import its own layer and those below it
 LAYERS = [
-    ["errors", "legends", "compat", "model_info", "artifacts", "interventions", "distributions", "plots"],
+    ["errors", "legends", "compat", "model_info", "artifacts", "interventions", "distributions", "plots",
+     "resumable"],
     ["prompts", "axes", "models", "random_models"],
     ["activations", "streaming"],
     ["masterkey", "align", "alignment_data", "controls"],
@@ -62,8 +63,8 @@ LAYERS = [
     ["pack", "generation", "backends"],
     ["unlock", "protocol", "evaluate", "export", "lm_eval_adapter"],
     ["diagnostics", "reproduce", "recipes"],
-    ["organisms", "sweep"],
-    ["cli", "cli_checks"],
+    ["organisms", "sweep", "axes_report"],
+    ["cli", "cli_checks", "cli_transfer"],
 ]
 
 

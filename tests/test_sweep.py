@@ -16,13 +16,13 @@ from scipy.stats import entropy as scipy_entropy
 from typer.testing import CliRunner
 
 from unlock_lens.errors import UnlockLensError
+from unlock_lens.resumable import read_rows as read_cells
 from unlock_lens.sweep import run as sweep_module
 from unlock_lens.sweep.run import (
     SweepGrid,
     SweepSettings,
     layer_sets,
     load_pair,
-    read_cells,
     run_sweep,
 )
 

@@ -1,4 +1,5 @@
-"""unlock-lens command line: demo | extract | align | steer | generate | eval | export | run | reproduce.
+"""unlock-lens command line: demo | extract | align | steer | generate | eval | export | run | reproduce |
+sweep | transfer-report.
 
 Models are hub names, local HF directories, .gguf files or registry short names
 (smollm2-135m-instruct, gemma-3-270m). Key and alignment questions come from disjoint
@@ -26,7 +27,7 @@ from unlock_lens.prompts import get_format
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
 
 #: modules that add commands to ``app`` with ``@app.command()`` (imported at the end of this file)
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("unlock_lens.cli_transfer",)
 
 _SPLITS = "; ".join(f"{name}: {check.choices(spec.files)}" for name, spec in DATASETS.items())
 Model = Annotated[str, typer.Option(help="hub id, local HF dir, .gguf file or registry name "

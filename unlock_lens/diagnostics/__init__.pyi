@@ -12,6 +12,15 @@ from .ablations import (
     single_layer_sweep as single_layer_sweep,
     unlocked_tokens as unlocked_tokens,
 )
+from .axes_transfer import (
+    NATIVE_EFFECT_LEVEL as NATIVE_EFFECT_LEVEL,
+    TransferDirection as TransferDirection,
+    TransferSizes as TransferSizes,
+    axis_keys as axis_keys,
+    fit_maps as fit_maps,
+    measure_axis as measure_axis,
+    median_fidelity as median_fidelity,
+)
 from .cached_scoring import (
     PrefixCache as PrefixCache,
     prefix_cache as prefix_cache,
@@ -80,6 +89,13 @@ from .similarity import (
 )
 
 __all__ = [
+    "NATIVE_EFFECT_LEVEL",
+    "TransferDirection",
+    "TransferSizes",
+    "axis_keys",
+    "fit_maps",
+    "measure_axis",
+    "median_fidelity",
     "fidelity_by_alpha",
     "verdict",
     "score_continuations",

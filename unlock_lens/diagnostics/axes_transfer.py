@@ -32,7 +32,6 @@ such and left out of the medians (:func:`median_fidelity`).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -152,8 +151,8 @@ def _scale_free(normalisation: str) -> bool:
 class TransferDirection:
     """One direction of a pair, set up once for every axis: both models, the source's keys,
     the target's native keys, the maps per data kind and the requests. Greedy outputs are
-    memoised by steering (an edit that ignores the direction's length makes the random
-    target directions of every axis the same steering, generated once)."""
+    kept by condition name: the unsteered outputs, and under an edit that ignores a
+    direction's length (``rotate``) the random target directions, serve every axis."""
 
     source: Any
     target: Any
@@ -175,26 +174,14 @@ class TransferDirection:
             target=Variant(self.target, tgt_fmt), questions=self.align_requests,
             spec=kind_spec(kind, self.base_spec), alpha=self.alpha)
 
-    def _fingerprint(self, steering: Steering | None, prompts: Sequence[str]) -> str:
-        digest = hashlib.sha256("\x00".join(prompts).encode())
-        if steering is not None:
-            digest.update(repr((steering.alpha, steering.normalisation, steering.positions, steering.layers,
-                                steering.hook, steering.edit_dtype)).encode())
-            scale_free = _scale_free(steering.normalisation)
-            for layer in sorted(steering.directions):
-                v = steering.directions[layer].detach().float().cpu()
-                v = v / v.norm().clamp_min(1e-12) if scale_free else v
-                digest.update(str(layer).encode() + v.numpy().round(6).tobytes())
-        return digest.hexdigest()
-
-    def outputs(self, prompts: Sequence[str], steering: Steering | None = None) -> list[str]:
-        """Greedy outputs of the target (``sizes.max_new_tokens``), memoised by steering."""
-        key = self._fingerprint(steering, prompts)
-        if key not in self._outputs:
-            self._outputs[key] = [g.text for g in generate(
+    def outputs(self, name: str, prompts: Sequence[str], steering: Steering | None = None) -> list[str]:
+        """Greedy outputs of the target (``sizes.max_new_tokens``) under ``steering``, generated
+        once per ``name`` (name a condition by everything that decides it)."""
+        if name not in self._outputs:
+            self._outputs[name] = [g.text for g in generate(
                 self.target, list(prompts), steering=steering, max_new_tokens=self.sizes.max_new_tokens,
                 batch_size=self.sizes.batch_size)]
-        return self._outputs[key]
+        return self._outputs[name]
 
 
 def _effect(axis: Axis, texts: Sequence[str], baseline: Sequence[float]) -> tuple[float, list[float]]:
@@ -222,7 +209,8 @@ def measure_axis(direction: TransferDirection, axis: Axis, *, progress: bool = F
     like = next(iter(packs.values())).steering(d.alpha)  # edit, positions, hook of every condition
     native = like.like(native_dirs)
 
-    base_scores = axis.score(d.outputs(locked))
+    unsteered = d.outputs("unsteered", locked)
+    base_scores = axis.score(unsteered)
     reference = greedy_reference(tgt, locked, name="native", steering=native,
                                  max_new_tokens=sizes.max_new_tokens, batch_size=sizes.batch_size)
     native_texts = [""] * len(requests)
@@ -230,9 +218,11 @@ def measure_axis(direction: TransferDirection, axis: Axis, *, progress: bool = F
         native_texts[i] = text
     native_effect, native_change = _effect(axis, native_texts, base_scores)
     randoms = {f"random-target {s}": random_like(native_dirs, sizes.seed + s) for s in range(sizes.n_random)}
-    random_effects = [_effect(axis, d.outputs(locked, like.like(dirs)), base_scores)[0] for dirs in randoms.values()]
+    shared = "" if _scale_free(like.normalisation) else f"{axis.name} "  # random_like keeps each layer's draw
+    random_effects = [_effect(axis, d.outputs(f"{shared}{name}", locked, like.like(dirs)), base_scores)[0]
+                      for name, dirs in randoms.items()]
     rank, p = direction_rank(native_effect, random_effects)
-    prompt_texts = d.outputs(unlocked)
+    prompt_texts = d.outputs(f"{axis.name} unlocked prompt", unlocked)
     prompt_effect, _ = _effect(axis, prompt_texts, base_scores)
 
     record: dict[str, Any] = {
@@ -246,7 +236,7 @@ def measure_axis(direction: TransferDirection, axis: Axis, *, progress: bool = F
         "prompt": {"score": float(np.mean(axis.score(prompt_texts))), "effect": prompt_effect},
         "kinds": {},
     }
-    example = {"request": requests[0], "unsteered": d.outputs(locked)[0], "native": native_texts[0],
+    example = {"request": requests[0], "unsteered": unsteered[0], "native": native_texts[0],
                "prompted": prompt_texts[0]}
     for j, (kind, pack) in enumerate(packs.items()):
         steered = pack.steering(d.alpha)
@@ -260,9 +250,10 @@ def measure_axis(direction: TransferDirection, axis: Axis, *, progress: bool = F
             ll_rank, ll_p = direction_rank(gain, [float(report.gain(n).mean()) for n in randoms])
             record["native"].update({"ll_gain_per_token": float(rows.loc["native", "gain_per_token"]),
                                      "ll_rank": ll_rank, "ll_p": ll_p})
-        transferred = d.outputs(locked, steered)
+        transferred = d.outputs(f"{axis.name} transferred {kind}", locked, steered)
         effect, change = _effect(axis, transferred, base_scores)
-        control, _ = _effect(axis, d.outputs(locked, steered.like(random_mapped(pack.key, pack.maps, sizes.seed))),
+        control_dirs = random_mapped(pack.key, pack.maps, sizes.seed)
+        control, _ = _effect(axis, d.outputs(f"{axis.name} random-mapped {kind}", locked, steered.like(control_dirs)),
                              base_scores)
         key = rows.loc["transferred"]
         record["kinds"][kind] = {

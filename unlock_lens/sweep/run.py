@@ -27,10 +27,8 @@ Default pair: the organisms ``chain-s`` -> ``chain-m`` (seconds); any two models
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -58,6 +56,7 @@ from unlock_lens.diagnostics import cached_scoring
 from unlock_lens.diagnostics.fidelity import direction_rank, fidelity_ratio, greedy_reference
 from unlock_lens.diagnostics.restricted_vocab import MEASURES, FirstTokenReference
 from unlock_lens.errors import UnlockLensError
+from unlock_lens.resumable import append_row, open_run, settings_record
 from unlock_lens.steer import Steering
 from unlock_lens.sweep.pair import (
     MapBank,
@@ -304,51 +303,12 @@ class Sweeper:
 
 
 def _fingerprint(grid: SweepGrid, settings: SweepSettings) -> dict[str, Any]:
-    record = {"grid": asdict(grid), "settings": asdict(settings)}
-    record["hash"] = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
-    return record
-
-
-def read_cells(path: Path) -> list[dict[str, Any]]:
-    """The complete lines of a cells file (a line cut by an interruption is dropped)."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
-def _append(path: Path, row: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    return settings_record(grid=asdict(grid), settings=asdict(settings))
 
 
 def _start(out: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The folder's finished cells, after checking it holds this sweep (or nothing). A line cut
-    by an interruption is removed from the file, so the next cell starts on a line of its own."""
-    from unlock_lens.artifacts import atomic_write_bytes
-
-    if out.exists() and not out.is_dir():
-        raise UnlockLensError(f"--out {out} is a file: a sweep writes a folder; give a folder path")
-    meta, cells = out / "sweep_meta.json", out / "cells.jsonl"
-    if meta.exists():
-        old = json.loads(meta.read_text())
-        if old.get("hash") != record["hash"]:
-            raise UnlockLensError(f"--out {out} holds a sweep with other settings (grid or pair); "
-                                  "give another --out folder or delete that one")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(meta, json.dumps(record, indent=1).encode())
-    rows = read_cells(cells)
-    if cells.exists() and cells.read_text() != "".join(json.dumps(r) + "\n" for r in rows):
-        atomic_write_bytes(cells, "".join(json.dumps(r) + "\n" for r in rows).encode())
-    return rows
+    """The folder's finished cells, after checking it holds this sweep (or nothing)."""
+    return open_run(out, record, meta="sweep_meta.json", rows="cells.jsonl", what="a sweep")
 
 
 def run_sweep(
@@ -385,7 +345,7 @@ def run_sweep(
                   disable=not progress) as bar:
             for cell in todo:
                 row = sweeper.score(cell)
-                _append(out / "cells.jsonl", row)
+                append_row(out / "cells.jsonl", row)
                 done[cell.id] = row
                 bar.update()
         direct = sweeper.direct

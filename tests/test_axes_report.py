@@ -1,0 +1,135 @@
+"""The per-axis transfer measurements and ``unlock-lens transfer-report`` on tiny random models."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from unlock_lens import cli
+from unlock_lens.activations import Variant
+from unlock_lens.axes import load_axes, neutral_requests
+from unlock_lens.axes_report.run import QUICK_SIZES, ReportSettings, run_transfer_report
+from unlock_lens.diagnostics.axes_transfer import (
+    NATIVE_EFFECT_LEVEL,
+    TransferDirection,
+    TransferSizes,
+    axis_formats,
+    axis_keys,
+    fit_maps,
+    measure_axis,
+    median_fidelity,
+)
+from unlock_lens.errors import UnlockLensError
+
+SIZES = TransferSizes(n_key=6, n_align=16, n_eval=4, n_nulls=4, n_random=3, max_new_tokens=6)
+
+
+def _direction(source, target, axes, kinds=("tokens+last",), alpha=0.5):
+    keys = {id(m): axis_keys(m, axes, neutral_requests("key")[: SIZES.n_key]) for m in (source, target)}
+    align = neutral_requests("align")[: SIZES.n_align]
+    first = axes[0]
+    maps = fit_maps(keys[id(source)][first.name], Variant(source, axis_formats(source, first)[0]),
+                    Variant(target, axis_formats(target, first)[0]), align, kinds)
+    return TransferDirection(source, target, keys[id(source)], keys[id(target)], maps, align,
+                             neutral_requests("eval")[: SIZES.n_eval], alpha, SIZES)
+
+
+def test_a_model_mapped_onto_itself_transfers_its_own_key_exactly(tiny_models):
+    """Source = target: the full-rank maps fitted on the same states are the identity, so the
+    transferred key is the native key: cosine 1, F = 1 with a tight interval, the same greedy
+    outputs (behaviour share 1 wherever the native key moves the score)."""
+    model = tiny_models["qwen2"]
+    axis = load_axes()["shouting"]
+    record = measure_axis(_direction(model, model, [axis]), axis)
+    kind = record["kinds"]["tokens+last"]
+    assert kind["cosine_to_native"] == pytest.approx(1.0, abs=1e-4)
+    assert kind["F"] == pytest.approx(1.0, abs=1e-3)
+    assert kind["F_lo"] == pytest.approx(1.0, abs=1e-3) and kind["F_hi"] == pytest.approx(1.0, abs=1e-3)
+    assert kind["effect"] == pytest.approx(record["native"]["effect"], abs=1e-9)
+    assert record["example"]["transferred (tokens+last)"] == record["example"]["native"]
+
+
+def test_the_shared_conditions_are_generated_once_per_direction(tiny_models):
+    """Unsteered outputs and the random target directions (rotate ignores a direction's length,
+    so every axis draws the same ones) are generated once for all axes of a direction."""
+    axes = [load_axes()[a] for a in ("french", "brief")]
+    direction = _direction(tiny_models["qwen2"], tiny_models["llama"], axes)
+    measure_axis(direction, axes[0])
+    after_one = len(direction._outputs)
+    measure_axis(direction, axes[1])
+    # per axis: the unlocked prompt, the transferred key and the random-mapped control are new
+    # (the native reference comes from greedy_reference, not from this memo)
+    assert after_one == 1 + SIZES.n_random + 3
+    assert len(direction._outputs) == after_one + 3
+
+
+def _record(has: bool, f: float) -> dict:
+    return {"native": {"has_effect": has}, "kinds": {"last": {"F": f}}}
+
+
+def test_median_fidelity_leaves_out_axes_without_a_native_effect():
+    records = [_record(True, 0.2), _record(False, 5.0), _record(True, 0.6), _record(True, 0.4)]
+    assert median_fidelity(records, "last") == (pytest.approx(0.4), 3)
+    median, n = median_fidelity([_record(False, 1.0)], "last")
+    assert math.isnan(median) and n == 0
+    assert NATIVE_EFFECT_LEVEL == 0.1
+
+
+def test_sizes_are_checked_against_the_pool():
+    with pytest.raises(UnlockLensError, match="--n-eval 100000"):
+        TransferSizes(n_eval=100000).check({"eval": len(neutral_requests("eval"))})
+    with pytest.raises(UnlockLensError, match="--tokens"):
+        TransferSizes(max_new_tokens=0).check()
+
+
+def test_transfer_report_quick_end_to_end_then_resumes(tiny_dirs, tmp_path):
+    """``--quick`` on two tiny models writes the three files; a run cut after some axes
+    resumes with only the missing ones and gives the same numbers; a finished folder
+    reloads no model; other settings in the same folder are refused."""
+    out = tmp_path / "rep"
+    argv = ["transfer-report", "--source", str(tiny_dirs["qwen2"]), "--target", str(tiny_dirs["llama"]),
+            "--quick", "--axes", "french,shouting", "--alpha", "0.5", "--out", str(out)]
+    result = CliRunner().invoke(cli.app, argv)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "axes.jsonl").read_text().splitlines()]
+    assert [(r["direction"].split(" -> ")[0], r["axis"]) for r in records] == [
+        ("qwen2", "french"), ("qwen2", "shouting"), ("llama", "french"), ("llama", "shouting")]
+    summary = json.loads((out / "report.json").read_text())
+    assert len(summary["records"]) == 4 and {m["kind"] for m in summary["medians"]} == {"tokens+last", "last"}
+    table = (out / "report.csv").read_text().splitlines()
+    assert len(table) == 1 + 4 * 2  # a row per direction x axis x data kind
+    html = (out / "report.html").read_text()
+    assert "plotly" in html and "Likelihood fidelity F" in html and "shouting" in html
+    assert all(r["kinds"]["last"]["n_nulls"] == 5 and r["native"]["n_random"] == 3 for r in records)
+
+    # an interruption: the last record lost and half a line written
+    lines = (out / "axes.jsonl").read_text().splitlines()
+    (out / "axes.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:40])
+    loads = []
+    settings = ReportSettings(str(tiny_dirs["qwen2"]), str(tiny_dirs["llama"]), ("french", "shouting"),
+                              sizes=QUICK_SIZES, alpha=0.5)
+
+    def loader(name):
+        from unlock_lens.models import load_model
+
+        loads.append(name)
+        return load_model(name)
+
+    run_transfer_report(settings, out, loader=loader, progress=False)
+    resumed = [json.loads(line) for line in (out / "axes.jsonl").read_text().splitlines()]
+    assert len(loads) == 2 and len(resumed) == 4
+    assert resumed[:3] == records[:3]
+    redone, original = resumed[3], records[3]
+    assert redone["kinds"]["last"]["F"] == pytest.approx(original["kinds"]["last"]["F"], rel=1e-6)
+    assert redone["example"] == original["example"]
+
+    def refuse(name):
+        raise AssertionError("a finished report loaded a model")
+
+    run_transfer_report(settings, out, loader=refuse, progress=False)
+    with pytest.raises(UnlockLensError, match="other settings"):
+        run_transfer_report(ReportSettings(settings.source, settings.target, ("french",), sizes=settings.sizes),
+                            out, loader=refuse, progress=False)

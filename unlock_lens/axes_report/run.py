@@ -1,0 +1,205 @@
+"""``unlock-lens transfer-report`` and the API under it: every behaviour axis, both directions of a
+model pair, measured by :mod:`unlock_lens.diagnostics.axes_transfer`, resumable axis by axis.
+
+Each finished (direction, axis) record is appended to ``axes.jsonl`` in the output folder (one
+line, flushed and synced), so a run stopped at any point resumes where it stopped with the same
+settings; other settings in the same folder are refused. At the end: ``report.json`` (settings,
+records, median F per direction and data kind), ``report.csv`` (one row per direction x axis x
+data kind) and ``report.html`` (:mod:`~unlock_lens.axes_report.report`).
+
+Requests come from the axes' neutral pool (:func:`unlock_lens.axes.neutral_requests`): keys on
+``key``, maps on ``align``, measurements on ``eval``; alpha is fixed for the run (the library
+protocol's unless given), never chosen on ``eval``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from unlock_lens.activations import Variant
+from unlock_lens.alignment_data import parse_data
+from unlock_lens.axes import Axis, load_axes, neutral_requests
+from unlock_lens.diagnostics.axes_transfer import (
+    TransferDirection,
+    TransferSizes,
+    axis_formats,
+    axis_keys,
+    fit_maps,
+    flat_rows,
+    measure_axis,
+    median_fidelity,
+)
+from unlock_lens.errors import UnlockLensError
+from unlock_lens.protocol import get_protocol
+from unlock_lens.resumable import append_row, open_run, settings_record
+
+#: alignment data kinds measured by default: the library's default and the authors' last token
+DEFAULT_KINDS: tuple[str, ...] = ("tokens+last", "last")
+#: ``--quick``: sizes for tiny models or a smoke test (seconds per axis, not a result)
+QUICK_SIZES = TransferSizes(n_key=8, n_align=16, n_eval=4, n_nulls=5, n_random=3, max_new_tokens=8)
+SPLITS = ("key", "align", "eval")
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """Everything that decides a transfer report's numbers (recorded; a resume must match).
+    ``axes``: names in the registry (empty: all); ``alpha``: None = the library protocol's."""
+
+    source: str
+    target: str
+    axes: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = DEFAULT_KINDS
+    sizes: TransferSizes = field(default_factory=TransferSizes)
+    alpha: float | None = None
+    device: str = "cpu"
+
+    @property
+    def steering_alpha(self) -> float:
+        return get_protocol("library").alpha if self.alpha is None else float(self.alpha)
+
+    @property
+    def directions(self) -> list[tuple[str, str]]:
+        return [(self.source, self.target), (self.target, self.source)]
+
+
+def check_settings(settings: ReportSettings) -> list[Axis]:
+    """The axes to measure, after refusing settings that cannot run (one line naming the flag;
+    no model loads)."""
+    registry = load_axes()
+    unknown = [a for a in settings.axes if a not in registry]
+    if unknown:
+        raise UnlockLensError(f"--axes {','.join(unknown)}: not in the axis registry; choose from "
+                              f"{', '.join(registry)}")
+    if len(set(settings.axes)) != len(settings.axes):
+        raise UnlockLensError(f"--axes {','.join(settings.axes)} names an axis twice; list each once")
+    if not settings.kinds:
+        raise UnlockLensError("--kinds is empty: give at least one alignment data kind, e.g. tokens+last")
+    for kind in settings.kinds:
+        try:
+            parse_data(kind)
+        except UnlockLensError as err:
+            raise UnlockLensError(f"--kinds {kind!r}: {err}") from None
+    if settings.source == settings.target:
+        raise UnlockLensError(f"--source and --target are both {settings.source}: a transfer needs two models")
+    if settings.alpha is not None and not math.isfinite(settings.alpha):
+        raise UnlockLensError(f"--alpha must be a finite number, got {settings.alpha}")
+    settings.sizes.check({split: len(neutral_requests(split)) for split in SPLITS})
+    return [registry[a] for a in settings.axes] if settings.axes else list(registry.values())
+
+
+def direction_label(source: str, target: str) -> str:
+    return f"{Path(source).name} -> {Path(target).name}"
+
+
+def _load_models(settings: ReportSettings, loader: Callable[[str], Any] | None) -> dict[str, Any]:
+    if loader is None:
+        from unlock_lens.models import load_model
+
+        def loader(name: str) -> Any:
+            return load_model(name, device=settings.device)
+
+    return {name: loader(name) for name in (settings.source, settings.target)}
+
+
+class _Directions:
+    """Keys per model and the maps of each direction, made on first use (a resume that only
+    lacks one direction fits only its maps)."""
+
+    def __init__(self, settings: ReportSettings, models: Mapping[str, Any], axes: Sequence[Axis],
+                 progress: bool) -> None:
+        self.settings, self.models, self.axes, self.progress = settings, models, list(axes), progress
+        sizes = settings.sizes
+        self.requests = {"key": neutral_requests("key")[: sizes.n_key],
+                         "align": neutral_requests("align")[: sizes.n_align],
+                         "eval": neutral_requests("eval")[: sizes.n_eval]}
+        self._keys: dict[str, Any] = {}
+        self._directions: dict[tuple[str, str], TransferDirection] = {}
+
+    def keys(self, name: str) -> Any:
+        if name not in self._keys:
+            self._keys[name] = axis_keys(self.models[name], self.axes, self.requests["key"],
+                                         batch_size=self.settings.sizes.batch_size, progress=self.progress)
+        return self._keys[name]
+
+    def __call__(self, source: str, target: str) -> TransferDirection:
+        if (source, target) not in self._directions:
+            s, t, first = self.models[source], self.models[target], self.axes[0]
+            source_keys = self.keys(source)
+            maps = fit_maps(source_keys[first.name], Variant(s, axis_formats(s, first)[0]),
+                            Variant(t, axis_formats(t, first)[0]), self.requests["align"], self.settings.kinds,
+                            batch_size=self.settings.sizes.batch_size, progress=self.progress)
+            self._directions[source, target] = TransferDirection(
+                s, t, source_keys, self.keys(target), maps, self.requests["align"], self.requests["eval"],
+                self.settings.steering_alpha, self.settings.sizes)
+        return self._directions[source, target]
+
+
+def run_transfer_report(settings: ReportSettings, out: str | Path, *, models: Mapping[str, Any] | None = None,
+                        loader: Callable[[str], Any] | None = None, progress: bool = True,
+                        report: bool = True) -> pd.DataFrame:
+    """Run (or resume) the report into ``out``; returns the table (one row per direction x axis
+    x data kind). Settings are checked before any model loads, and models load only when an
+    axis is left to measure: ``models`` (name -> model already loaded) or ``loader`` (name ->
+    model; default :func:`unlock_lens.models.load_model` on the settings' device)."""
+    out = Path(out)
+    axes = check_settings(settings)
+    record = settings_record(settings=asdict(settings), alpha=settings.steering_alpha,
+                             alpha_from="--alpha" if settings.alpha is not None else "library protocol default")
+    done = {(r["direction"], r["axis"]): r
+            for r in open_run(out, record, meta="transfer_meta.json", rows="axes.jsonl", what="a transfer report")}
+    units = [(pair, axis) for pair in settings.directions for axis in axes]
+    todo = [(pair, axis) for pair, axis in units if (direction_label(*pair), axis.name) not in done]
+    t0 = time.perf_counter()
+    if todo:
+        directions = _Directions(settings, models or _load_models(settings, loader), axes, progress)
+        with tqdm(total=len(units), initial=len(units) - len(todo), desc="axes x directions", unit="axis",
+                  disable=not progress) as bar:
+            for (source, target), axis in todo:
+                label = direction_label(source, target)
+                bar.set_postfix_str(f"{label}: {axis.name}")
+                row = {"direction": label, "source": source, "target": target,
+                       **measure_axis(directions(source, target), axis)}
+                append_row(out / "axes.jsonl", row)
+                done[label, axis.name] = row
+                bar.update()
+    records = [done[direction_label(*pair), axis.name] for pair, axis in units]
+    return finish_report(out, records, record, time.perf_counter() - t0, report)
+
+
+def medians(records: Sequence[Mapping[str, Any]], kinds: Sequence[str]) -> list[dict[str, Any]]:
+    """Median F over the axes with a native effect, per direction and data kind."""
+    rows = []
+    for label in dict.fromkeys(r["direction"] for r in records):
+        mine = [r for r in records if r["direction"] == label]
+        for kind in kinds:
+            median, n = median_fidelity(mine, kind)
+            rows.append({"direction": label, "kind": kind, "median_F": median, "axes_with_native_effect": n,
+                         "axes": len(mine)})
+    return rows
+
+
+def finish_report(out: Path, records: Sequence[Mapping[str, Any]], record: Mapping[str, Any], seconds: float,
+                  report: bool = True) -> pd.DataFrame:
+    """``report.csv``, ``report.json`` and (``report``) ``report.html`` from the records."""
+    import json
+
+    from unlock_lens.artifacts import atomic_write_bytes
+
+    table = pd.DataFrame([row for r in records for row in flat_rows(r)])
+    summary = {**record, "seconds_this_run": round(seconds, 1), "medians": medians(records, record["settings"]["kinds"]),
+               "records": list(records)}
+    atomic_write_bytes(out / "report.csv", table.to_csv(index=False).encode())
+    atomic_write_bytes(out / "report.json", json.dumps(summary, indent=1, default=float).encode())
+    if report:
+        from unlock_lens.axes_report.report import write_transfer_report
+
+        write_transfer_report(out / "report.html", table, summary)
+    return table
