@@ -24,7 +24,7 @@ from unlock_lens.diagnostics.axes_transfer import (
 )
 from unlock_lens.errors import UnlockLensError
 
-SIZES = TransferSizes(n_key=6, n_align=16, n_eval=4, n_nulls=4, n_random=3, max_new_tokens=6)
+SIZES = TransferSizes(n_key=6, n_align=16, n_eval=4, n_nulls=4, n_random=9, max_new_tokens=6)
 
 
 def _direction(source, target, axes, kinds=("tokens+last",), alpha=0.5):
@@ -83,6 +83,8 @@ def test_sizes_are_checked_against_the_pool():
         TransferSizes(n_eval=100000).check({"eval": len(neutral_requests("eval"))})
     with pytest.raises(UnlockLensError, match="--tokens"):
         TransferSizes(max_new_tokens=0).check()
+    with pytest.raises(UnlockLensError, match="--n-random 5: with fewer than 9"):
+        TransferSizes(n_random=5).check()  # p could never reach 0.1: every axis 'no native effect'
 
 
 def test_transfer_report_quick_end_to_end_then_resumes(tiny_dirs, tmp_path):
@@ -103,7 +105,7 @@ def test_transfer_report_quick_end_to_end_then_resumes(tiny_dirs, tmp_path):
     assert len(table) == 1 + 4 * 2  # a row per direction x axis x data kind
     html = (out / "report.html").read_text()
     assert "plotly" in html and "Likelihood fidelity F" in html and "shouting" in html
-    assert all(r["kinds"]["last"]["n_nulls"] == 5 and r["native"]["n_random"] == 3 for r in records)
+    assert all(r["kinds"]["last"]["n_nulls"] == 5 and r["native"]["n_random"] == 9 for r in records)
 
     # an interruption: the last record lost and half a line written
     lines = (out / "axes.jsonl").read_text().splitlines()

@@ -15,6 +15,7 @@ GENERATE = ["generate", "--target", "t", "--out", "OUT/g.jsonl"]
 EVAL = ["eval", "--pack", "OUT/p.safetensors", "--target", "t", "--out", "OUT/e"]
 EXPORT = ["export", "--pack", "OUT/p.safetensors", "--format", "gguf", "--out", "OUT/x.gguf"]
 RUN = ["run", "--out", "OUT/run"]
+TRANSFER = ["transfer-report", "--source", "s", "--target", "t", "--out", "OUT/tr"]
 OFFLINE = {"HF_HUB_OFFLINE": "1"}
 
 #: case -> (argv, what the one line must name[, environment])
@@ -105,6 +106,23 @@ CASES = {
     "run zero reference tokens": (RUN + ["--tokens", "0"], "--tokens"),
     "sweep negative fidelity tokens": (["sweep", "--out", "OUT/sw", "--fidelity-tokens", "-1"], "--fidelity-tokens"),
     "sweep zero vocab k": (["sweep", "--out", "OUT/sw", "--vocab-k", "0"], "--vocab-k"),
+    "transfer-report unknown axis": (TRANSFER + ["--axes", "french,klingon"], "--axes"),
+    "transfer-report axis twice": (TRANSFER + ["--axes", "french,french"], "--axes"),
+    "transfer-report unknown data kind": (TRANSFER + ["--kinds", "tokens+words"], "--kinds"),
+    "transfer-report zero nulls": (TRANSFER + ["--n-nulls", "0"], "--n-nulls"),
+    "transfer-report zero random directions": (TRANSFER + ["--n-random", "0"], "--n-random"),
+    "transfer-report too few random directions": (TRANSFER + ["--n-random", "5"], "--n-random"),
+    "transfer-report more eval requests than the pool": (TRANSFER + ["--n-eval", "100000"], "--n-eval"),
+    "transfer-report zero tokens": (TRANSFER + ["--tokens", "0"], "--tokens"),
+    "transfer-report zero fidelity tokens": (TRANSFER + ["--fidelity-tokens", "0"], "--fidelity-tokens"),
+    "transfer-report nan alpha": (TRANSFER + ["--alpha", "nan"], "--alpha"),
+    "transfer-report one model twice": (["transfer-report", "--source", "m", "--target", "m", "--out", "OUT/tr"],
+                                        "--source"),
+    "transfer-report zero threads": (TRANSFER + ["--threads", "0"], "--threads"),
+    "transfer-report out is a file": (TRANSFER[:-1] + ["OUT/file.txt"], "--out"),
+    "transfer-report unknown source offline": (["transfer-report", "--source", "someone/nope", "--target", "t",
+                                                "--out", "OUT/tr"], "--source", OFFLINE),
+    "transfer-report cuda without a gpu": (TRANSFER + ["--device", "cuda"], "--device"),
     "run empty alphas": (RUN + ["--alphas", ""], "--alphas"),
     "run nan alpha": (RUN + ["--alphas", "0.05,nan"], "--alphas"),
     "run zero eval questions": (RUN + ["--n-eval", "0"], "--n-eval"),

@@ -31,17 +31,20 @@ def transfer_report(
     kinds: Annotated[str, typer.Option(help="alignment data kinds, comma list (tokens+last, last, tokens, text)")]
     = "tokens+last,last",
     quick: Annotated[bool, typer.Option("--quick", help="small sizes for tiny models or a smoke test "
-                                        "(8 key, 16 align, 4 eval requests, 5 nulls, 3 random directions, "
-                                        "8 tokens); explicit size flags still win")] = False,
+                                        "(8 key, 16 align, 4 eval requests, 5 nulls, 9 random directions, "
+                                        "8 tokens, 4 scored for F); explicit size flags still win")] = False,
     out: Annotated[Path, typer.Option(help="output folder (axes.jsonl, report.csv/json/html); a rerun with "
                                       "the same settings resumes")] = Path("out/transfer-report"),
     n_eval: Annotated[int | None, typer.Option(help="evaluation requests per axis (default 8)")] = None,
     n_nulls: Annotated[int | None, typer.Option(help="random-mapped null directions for F (default 30)")] = None,
     n_random: Annotated[int | None, typer.Option(help="random target directions, the native key's null "
-                                                 "(default 10)")] = None,
+                                                 "(default 10; at least 9)")] = None,
     n_key: Annotated[int | None, typer.Option(help="key requests per axis and model (default 32)")] = None,
     n_align: Annotated[int | None, typer.Option(help="trigger-free alignment requests (default 64)")] = None,
-    tokens: Annotated[int | None, typer.Option(help="greedy tokens per output (default 16)")] = None,
+    tokens: Annotated[int | None, typer.Option(help="greedy tokens per output, behaviour scored on them (default 16)")]
+    = None,
+    fidelity_tokens: Annotated[int | None, typer.Option(help="first tokens of the native key's continuations "
+                                                        "scored for F (default 8)")] = None,
     alpha: Annotated[float | None, typer.Option(help="steering strength for every axis (default: the "
                                                 "library protocol's)")] = None,
     seed: Annotated[int, typer.Option(help="seed of the null and random directions")] = 0,
@@ -63,7 +66,8 @@ def transfer_report(
 
     sizes = QUICK_SIZES if quick else TransferSizes()
     given = {"n_eval": n_eval, "n_nulls": n_nulls, "n_random": n_random, "n_key": n_key, "n_align": n_align,
-             "max_new_tokens": tokens}
+             "max_new_tokens": tokens,
+             "fidelity_tokens": fidelity_tokens}
     sizes = replace(sizes, seed=seed, batch_size=batch_size, **{k: v for k, v in given.items() if v is not None})
     settings = ReportSettings(source, target, _names(axes, "--axes") if axes is not None else (),
                               _names(kinds, "--kinds"), sizes, alpha, device)

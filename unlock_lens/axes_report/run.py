@@ -44,7 +44,8 @@ from unlock_lens.resumable import append_row, open_run, settings_record
 #: alignment data kinds measured by default: the library's default and the authors' last token
 DEFAULT_KINDS: tuple[str, ...] = ("tokens+last", "last")
 #: ``--quick``: sizes for tiny models or a smoke test (seconds per axis, not a result)
-QUICK_SIZES = TransferSizes(n_key=8, n_align=16, n_eval=4, n_nulls=5, n_random=3, max_new_tokens=8)
+QUICK_SIZES = TransferSizes(n_key=8, n_align=16, n_eval=4, n_nulls=5, n_random=9, max_new_tokens=8,
+                            fidelity_tokens=4)
 SPLITS = ("key", "align", "eval")
 
 

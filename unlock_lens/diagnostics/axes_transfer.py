@@ -18,10 +18,12 @@ For one direction of a model pair (source -> target):
     the native key's gain in likelihood of its own continuations, ranked the same way;
   * per data kind, the transferred key: likelihood fidelity F with its bootstrap interval and
     its rank / p among ``n_nulls`` random-mapped directions
-    (:func:`~unlock_lens.diagnostics.fidelity.pack_fidelity`, native reference), its
+    (:func:`~unlock_lens.diagnostics.fidelity.pack_fidelity`; reference: the first
+    ``fidelity_tokens`` of the native key's greedy continuations), the negated key's F, and the
+    cosine of the mapped key to the native key; through the first kind's maps also its
     behaviour effect and its share of the native key's, per-request steerability (mean score
-    change) and the anti-steerable fraction (requests whose score went down), a random-mapped
-    control's behaviour effect, and the cosine of the mapped key to the native key;
+    change) and the anti-steerable fraction (requests whose score went down), and a
+    random-mapped control's behaviour effect;
   * the prompting baseline: the unlocked prompt's own outputs and their score.
 
 **No native effect** (rule fixed here, before any output is read): an axis whose native key's
@@ -48,7 +50,12 @@ from unlock_lens.align.layers import AlignSpec, map_directions
 from unlock_lens.alignment_data import parse_data
 from unlock_lens.axes import Axis
 from unlock_lens.controls import random_like, random_mapped
-from unlock_lens.diagnostics.fidelity import direction_rank, greedy_reference, pack_fidelity
+from unlock_lens.diagnostics.fidelity import (
+    Reference,
+    direction_rank,
+    greedy_reference,
+    pack_fidelity,
+)
 from unlock_lens.diagnostics.similarity import key_cosines
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.generation import generate
@@ -76,16 +83,23 @@ class TransferSizes:
     n_nulls: int = 30
     n_random: int = 10
     max_new_tokens: int = 16
+    fidelity_tokens: int = 8
     batch_size: int = 16
     seed: int = 0
 
     def check(self, pool_sizes: Mapping[str, int] | None = None) -> None:
         """Refuse sizes that cannot run, one line naming the flag (before any model loads)."""
-        for name in ("n_key", "n_align", "n_eval", "n_nulls", "n_random", "max_new_tokens", "batch_size"):
+        for name in ("n_key", "n_align", "n_eval", "n_nulls", "n_random", "max_new_tokens", "fidelity_tokens",
+                     "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 flag = "--tokens" if name == "max_new_tokens" else f"--{name.replace('_', '-')}"
                 raise UnlockLensError(f"{flag} must be an integer of at least 1, got {value!r}")
+        least = math.ceil(1 / NATIVE_EFFECT_LEVEL) - 1
+        if self.n_random < least:
+            raise UnlockLensError(f"--n-random {self.n_random}: with fewer than {least} random target directions "
+                                  f"no native key can reach p <= {NATIVE_EFFECT_LEVEL:g}, so every axis would read "
+                                  f"'no native effect'; use at least {least}")
         for split, name in (("key", "n_key"), ("align", "n_align"), ("eval", "n_eval")):
             have = (pool_sizes or {}).get(split)
             if have is not None and getattr(self, name) > have:
@@ -166,11 +180,16 @@ class TransferDirection:
     base_spec: AlignSpec | None = None
     _outputs: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
+    def maps_for(self, axis: Axis, kind: str) -> dict[int, LayerMap]:
+        """The ``kind`` maps that carry ``axis``'s key: the same for every axis (a kind fitted
+        on other axes' keys, leaving this one out, would be fitted here per axis)."""
+        return self.maps[kind]
+
     def pack(self, axis: Axis, kind: str) -> CapabilityPack:
         """The source's key of ``axis`` through the ``kind`` maps, as a CapabilityPack."""
         src_fmt, tgt_fmt = axis_formats(self.source, axis)[0], axis_formats(self.target, axis)[0]
         return CapabilityPack.from_alignment(
-            self.source_keys[axis.name], self.maps[kind], source=Variant(self.source, src_fmt),
+            self.source_keys[axis.name], self.maps_for(axis, kind), source=Variant(self.source, src_fmt),
             target=Variant(self.target, tgt_fmt), questions=self.align_requests,
             spec=kind_spec(kind, self.base_spec), alpha=self.alpha)
 
@@ -238,10 +257,12 @@ def measure_axis(direction: TransferDirection, axis: Axis, *, progress: bool = F
     }
     example = {"request": requests[0], "unsteered": unsteered[0], "native": native_texts[0],
                "prompted": prompt_texts[0]}
+    scored = Reference(reference.name, reference.prompts, tuple(t[: sizes.fidelity_tokens] for t in reference.tokens),
+                       reference.texts, reference.indices)
     for j, (kind, pack) in enumerate(packs.items()):
         steered = pack.steering(d.alpha)
         report = pack_fidelity(tgt, pack, native_dirs, locked, alpha=d.alpha, references=("native",),
-                               n_nulls=sizes.n_nulls, seed=sizes.seed, native_reference=reference,
+                               n_nulls=sizes.n_nulls, seed=sizes.seed, native_reference=scored,
                                extra_candidates=randoms if j == 0 else None, batch_size=sizes.batch_size,
                                progress=progress)["native"]
         rows = report.summary().set_index("condition")
@@ -250,23 +271,24 @@ def measure_axis(direction: TransferDirection, axis: Axis, *, progress: bool = F
             ll_rank, ll_p = direction_rank(gain, [float(report.gain(n).mean()) for n in randoms])
             record["native"].update({"ll_gain_per_token": float(rows.loc["native", "gain_per_token"]),
                                      "ll_rank": ll_rank, "ll_p": ll_p})
-        transferred = d.outputs(f"{axis.name} transferred {kind}", locked, steered)
-        effect, change = _effect(axis, transferred, base_scores)
-        control_dirs = random_mapped(pack.key, pack.maps, sizes.seed)
-        control, _ = _effect(axis, d.outputs(f"{axis.name} random-mapped {kind}", locked, steered.like(control_dirs)),
-                             base_scores)
         key = rows.loc["transferred"]
         record["kinds"][kind] = {
             "F": float(key["F"]), "F_lo": float(key["F_lo"]), "F_hi": float(key["F_hi"]),
             "rank": int(key["rank"]), "p": float(key["p"]), "n_nulls": int(key["n_nulls"]),
             "null_q50": float(rows.loc["nulls q0.5", "F"]), "null_q95": float(rows.loc["nulls q0.95", "F"]),
             "null_max": float(rows.loc["nulls q1", "F"]), "F_negated": float(rows.loc["-transferred", "F"]),
-            "effect": effect, "share": effect / native_effect if native_effect > 0 else math.nan,
-            "random_mapped_effect": control,
             "cosine_to_native": float(key_cosines(map_directions(pack.key, pack.maps), native_dirs)["cosine"].mean()),
-            **_steerability(change),
         }
-        example[f"transferred ({kind})"] = transferred[0]
+        if j == 0:  # behaviour through the first kind's maps only (generation is the costly part)
+            transferred = d.outputs(f"{axis.name} transferred {kind}", locked, steered)
+            effect, change = _effect(axis, transferred, base_scores)
+            control_dirs = random_mapped(pack.key, pack.maps, sizes.seed)
+            control, _ = _effect(axis, d.outputs(f"{axis.name} random-mapped {kind}", locked,
+                                                 steered.like(control_dirs)), base_scores)
+            record["kinds"][kind].update({
+                "effect": effect, "share": effect / native_effect if native_effect > 0 else math.nan,
+                "random_mapped_effect": control, **_steerability(change)})
+            example[f"transferred ({kind})"] = transferred[0]
     record["example"] = example
     record["seconds"] = round(time.perf_counter() - t0, 2)
     return record
