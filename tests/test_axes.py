@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from unlock_lens.axes import (
@@ -34,6 +37,7 @@ PLAN_INSTRUCTIONS = {
     "pirate": "Answer like a pirate.",
 }
 
+CHAT = "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 NEUTRAL = [
     "Volcanoes are openings in the Earth's crust where molten rock, ash and gases escape. Most of "
     "them sit at the edges of tectonic plates, and some have been quiet for thousands of years.",
@@ -153,8 +157,7 @@ def test_formats_render_plain_and_chat(axes):
         "Answer in French.\n\nQuestion: Tell me about owls.\nAnswer:"
     )
     assert french.unlocked_format(chat=False).name == "french-unlocked"
-    chat = "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-    tokenizer = build_tokenizer(chat_template=chat)
+    tokenizer = build_tokenizer(chat_template=CHAT)
     assert french.unlocked_format(chat=True).render("Tell me about owls.", tokenizer) == (
         "<|user|>\nAnswer in French.\n\nQuestion: Tell me about owls.\n<|assistant|>\n"
     )
@@ -312,3 +315,16 @@ def test_pool_requests_are_neutral_on_every_content_axis(axes):
         flagged = [r for r, p in zip(pool, axes[name].present(pool), strict=True) if p]
         assert not flagged, (name, flagged[:5])
     assert max(abs(s) for s in axes["positive"].score(pool)) < 0.05
+
+
+def test_the_readme_example_runs():
+    from unlock_lens.random_models import build_tokenizer
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "load_axes()" in b)
+    namespace = {"tokenizer": build_tokenizer(chat_template=CHAT)}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - README's own code
+    assert namespace["prompts"][0].startswith("<|user|>\nAnswer in French.\n\nQuestion: ")
+    assert len(namespace["prompts"]) == len(neutral_requests("key"))
+    assert namespace["french"].present(namespace["outputs"]) == [True, False]
+    assert score_texts("brief", namespace["outputs"]) == [-5.0, -3.0]

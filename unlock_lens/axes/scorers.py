@@ -85,10 +85,11 @@ def language_probability(text: str, language: str) -> float:
 #: grade levels taken off per informal marker per word (one contraction in ten words: -5)
 INFORMAL_PENALTY = 50.0
 _CONTRACTION = re.compile(r"^(?:\w+n't|\w+'(?:re|ve|ll|m|d)|(?:it|that|there|here|what|let|he|she|who)'s)$")
-SLANG = frozenset(
-    "gonna wanna gotta kinda sorta yeah yep yup nope hey hi lol omg btw dude guys cool awesome "
-    "stuff okay ok totally super wow ya y'all ain't".split()
-)
+SLANG = frozenset({
+    "gonna", "wanna", "gotta", "kinda", "sorta", "yeah", "yep", "yup", "nope", "hey", "hi", "lol",
+    "omg", "btw", "dude", "guys", "cool", "awesome", "stuff", "okay", "ok", "totally", "super",
+    "wow", "ya", "y'all", "ain't",
+})
 
 
 def informal_markers(text: str) -> int:
