@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -168,13 +169,20 @@ def test_formats_render_plain_and_chat(axes):
         french.locked_format(chat=True).render("Tell me about owls.", build_tokenizer())
 
 
-def test_a_new_axis_is_one_entry(tmp_path):
+def test_a_new_axis_is_one_entry(tmp_path, axes):
     path = tmp_path / "axes.toml"
     path.write_text(
         '[[axis]]\nname = "italian"\ndescription = "Italian."\ninstruction = "Answer in Italian."\n'
         'scorer = "language"\nlanguage = "it"\nthreshold = 0.5\n'
     )
     (italian,) = load_axes(path).values()
+    assert italian.to_dict() == {"name": "italian", "description": "Italian.", "instruction": "Answer in Italian.",
+                                 "scorer": "language", "threshold": 0.5, "language": "it"}
+    # an entry read back from its own record is the same axis
+    pirate = axes["pirate"].to_dict()
+    (tmp_path / "pirate.toml").write_text("[[axis]]\n" + "".join(
+        f"{k} = {json.dumps(v, ensure_ascii=False)}\n" for k, v in pirate.items()))
+    assert load_axes(tmp_path / "pirate.toml") == {"pirate": axes["pirate"]}
     assert italian.present(["Le biblioteche pubbliche prestano libri e offrono l'accesso ai computer.",
                             NEUTRAL[0]]) == [True, False]
 

@@ -136,7 +136,7 @@ def brevity(text: str) -> float:
     return -float(len(words(text)))
 
 
-_LIST_ITEM = re.compile(r"^\s*(?:[-*•+]|\d+[.)])\s+\S")
+_LIST_ITEM = re.compile(r"^\s*(?:[-*•–+]|\d+[.)])\s+\S")
 
 
 def list_items(text: str) -> float:
