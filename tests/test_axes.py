@@ -200,6 +200,8 @@ GOOD = 'name = "x"\ndescription = "d"\ninstruction = "Do x."\nthreshold = 0.5\n'
         (GOOD + 'scorer = "language"\nlanguage = "French"\n', "ISO 639-1 code"),
         (GOOD + 'scorer = "sentiment"\npolarity = "happy"\n', "polarity must be 'positive' or 'negative'"),
         (GOOD + 'scorer = "lexicon"\nwords = ["Pan", "frying pan"]\n', r"these are not: \['Pan', 'frying pan'\]"),
+        (GOOD + 'scorer = "lexicon"\nwords = []\n', "words must be a non-empty list"),
+        (GOOD + 'scorer = "lexicon"\nwords = "pan"\n', "words must be a non-empty list"),
         ('name = "x"\ndescription = "d"\ninstruction = "Do x."\nscorer = "brevity"\nthreshold = "high"\n',
          "field 'threshold' must be a number"),
         ('name = "X y"\ndescription = "d"\ninstruction = "Do x."\nscorer = "brevity"\nthreshold = 1\n', "lower-case slug"),
