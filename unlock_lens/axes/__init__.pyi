@@ -1,5 +1,12 @@
 """Public API of unlock_lens.axes (loaded lazily)."""
 
+from .pool import (
+    SPLIT_FRACTIONS as SPLIT_FRACTIONS,
+    neutral_requests as neutral_requests,
+    request_fingerprint as request_fingerprint,
+    request_pool as request_pool,
+    split_of as split_of,
+)
 from .registry import (
     Axis as Axis,
     default_axes_path as default_axes_path,
@@ -10,11 +17,4 @@ from .registry import (
 from .scorers import (
     SCORER_PARAMS as SCORER_PARAMS,
     make_scorer as make_scorer,
-)
-from .pool import (
-    SPLIT_FRACTIONS as SPLIT_FRACTIONS,
-    neutral_requests as neutral_requests,
-    request_fingerprint as request_fingerprint,
-    request_pool as request_pool,
-    split_of as split_of,
 )

@@ -34,7 +34,7 @@ def default_axes_path() -> Path:
 class Axis:
     """One behaviour: its instruction, its scorer kind (``scorers.SCORER_PARAMS``) and the
     threshold at which a score counts as the behaviour being present; ``params`` are the
-    scorer's parameters from the entry (a language code, a word list)."""
+    scorer's parameters from the entry (a language code, a word list as a tuple)."""
 
     name: str
     description: str
@@ -62,6 +62,12 @@ class Axis:
         """Whether each text shows the behaviour: ``score >= threshold``."""
         return [s >= self.threshold for s in self.score(texts)]
 
+    def to_dict(self) -> dict[str, Any]:
+        """The ``axes.toml`` entry as JSON-ready data (recorded in reports)."""
+        return {"name": self.name, "description": self.description, "instruction": self.instruction,
+                "scorer": self.scorer, "threshold": self.threshold,
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in self.params.items()}}
+
 
 def _axis_from_entry(entry: Any, where: str) -> Axis:
     if not isinstance(entry, dict):
@@ -79,9 +85,8 @@ def _axis_from_entry(entry: Any, where: str) -> Axis:
         raise UnlockLensError(f"{where}: the instruction is empty: write the sentence that asks for the behaviour")
     params = {k: v for k, v in entry.items() if k not in REQUIRED_FIELDS}
     check_params(entry["scorer"], params, where)
-    frozen = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
     return Axis(entry["name"], entry["description"], entry["instruction"], entry["scorer"],
-                float(entry["threshold"]), MappingProxyType(frozen))
+                float(entry["threshold"]), {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
 
 
 def load_axes(path: str | Path | None = None) -> dict[str, Axis]:

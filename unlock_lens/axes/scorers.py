@@ -13,7 +13,7 @@ Maintained libraries where one exists, short rules otherwise:
 - ``step_markers``: how many kinds of step marker appear (numbered or ``Step n`` lines, first /
   next / then / finally, therefore / thus, "step by step", "the answer is").
 - ``brevity``: minus the word count (higher = briefer).
-- ``list_items``: the share of non-empty lines that are list items (``-``, ``*``, ``•``, ``1.``).
+- ``list_items``: the share of non-empty lines that are list items (``-``, ``*``, ``•``, ``–``, ``1.``).
 - ``question_end``: 1.0 when the last sentence holds a question mark, else 0.0.
 - ``uppercase``: the share of cased letters that are upper case.
 - ``lexicon``: the share of words in ``words`` (a plural ``-s``/``-es`` counts as the word).
@@ -28,6 +28,7 @@ import re
 import statistics
 from collections.abc import Callable, Mapping
 from functools import cache, partial
+from types import MappingProxyType
 from typing import Any
 
 from unlock_lens.errors import UnlockLensError
@@ -85,10 +86,11 @@ def language_probability(text: str, language: str) -> float:
 #: grade levels taken off per informal marker per word (one contraction in ten words: -5)
 INFORMAL_PENALTY = 50.0
 _CONTRACTION = re.compile(r"^(?:\w+n't|\w+'(?:re|ve|ll|m|d)|(?:it|that|there|here|what|let|he|she|who)'s)$")
-SLANG = frozenset(
-    "gonna wanna gotta kinda sorta yeah yep yup nope hey hi lol omg btw dude guys cool awesome "
-    "stuff okay ok totally super wow ya y'all ain't".split()
-)
+SLANG = frozenset({
+    "gonna", "wanna", "gotta", "kinda", "sorta", "yeah", "yep", "yup", "nope", "hey", "hi", "lol",
+    "omg", "btw", "dude", "guys", "cool", "awesome", "stuff", "okay", "ok", "totally", "super",
+    "wow", "ya", "y'all", "ain't",
+})
 
 
 def informal_markers(text: str) -> int:
@@ -111,7 +113,7 @@ def register(text: str) -> float:
 
 #: marker kind -> pattern; the cot score counts kinds present, so one marker repeated in a long
 #: answer ("then ... then ...") does not pass for reasoning
-STEP_MARKERS: Mapping[str, re.Pattern[str]] = {
+STEP_MARKERS: Mapping[str, re.Pattern[str]] = MappingProxyType({
     "numbered": re.compile(r"^\s*(?:step\s*\d+\b|\d+[.)]\s)", re.IGNORECASE | re.MULTILINE),
     "step_by_step": re.compile(r"\bstep[- ]by[- ]step\b|\bstep\s*\d+\b", re.IGNORECASE),
     "first": re.compile(r"\b(?:first|firstly|to begin|to start)\b", re.IGNORECASE),
@@ -121,7 +123,7 @@ STEP_MARKERS: Mapping[str, re.Pattern[str]] = {
     "answer": re.compile(r"\b(?:the (?:final )?answer is|in conclusion|to conclude)\b", re.IGNORECASE),
     "reasoning": re.compile(r"\b(?:let's think|let me think|reasoning|let's break|break (?:it|this) down)\b",
                             re.IGNORECASE),
-}
+})
 
 
 def step_markers(text: str) -> float:
@@ -135,7 +137,7 @@ def brevity(text: str) -> float:
     return -float(len(words(text)))
 
 
-_LIST_ITEM = re.compile(r"^\s*(?:[-*•+]|\d+[.)])\s+\S")
+_LIST_ITEM = re.compile(r"^\s*(?:[-*•–+]|\d+[.)])\s+\S")
 
 
 def list_items(text: str) -> float:
@@ -166,7 +168,7 @@ def lexicon(text: str, words_: frozenset[str]) -> float:
 # --- the registry of kinds ----------------------------------------------------------------
 
 #: scorer kind -> the parameters its axes.toml entry must give (and no others)
-SCORER_PARAMS: Mapping[str, frozenset[str]] = {
+SCORER_PARAMS: Mapping[str, frozenset[str]] = MappingProxyType({
     "sentiment": frozenset({"polarity"}),
     "language": frozenset({"language"}),
     "register": frozenset(),
@@ -176,12 +178,12 @@ SCORER_PARAMS: Mapping[str, frozenset[str]] = {
     "question_end": frozenset(),
     "uppercase": frozenset(),
     "lexicon": frozenset({"words"}),
-}
-_FUNCTIONS: Mapping[str, Callable[..., float]] = {
+})
+_FUNCTIONS: Mapping[str, Callable[..., float]] = MappingProxyType({
     "sentiment": sentiment, "language": language_probability, "register": register,
     "step_markers": step_markers, "brevity": brevity, "list_items": list_items,
     "question_end": question_end, "uppercase": uppercase, "lexicon": lexicon,
-}
+})
 
 
 def check_params(kind: str, params: Mapping[str, Any], where: str) -> None:
@@ -199,16 +201,14 @@ def check_params(kind: str, params: Mapping[str, Any], where: str) -> None:
         raise UnlockLensError(f"{where}: polarity must be 'positive' or 'negative', not {params['polarity']!r}")
     if kind == "language" and not (isinstance(params["language"], str) and re.fullmatch(r"[a-z]{2,3}", params["language"])):
         raise UnlockLensError(f"{where}: language must be an ISO 639-1 code such as 'fr', not {params['language']!r}")
-    if kind == "lexicon" and not (
-        isinstance(params["words"], list | tuple) and params["words"]
-        and all(isinstance(w, str) and words(w) == [w] for w in params["words"])
-    ):
-        bad = [w for w in params["words"] if not isinstance(w, str) or words(w) != [w]] if isinstance(
-            params["words"], list | tuple) else params["words"]
-        raise UnlockLensError(
-            f"{where}: words must be a non-empty list of single lower-case words (letters, inner "
-            f"apostrophes); these are not: {bad!r}"
-        )
+    if kind == "lexicon":
+        given = params["words"]
+        bad = [w for w in given if not isinstance(w, str) or words(w) != [w]] if isinstance(given, list | tuple) else given
+        if not given or bad:
+            raise UnlockLensError(
+                f"{where}: words must be a non-empty list of single lower-case words (letters, inner "
+                f"apostrophes); these are not: {bad!r}"
+            )
 
 
 def make_scorer(kind: str, params: Mapping[str, Any] | None = None) -> Scorer:
