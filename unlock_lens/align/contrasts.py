@@ -49,13 +49,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from unlock_lens.align.base import LayerMap
+from unlock_lens.align.base import _RANK_FREE, LayerMap
 from unlock_lens.align.layers import AlignSpec, LayerPairing, fit_layer_maps_from_stats
 from unlock_lens.align.stats import STATS_METHODS, GramStats
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.masterkey import MasterKey
 
-_F64 = torch.float64
+#: methods whose fit centres the rows whatever ``spec.centered`` says (stats.py)
+_ALWAYS_CENTRED = ("cca", "ridge")
 
 ContrastRows = tuple[Float[Tensor, "n_axes d_src"], Float[Tensor, "n_axes d_tgt"]]
 
@@ -136,7 +137,9 @@ def contrast_pairs(
     return out
 
 
-def contrast_stats(X_src: Float[Tensor, "n_axes d_src"], X_tgt: Float[Tensor, "n_axes d_tgt"]) -> GramStats:
+def contrast_stats(
+    X_src: Float[Tensor, "n_axes d_src"], X_tgt: Float[Tensor, "n_axes d_tgt"]
+) -> GramStats:
     """The statistics of key rows alone: the Gram sums of the rows, column sums zero (directions
     are not centred, so even a centred method fits them as they are)."""
     stats = GramStats.empty(int(torch.as_tensor(X_src).shape[-1]), int(torch.as_tensor(X_tgt).shape[-1]))
@@ -165,7 +168,8 @@ def add_contrast_rows(
     """
     if not isinstance(stats, GramStats):
         raise UnlockLensError(f"stats must be a GramStats, got {type(stats).__name__}")
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0 \
+            or not math.isfinite(weight):
         raise UnlockLensError(f"weight must be a finite number >= 0 (the key rows' share of the token "
                               f"rows' energy), got {weight!r}")
     rows = contrast_stats(X_src, X_tgt)
@@ -181,7 +185,9 @@ def add_contrast_rows(
         raise UnlockLensError(f"the {what} have zero energy, so weight={weight} scales nothing: "
                               "accumulate token pairs first and pass non-zero keys")
     c2 = weight * tok_src / key_src if weight > 0 else 0.0
-    g = math.sqrt(tok_tgt / tok_src) / math.sqrt(key_tgt / key_src) if match_gain and weight > 0 and key_tgt > 0 else 1.0
+    g = 1.0
+    if match_gain and weight > 0 and key_tgt > 0:
+        g = math.sqrt(tok_tgt / tok_src) / math.sqrt(key_tgt / key_src)
     out = stats.merge(GramStats.empty(stats.d_src, stats.d_tgt, stats.device))  # a copy
     out.src_src += c2 * rows.src_src.to(out.device)
     out.src_tgt += c2 * g * rows.src_tgt.to(out.device)
@@ -222,7 +228,7 @@ def fit_contrast_maps(
         stats = {t: contrast_stats(X, Y) for t, (X, Y) in pairs.items()}
         X0, Y0 = next(iter(pairs.values()))
         limit = min(n_rows, X0.shape[1], Y0.shape[1])
-        if spec.rank > limit:
+        if spec.method not in _RANK_FREE and spec.rank > limit:
             warnings.warn(f"rank {spec.rank} > {n_rows} key pairs (contrasts alone): clamped to {limit}",
                           stacklevel=2)
             spec = replace(spec, rank=limit)
@@ -231,7 +237,8 @@ def fit_contrast_maps(
         if missing:
             raise UnlockLensError(f"token_stats has no statistics for target layers {missing}: "
                                   "accumulate them with the same pairing (alignment_stats)")
-        stats = {t: add_contrast_rows(token_stats[t], X, Y, weight, centered=bool(spec.centered))
+        centered = bool(spec.centered) or spec.method in _ALWAYS_CENTRED
+        stats = {t: add_contrast_rows(token_stats[t], X, Y, weight, centered=centered)
                  for t, (X, Y) in pairs.items()}
     maps = fit_layer_maps_from_stats(stats, pairing, spec)
     for layer_map in maps.values():
