@@ -27,7 +27,7 @@ Choices:
   repetition count would mean different things at 500 and 50,000 token pairs and for keys of
   different norm. The key rows' target side is also scaled by one factor per layer so the two
   row sets agree on the map's gain (||Y|| / ||X||): the keys then pull on the map's directions,
-  not on its overall scale (the steering rescales the direction anyway).
+  not on its overall scale (the ``rotate`` and ``unit`` edits use the direction only).
 
 Why not a kind in ``AlignSpec.data``: those kinds name which states of the *alignment prompts*
 are captured (:mod:`unlock_lens.alignment_data`); this one reads no prompt but already extracted
