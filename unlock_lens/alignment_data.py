@@ -44,6 +44,10 @@ def parse_data(data: str) -> tuple[str, ...]:
     """``"tokens+last"`` -> ``("tokens", "last")``; refuses unknown kinds."""
     kinds = tuple(k.strip() for k in str(data).split("+") if k.strip())
     bad = [k for k in kinds if k not in DATA_KINDS]
+    if "contrasts" in bad:
+        raise UnlockLensError(
+            f"alignment data {data!r}: 'contrasts' is fitted from other axes' keys, not from "
+            "alignment prompts: use unlock_lens.align.fit_contrast_maps (token_stats= for a mix)")
     if not kinds or bad:
         raise UnlockLensError(f"alignment data {data!r}: use one of {DATA_KINDS} or a '+'-joined "
                               "combination, e.g. 'tokens+last'")

@@ -7,6 +7,13 @@ from .base import (
     register_method as register_method,
 )
 from .cca import fit_cca as fit_cca
+from .contrasts import (
+    add_contrast_rows as add_contrast_rows,
+    contrast_pairs as contrast_pairs,
+    contrast_stats as contrast_stats,
+    fit_contrast_maps as fit_contrast_maps,
+    leave_one_out as leave_one_out,
+)
 from .estimators import (
     CCAAlignment as CCAAlignment,
     LinearAlignment as LinearAlignment,
@@ -34,14 +41,19 @@ __all__ = [
     "ProcrustesAlignment",
     "RidgeAlignment",
     "SVDAlignment",
+    "add_contrast_rows",
+    "contrast_pairs",
+    "contrast_stats",
     "fit_alignment",
     "fit_cca",
+    "fit_contrast_maps",
     "fit_from_stats",
     "fit_identity",
     "fit_layer_maps_from_stats",
     "fit_procrustes",
     "fit_ridge",
     "fit_svd",
+    "leave_one_out",
     "procrustes_rotation",
     "register_method",
     "stats_metrics",
