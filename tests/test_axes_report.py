@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 from typer.testing import CliRunner
@@ -93,25 +94,26 @@ def test_transfer_report_quick_end_to_end_then_resumes(tiny_dirs, tmp_path):
     reloads no model; other settings in the same folder are refused."""
     out = tmp_path / "rep"
     argv = ["transfer-report", "--source", str(tiny_dirs["qwen2"]), "--target", str(tiny_dirs["llama"]),
-            "--quick", "--axes", "french,shouting", "--alpha", "0.5", "--out", str(out)]
+            "--quick", "--axes", "french,shouting,brief", "--alpha", "0.5", "--out", str(out)]
     result = CliRunner().invoke(cli.app, argv)
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (out / "axes.jsonl").read_text().splitlines()]
     assert [(r["direction"].split(" -> ")[0], r["axis"]) for r in records] == [
-        ("qwen2", "french"), ("qwen2", "shouting"), ("llama", "french"), ("llama", "shouting")]
+        (model, axis) for model in ("qwen2", "llama") for axis in ("french", "shouting", "brief")]
     summary = json.loads((out / "report.json").read_text())
-    assert len(summary["records"]) == 4 and {m["kind"] for m in summary["medians"]} == {"tokens+last", "last"}
+    kinds = {"tokens+last", "contrasts", "last"}
+    assert len(summary["records"]) == 6 and {m["kind"] for m in summary["medians"]} == kinds
     table = (out / "report.csv").read_text().splitlines()
-    assert len(table) == 1 + 4 * 2  # a row per direction x axis x data kind
+    assert len(table) == 1 + 6 * 3  # a row per direction x axis x data kind
     html = (out / "report.html").read_text()
     assert "plotly" in html and "Likelihood fidelity F" in html and "shouting" in html
     assert all(r["kinds"]["last"]["n_nulls"] == 5 and r["native"]["n_random"] == 9 for r in records)
 
-    # an interruption: the last record lost and half a line written
+    # an interruption: the last two records lost, half a line written
     lines = (out / "axes.jsonl").read_text().splitlines()
-    (out / "axes.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:40])
+    (out / "axes.jsonl").write_text("\n".join(lines[:4]) + "\n" + lines[4][:40])
     loads = []
-    settings = ReportSettings(str(tiny_dirs["qwen2"]), str(tiny_dirs["llama"]), ("french", "shouting"),
+    settings = ReportSettings(str(tiny_dirs["qwen2"]), str(tiny_dirs["llama"]), ("french", "shouting", "brief"),
                               sizes=QUICK_SIZES, alpha=0.5)
 
     def loader(name):
@@ -122,16 +124,30 @@ def test_transfer_report_quick_end_to_end_then_resumes(tiny_dirs, tmp_path):
 
     run_transfer_report(settings, out, loader=loader, progress=False)
     resumed = [json.loads(line) for line in (out / "axes.jsonl").read_text().splitlines()]
-    assert len(loads) == 2 and len(resumed) == 4
-    assert resumed[:3] == records[:3]
-    redone, original = resumed[3], records[3]
-    assert redone["kinds"]["last"]["F"] == pytest.approx(original["kinds"]["last"]["F"], rel=1e-6)
-    assert redone["example"] == original["example"]
+    assert len(loads) == 2 and len(resumed) == 6
+    assert resumed[:4] == records[:4]
+    for redone, original in zip(resumed[4:], records[4:], strict=True):  # the same numbers again
+        for kind in kinds:
+            assert redone["kinds"][kind]["F"] == pytest.approx(original["kinds"][kind]["F"], rel=1e-6)
+        assert redone["example"] == original["example"]
 
     def refuse(name):
         raise AssertionError("a finished report loaded a model")
 
     run_transfer_report(settings, out, loader=refuse, progress=False)
     with pytest.raises(UnlockLensError, match="other settings"):
-        run_transfer_report(ReportSettings(settings.source, settings.target, ("french",), sizes=settings.sizes),
-                            out, loader=refuse, progress=False)
+        run_transfer_report(replace(settings, alpha=0.25), out, loader=refuse, progress=False)
+
+
+def test_contrasts_maps_leave_the_measured_axis_out(tiny_models):
+    """A ``contrasts`` kind is fitted per axis on the other axes' (source key, native key) pairs:
+    n_axes - 1 rows each, never the held-out axis's own keys (which the fit would reproduce)."""
+    axes = [load_axes()[a] for a in ("french", "brief", "pirate")]
+    direction = _direction(tiny_models["qwen2"], tiny_models["llama"], axes)
+    direction.kinds = ("contrasts", "tokens+last+contrasts")
+    for kind in direction.kinds:
+        maps = {a.name: direction.maps_for(a, kind) for a in axes}
+        assert all(m.metrics["contrast_rows"] == 2 for per in maps.values() for m in per.values())
+        french = next(iter(maps["french"]))
+        assert not maps["french"][french].weight.equal(maps["brief"][french].weight)
+    assert direction.maps_for(axes[0], "contrasts") is direction.maps_for(axes[0], "contrasts")  # fitted once

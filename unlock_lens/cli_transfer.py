@@ -28,8 +28,9 @@ def transfer_report(
     source: Annotated[str, typer.Option(help="one model of the pair (hub id, local HF dir, .gguf or registry name)")],
     target: Annotated[str, typer.Option(help="the other model; both directions are measured")],
     axes: Annotated[str | None, typer.Option(help="comma list of axes from the registry (default: all)")] = None,
-    kinds: Annotated[str, typer.Option(help="alignment data kinds, comma list (tokens+last, last, tokens, text)")]
-    = "tokens+last,last",
+    kinds: Annotated[str, typer.Option(help="alignment data kinds, comma list: tokens+last, last, tokens, text, "
+                                       "contrasts (each axis's maps fitted on the other axes' keys; alone or "
+                                       "+-joined, e.g. tokens+last+contrasts)")] = "tokens+last,contrasts,last",
     quick: Annotated[bool, typer.Option("--quick", help="small sizes for tiny models or a smoke test "
                                         "(8 key, 16 align, 4 eval requests, 5 nulls, 9 random directions, "
                                         "8 tokens, 4 scored for F); explicit size flags still win")] = False,

@@ -25,7 +25,6 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from unlock_lens.activations import Variant
-from unlock_lens.alignment_data import parse_data
 from unlock_lens.axes import Axis, load_axes, neutral_requests
 from unlock_lens.diagnostics.axes_transfer import (
     TransferDirection,
@@ -36,13 +35,15 @@ from unlock_lens.diagnostics.axes_transfer import (
     flat_rows,
     measure_axis,
     median_fidelity,
+    split_contrasts,
 )
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.protocol import get_protocol
 from unlock_lens.resumable import append_row, open_run, settings_record
 
-#: alignment data kinds measured by default: the library's default and the authors' last token
-DEFAULT_KINDS: tuple[str, ...] = ("tokens+last", "last")
+#: alignment data kinds measured by default: the library's default, the other axes' keys (each
+#: axis left out of its own map's fit) and the authors' last token
+DEFAULT_KINDS: tuple[str, ...] = ("tokens+last", "contrasts", "last")
 #: ``--quick``: sizes for tiny models or a smoke test (seconds per axis, not a result)
 QUICK_SIZES = TransferSizes(n_key=8, n_align=16, n_eval=4, n_nulls=5, n_random=9, max_new_tokens=8,
                             fidelity_tokens=4)
@@ -85,9 +86,13 @@ def check_settings(settings: ReportSettings) -> list[Axis]:
         raise UnlockLensError("--kinds is empty: give at least one alignment data kind, e.g. tokens+last")
     for kind in settings.kinds:
         try:
-            parse_data(kind)
+            _, contrasts = split_contrasts(kind)
         except UnlockLensError as err:
             raise UnlockLensError(f"--kinds {kind!r}: {err}") from None
+        n_axes = len(settings.axes) or len(registry)
+        if contrasts and n_axes < 3:
+            raise UnlockLensError(f"--kinds {kind!r} fits each axis's maps on the other axes' keys: run at "
+                                  f"least 3 axes (--axes names {n_axes})")
     if settings.source == settings.target:
         raise UnlockLensError(f"--source and --target are both {settings.source}: a transfer needs two models")
     if settings.alpha is not None and not math.isfinite(settings.alpha):
@@ -139,7 +144,7 @@ class _Directions:
                             batch_size=self.settings.sizes.batch_size, progress=self.progress)
             self._directions[source, target] = TransferDirection(
                 s, t, source_keys, self.keys(target), maps, self.requests["align"], self.requests["eval"],
-                self.settings.steering_alpha, self.settings.sizes)
+                self.settings.steering_alpha, self.settings.sizes, kinds=self.settings.kinds)
         return self._directions[source, target]
 
 

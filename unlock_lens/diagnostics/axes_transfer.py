@@ -46,8 +46,9 @@ from tqdm.auto import tqdm
 
 from unlock_lens.activations import Variant, capture, check_layers
 from unlock_lens.align import LayerMap
-from unlock_lens.align.layers import AlignSpec, map_directions
-from unlock_lens.alignment_data import parse_data
+from unlock_lens.align.contrasts import fit_contrast_maps, leave_one_out
+from unlock_lens.align.layers import AlignSpec, LayerPairing, map_directions
+from unlock_lens.alignment_data import alignment_stats, parse_data
 from unlock_lens.axes import Axis
 from unlock_lens.controls import random_like, random_mapped
 from unlock_lens.diagnostics.fidelity import (
@@ -136,11 +137,29 @@ def axis_keys(model: Any, axes: Sequence[Axis], requests: Sequence[str], *, batc
     return keys
 
 
+#: the alignment data kind fitted on the other axes' keys (:mod:`unlock_lens.align.contrasts`),
+#: alone (``contrasts``) or added to token pairs (``tokens+last+contrasts``)
+CONTRASTS = "contrasts"
+
+
+def split_contrasts(kind: str) -> tuple[str | None, bool]:
+    """``"tokens+last+contrasts"`` -> ``("tokens+last", True)``, ``"contrasts"`` -> ``(None, True)``,
+    ``"last"`` -> ``("last", False)``: the prompt-state kinds (checked) and whether the other
+    axes' keys join the fit."""
+    parts = [k.strip() for k in str(kind).split("+") if k.strip()]
+    rest = "+".join(k for k in parts if k != CONTRASTS) or None
+    if rest is not None:
+        parse_data(rest)
+    elif not parts:
+        parse_data(kind)  # the library's one-line error for an empty kind
+    return rest, CONTRASTS in parts
+
+
 def kind_spec(kind: str, base: AlignSpec | None = None) -> AlignSpec:
     """The library's default alignment spec (``get_protocol("library").align``) on data ``kind``."""
     base = base or get_protocol("library").align
-    last_only = parse_data(kind) == ("last",)
-    return replace(base, data=kind, max_pairs=None if last_only else base.max_pairs)
+    states, _ = split_contrasts(kind)
+    return replace(base, data=kind, max_pairs=None if states in (None, "last") else base.max_pairs)
 
 
 def fit_maps(source_key: MasterKey, source: Variant, target: Variant, requests: Sequence[str],
@@ -148,9 +167,11 @@ def fit_maps(source_key: MasterKey, source: Variant, target: Variant, requests: 
              progress: bool = False) -> dict[str, dict[int, LayerMap]]:
     """Layer maps per data kind from ``source`` to ``target`` (both in their locked formats) on
     trigger-free ``requests``. ``source_key`` only says which layers, hook and last-layer basis
-    the maps read: the fit never sees its directions, so the maps serve every axis."""
+    the maps read: the fit never sees its directions, so the maps serve every axis. Kinds with
+    ``contrasts`` depend on the held-out axis: :meth:`TransferDirection.maps_for` fits them."""
     return {kind: align_key(source_key, source, target, requests, kind_spec(kind, base),
-                            batch_size=batch_size, progress=progress) for kind in kinds}
+                            batch_size=batch_size, progress=progress)
+            for kind in kinds if not split_contrasts(kind)[1]}
 
 
 def _scale_free(normalisation: str) -> bool:
@@ -178,12 +199,37 @@ class TransferDirection:
     alpha: float
     sizes: TransferSizes = field(default_factory=TransferSizes)
     base_spec: AlignSpec | None = None
+    kinds: tuple[str, ...] = ()
     _outputs: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    _contrast_maps: dict[tuple[str, str], dict[int, LayerMap]] = field(default_factory=dict, repr=False)
+    _token_stats: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.kinds = tuple(self.kinds) or tuple(self.maps)
 
     def maps_for(self, axis: Axis, kind: str) -> dict[int, LayerMap]:
-        """The ``kind`` maps that carry ``axis``'s key: the same for every axis (a kind fitted
-        on other axes' keys, leaving this one out, would be fitted here per axis)."""
-        return self.maps[kind]
+        """The ``kind`` maps that carry ``axis``'s key: the same for every axis, except for a
+        ``contrasts`` kind, fitted here on the *other* axes' (source key, native key) pairs
+        (:func:`~unlock_lens.align.contrasts.leave_one_out`), alone or added with weight 1 to the
+        token statistics of the rest of the kind (``tokens+last+contrasts``)."""
+        states, contrasts = split_contrasts(kind)
+        if not contrasts:
+            return self.maps[kind]
+        if (kind, axis.name) not in self._contrast_maps:
+            key = self.source_keys[axis.name]
+            pairing = LayerPairing.by_depth(key.source.n_layers, int(self.target.cfg.n_layers))
+            spec = kind_spec(kind, self.base_spec)
+            if states is not None and states not in self._token_stats:
+                self._token_stats[states] = alignment_stats(
+                    Variant(self.source, axis_formats(self.source, axis)[0]),
+                    Variant(self.target, axis_formats(self.target, axis)[0]), self.align_requests, pairing,
+                    data=states, max_pairs=spec.max_pairs, seed=spec.data_seed, hook=key.hook,
+                    final_layer=key.final_layer, batch_size=self.sizes.batch_size)
+            pairs = {name: (self.source_keys[name], self.native_keys[name]) for name in self.source_keys}
+            sources, targets = leave_one_out(pairs, axis.name)
+            self._contrast_maps[kind, axis.name] = fit_contrast_maps(
+                sources, targets, pairing, spec, token_stats=self._token_stats.get(states) if states else None)
+        return self._contrast_maps[kind, axis.name]
 
     def pack(self, axis: Axis, kind: str) -> CapabilityPack:
         """The source's key of ``axis`` through the ``kind`` maps, as a CapabilityPack."""
@@ -224,7 +270,7 @@ def measure_axis(direction: TransferDirection, axis: Axis, *, progress: bool = F
     locked, unlocked = Variant(tgt, locked_fmt).prompts(requests), Variant(tgt, unlocked_fmt).prompts(requests)
     native_key = d.native_keys[axis.name]
     native_dirs = {layer: native_key.direction(layer) for layer in native_key.layers}
-    packs = {kind: d.pack(axis, kind) for kind in d.maps}
+    packs = {kind: d.pack(axis, kind) for kind in d.kinds}
     like = next(iter(packs.values())).steering(d.alpha)  # edit, positions, hook of every condition
     native = like.like(native_dirs)
 
