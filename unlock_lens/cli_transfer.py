@@ -45,7 +45,7 @@ def transfer_report(
     tokens: Annotated[int | None, typer.Option(help="greedy tokens per output, behaviour scored on them (default 16)")]
     = None,
     fidelity_tokens: Annotated[int | None, typer.Option(help="first tokens of the native key's continuations "
-                                                        "scored for F (default 6)")] = None,
+                                                        "scored for F (default 4)")] = None,
     alpha: Annotated[float | None, typer.Option(help="steering strength for every axis (default: the "
                                                 "library protocol's)")] = None,
     seed: Annotated[int, typer.Option(help="seed of the null and random directions")] = 0,

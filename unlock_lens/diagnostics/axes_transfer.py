@@ -84,7 +84,7 @@ class TransferSizes:
     n_nulls: int = 30
     n_random: int = 10
     max_new_tokens: int = 16
-    fidelity_tokens: int = 6
+    fidelity_tokens: int = 4
     batch_size: int = 16
     seed: int = 0
 
