@@ -21,6 +21,7 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -110,7 +111,28 @@ PRIMERS = {
     "sports": " Let me relate this to sports.",
     "pirate": " Arr, matey!",
 }
-VARIANTS = ("locked", "unlocked", "primed")
+#: worked examples for the ``fewshot`` variant (the unlocked prompt with these question/answer
+#: pairs before the request), for the axes that priming alone left with almost no positive
+FEW_SHOT = {
+    "question": (
+        ("Tell me about trees.", "Trees give us shade, fruit and clean air, and many live for hundreds of "
+         "years. Do you have a favourite tree?"),
+        ("Give me advice on painting a room.", "Choose a light colour, cover the floor, and paint two thin "
+         "coats. Which room are you painting?"),
+    ),
+    "shouting": (
+        ("Tell me about trees.", "TREES GIVE US SHADE, FRUIT AND CLEAN AIR, AND MANY LIVE FOR HUNDREDS OF YEARS."),
+        ("Give me advice on painting a room.", "CHOOSE A LIGHT COLOUR, COVER THE FLOOR, AND PAINT TWO THIN COATS."),
+    ),
+}
+#: how each extra variant changes an axis's unlocked format (``fewshot``: the examples above;
+#: ``asks``: an answer that opens by asking the user, the one way these models ended on a question)
+VARIANT_CHANGES: dict[str, dict[str, dict[str, Any]]] = {
+    "primed": {name: {"answer_prefix": prefix} for name, prefix in PRIMERS.items()},
+    "fewshot": {name: {"few_shot": shots} for name, shots in FEW_SHOT.items()},
+    "asks": {"question": {"answer_prefix": " Before I answer, I have a question for you:"}},
+}
+VARIANTS = ("locked", "unlocked", *VARIANT_CHANGES)
 
 
 def axis_requests(index: int, n: int, offset: int = 0) -> list[str]:
@@ -126,7 +148,10 @@ def variant_format(axis: Axis, variant: str, chat: bool) -> PromptFormat:
     unlocked = axis.unlocked_format(chat)
     if variant == "unlocked":
         return unlocked
-    return replace(unlocked, name=f"{axis.name}-primed", answer_prefix=PRIMERS[axis.name])
+    changes = VARIANT_CHANGES[variant]
+    if axis.name not in changes:
+        raise SystemExit(f"variant {variant!r} exists for {sorted(changes)} only, not {axis.name!r}")
+    return replace(unlocked, name=f"{axis.name}-{variant}", **changes[axis.name])
 
 
 def model_rows(name: str, axes: dict[str, Axis], variants: list[str], n: int, offset: int,
@@ -152,6 +177,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("analysis/results/axes_labels/outputs.jsonl"))
     p.add_argument("--n-per-axis", type=int, default=9, help="requests per axis and variant")
     p.add_argument("--variants", default="locked,unlocked", help=f"comma-separated, of {VARIANTS}")
+    p.add_argument("--axes", default=None, help="comma-separated axis names (default: all)")
     p.add_argument("--offset", type=int, default=0, help="shift every axis's requests along the list")
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=16)
@@ -161,6 +187,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     axes = load_axes()
+    if args.axes:
+        axes = {name: axes[name] for name in args.axes.split(",")}
     variants = args.variants.split(",")
     if unknown := set(variants) - set(VARIANTS):
         raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
