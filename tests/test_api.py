@@ -8,8 +8,8 @@ import pytest
 
 import unlock_lens
 
-PACKAGES = ["unlock_lens", "unlock_lens.align", "unlock_lens.diagnostics", "unlock_lens.evaluate",
-            "unlock_lens.organisms", "unlock_lens.sweep"]
+PACKAGES = ["unlock_lens", "unlock_lens.align", "unlock_lens.axes", "unlock_lens.diagnostics",
+            "unlock_lens.evaluate", "unlock_lens.organisms", "unlock_lens.sweep"]
 
 
 def _stub_imports(package: str) -> dict[str, tuple[str, str]]:
@@ -55,7 +55,7 @@ def test_core_math_imports_no_model_library():
 #: the method's order, bottom to top: a module may import its own layer and those below it
 LAYERS = [
     ["errors", "legends", "compat", "model_info", "artifacts", "interventions", "distributions", "plots"],
-    ["prompts", "models", "random_models"],
+    ["prompts", "axes", "models", "random_models"],
     ["activations", "streaming"],
     ["masterkey", "align", "alignment_data", "controls"],
     ["steer"],
