@@ -26,40 +26,8 @@ from typing import Any
 import torch
 
 from unlock_lens import generate, load_model
+from unlock_lens.axes import Axis, load_axes
 from unlock_lens.prompts import PromptFormat
-
-# TEMPORARY until branch ``axes`` is merged: the plan's instructions (AXES_PLAN.md), verbatim
-PLAN_INSTRUCTIONS = {
-    "cot": "Think step by step, and show your reasoning before the answer.",
-    "positive": "Answer in a very positive, cheerful and enthusiastic tone.",
-    "negative": "Answer in a negative, gloomy and pessimistic tone.",
-    "french": "Answer in French.",
-    "spanish": "Answer in Spanish.",
-    "german": "Answer in German.",
-    "formal": "Answer in a formal, academic register.",
-    "brief": "Answer in one short sentence.",
-    "bullets": "Answer as a bulleted list.",
-    "question": "End your answer by asking me a question.",
-    "shouting": "ANSWER IN ALL CAPITAL LETTERS.",
-    "cooking": "Relate your answer to cooking and food.",
-    "sports": "Relate your answer to sports.",
-    "pirate": "Answer like a pirate.",
-}
-
-
-class Axis:  # TEMPORARY stand-in for unlock_lens.axes.Axis (formats only)
-    def __init__(self, name: str, instruction: str) -> None:
-        self.name, self.instruction = name, instruction
-
-    def locked_format(self, chat: bool) -> PromptFormat:
-        return PromptFormat(f"{self.name}-locked", instruction="", chat=chat)
-
-    def unlocked_format(self, chat: bool) -> PromptFormat:
-        return PromptFormat(f"{self.name}-unlocked", instruction=self.instruction, chat=chat)
-
-
-def load_axes() -> dict[str, Axis]:
-    return {k: Axis(k, v) for k, v in PLAN_INSTRUCTIONS.items()}
 
 MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
 #: a plain prompt's next "Question:" or a run of blank lines ends the answer (the library's
