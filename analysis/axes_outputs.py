@@ -8,6 +8,9 @@ instruction), the greedy output (``--max-new-tokens``) on ``--n-per-axis`` reque
 :data:`REQUESTS`. Axis ``i`` takes ``n`` consecutive requests starting at ``i * n`` (mod the
 list), so the axes see different requests and every axis has its locked and unlocked output of
 the same ones. A locked prompt does not depend on the axis, so each is generated once.
+``--variants`` adds outputs made to show the behaviour more often (:data:`VARIANT_CHANGES`:
+``primed`` answer prefixes, ``fewshot`` examples, ``asks``), for axes that prompting alone
+leaves with few positive examples to label; the output is the continuation after any prefix.
 
 The requests are everyday ones written for this labelling job (not taken from any evaluation
 set), so their outputs can be committed: ``tests/fixtures/axes_labels.jsonl`` holds them with
@@ -156,6 +159,8 @@ def main() -> None:
     t0 = time.perf_counter()
     axes = load_axes()
     if args.axes:
+        if unknown := set(args.axes.split(",")) - set(axes):
+            raise SystemExit(f"unknown axes {sorted(unknown)}; the registry has {list(axes)}")
         axes = {name: axes[name] for name in args.axes.split(",")}
     variants = args.variants.split(",")
     if unknown := set(variants) - set(VARIANTS):
