@@ -268,7 +268,7 @@ def test_language_is_py3langids_probability(axes):
 
 
 def test_rule_scorers_give_exact_numbers(axes):
-    assert axes["brief"].score(["Libraries lend books for free.", ""]) == [-5.0, 0.0]
+    assert axes["brief"].score(["Libraries lend books for free.", ""]) == [-5.0, -100.0]  # blank is not brief
     assert axes["bullets"].score(["Facts:\n- one\n\n* two\n• three\n2) four\nEnd."]) == [4 / 6]
     assert axes["shouting"].score(["ABc d!", "123"]) == [0.5, 0.0]
     assert axes["question"].score(["Is it? No.", "No. Is it?\n", "Ready? Go!  😊", ""]) == [0.0, 1.0, 0.0, 0.0]

@@ -12,7 +12,7 @@ Maintained libraries where one exists, short rules otherwise:
   ``INFORMAL_PENALTY`` grade levels per informal marker per word (contractions, slang, ``!``).
 - ``step_markers``: how many kinds of step marker appear (numbered or ``Step n`` lines, first /
   next / then / finally, therefore / thus, "step by step", "the answer is").
-- ``brevity``: minus the word count (higher = briefer).
+- ``brevity``: minus the word count (higher = briefer); an empty output is not brief.
 - ``list_items``: the share of non-empty lines that are list items (``-``, ``*``, ``•``, ``–``, ``1.``).
 - ``question_end``: 1.0 when the last sentence holds a question mark, else 0.0.
 - ``uppercase``: the share of cased letters that are upper case.
@@ -132,9 +132,15 @@ def step_markers(text: str) -> float:
     return float(sum(1 for pattern in STEP_MARKERS.values() if pattern.search(text)))
 
 
+#: what an output without a word scores on ``brevity``: as absent as a long answer, so that a
+#: key which only makes the model stop at once cannot look brief
+EMPTY_BREVITY = -100.0
+
+
 def brevity(text: str) -> float:
-    """Minus the word count: higher = briefer."""
-    return -float(len(words(text)))
+    """Minus the word count: higher = briefer; an empty output scores :data:`EMPTY_BREVITY`."""
+    n = len(words(text))
+    return -float(n) if n else EMPTY_BREVITY
 
 
 _LIST_ITEM = re.compile(r"^\s*(?:[-*•–+]|\d+[.)])\s+\S")
