@@ -151,3 +151,28 @@ def test_contrasts_maps_leave_the_measured_axis_out(tiny_models):
         french = next(iter(maps["french"]))
         assert not maps["french"][french].weight.equal(maps["brief"][french].weight)
     assert direction.maps_for(axes[0], "contrasts") is direction.maps_for(axes[0], "contrasts")  # fitted once
+
+
+def test_alpha_chosen_on_dev_requests_never_reads_eval(tiny_models):
+    """With dev alphas each axis's alpha is the one with the largest native behaviour effect on
+    the dev requests; no evaluation request is generated from before the choice is made."""
+    axis = load_axes()["shouting"]
+    direction = _direction(tiny_models["qwen2"], tiny_models["llama"], [axis])
+    direction.dev_requests = neutral_requests("dev")[:4]
+    direction.dev_alphas = (0.25, 2.0)
+    seen = []
+    outputs = direction.outputs
+
+    def spy(name, prompts, steering=None):
+        seen.append((name, list(prompts)))
+        return outputs(name, prompts, steering)
+
+    direction.outputs = spy
+    alpha, how = direction.alpha_for(axis)
+    evaluated = neutral_requests("eval")[: SIZES.n_eval]
+    assert seen and not any(q in p for _, prompts in seen for p in prompts for q in evaluated)
+    effects = {float(a): e for a, e in how["dev_effects"].items()}
+    assert how["alpha_from"] == "dev" and set(effects) == {0.25, 2.0}
+    assert alpha == max(effects, key=lambda a: (effects[a], -a))
+    record = measure_axis(direction, axis)
+    assert record["alpha"] == alpha and record["alpha_from"] == "dev"

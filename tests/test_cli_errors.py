@@ -116,6 +116,8 @@ CASES = {
     "transfer-report zero tokens": (TRANSFER + ["--tokens", "0"], "--tokens"),
     "transfer-report zero fidelity tokens": (TRANSFER + ["--fidelity-tokens", "0"], "--fidelity-tokens"),
     "transfer-report nan alpha": (TRANSFER + ["--alpha", "nan"], "--alpha"),
+    "transfer-report alpha and dev alphas": (TRANSFER + ["--alpha", "0.1", "--dev-alphas", "0.1,0.2"], "--dev-alphas"),
+    "transfer-report nan dev alpha": (TRANSFER + ["--dev-alphas", "0.1,nan"], "--dev-alphas"),
     "transfer-report one model twice": (["transfer-report", "--source", "m", "--target", "m", "--out", "OUT/tr"],
                                         "--source"),
     "transfer-report zero threads": (TRANSFER + ["--threads", "0"], "--threads"),

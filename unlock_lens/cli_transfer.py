@@ -48,6 +48,9 @@ def transfer_report(
                                                         "scored for F (default 4)")] = None,
     alpha: Annotated[float | None, typer.Option(help="steering strength for every axis (default: the "
                                                 "library protocol's)")] = None,
+    dev_alphas: Annotated[str | None, typer.Option(help="choose each axis's alpha among these (comma list) by "
+                                                  "the native key's behaviour effect on the pool's dev requests; "
+                                                  "instead of --alpha")] = None,
     seed: Annotated[int, typer.Option(help="seed of the null and random directions")] = 0,
     batch_size: BatchSize = 16,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's)")] = None,
@@ -71,7 +74,8 @@ def transfer_report(
              "fidelity_tokens": fidelity_tokens}
     sizes = replace(sizes, seed=seed, batch_size=batch_size, **{k: v for k, v in given.items() if v is not None})
     settings = ReportSettings(source, target, _names(axes, "--axes") if axes is not None else (),
-                              _names(kinds, "--kinds"), sizes, alpha, device)
+                              _names(kinds, "--kinds"), sizes, alpha, device,
+                              tuple(check.parse_alphas(dev_alphas, "--dev-alphas")) if dev_alphas is not None else ())
     check_settings(settings)
     check.check_positive(threads, "--threads")
     check.check_out_folder(out, "transfer-report")

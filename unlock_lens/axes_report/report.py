@@ -106,7 +106,7 @@ def examples_figure(records: Sequence[Mapping[str, Any]]) -> go.Figure:
     return fig
 
 
-TABLE_COLUMNS = ("direction", "axis", "kind", "native_effect", "native_p", "native_has_effect", "F", "F_lo", "F_hi",
+TABLE_COLUMNS = ("direction", "axis", "alpha", "kind", "native_effect", "native_p", "native_has_effect", "F", "F_lo", "F_hi",
                  "p", "share", "anti_steerable", "prompt_effect", "random_mapped_effect", "cosine_to_native")
 
 
@@ -117,7 +117,8 @@ def write_transfer_report(path: str | Path, table: pd.DataFrame, summary: Mappin
     s, sizes = summary["settings"], summary["settings"]["sizes"]
     medians = "; ".join(f"{m['direction']} {m['kind']}: median F {m['median_F']:.2f} over "
                         f"{m['axes_with_native_effect']} of {m['axes']} axes" for m in summary["medians"])
-    meta = (f"{s['source']} ⇄ {s['target']}; alpha {summary['alpha']:g} ({summary['alpha_from']}); "
+    alpha = (summary["alpha_from"] if s.get("dev_alphas") else f"alpha {summary['alpha']:g} ({summary['alpha_from']})")
+    meta = (f"{s['source']} ⇄ {s['target']}; {alpha}; "
             f"{sizes['n_eval']} evaluation requests, keys on {sizes['n_key']}, maps on {sizes['n_align']} "
             f"trigger-free requests per data kind, fitted once per direction; {sizes['n_nulls']} random-mapped "
             f"nulls for F, {sizes['n_random']} random target directions for the native effect; "

@@ -9,7 +9,7 @@ data kind) and ``report.html`` (:mod:`~unlock_lens.axes_report.report`).
 
 Requests come from the axes' neutral pool (:func:`unlock_lens.axes.neutral_requests`): keys on
 ``key``, maps on ``align``, measurements on ``eval``; alpha is fixed for the run (the library
-protocol's unless given), never chosen on ``eval``.
+protocol's unless given) or chosen per axis on ``dev`` (``dev_alphas``), never on ``eval``.
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ SPLITS = ("key", "align", "eval")
 @dataclass(frozen=True)
 class ReportSettings:
     """Everything that decides a transfer report's numbers (recorded; a resume must match).
-    ``axes``: names in the registry (empty: all); ``alpha``: None = the library protocol's."""
+    ``axes``: names in the registry (empty: all); ``alpha``: None = the library protocol's;
+    ``dev_alphas``: choose each axis's alpha among these on the pool's ``dev`` requests instead
+    (``n_eval`` of them), by the native key's behaviour effect."""
 
     source: str
     target: str
@@ -62,6 +64,7 @@ class ReportSettings:
     sizes: TransferSizes = field(default_factory=TransferSizes)
     alpha: float | None = None
     device: str = "cpu"
+    dev_alphas: tuple[float, ...] = ()
 
     @property
     def steering_alpha(self) -> float:
@@ -97,7 +100,14 @@ def check_settings(settings: ReportSettings) -> list[Axis]:
         raise UnlockLensError(f"--source and --target are both {settings.source}: a transfer needs two models")
     if settings.alpha is not None and not math.isfinite(settings.alpha):
         raise UnlockLensError(f"--alpha must be a finite number, got {settings.alpha}")
+    if settings.dev_alphas and settings.alpha is not None:
+        raise UnlockLensError("--alpha and --dev-alphas both given: fix one alpha, or let dev choose among several")
+    if not all(math.isfinite(a) for a in settings.dev_alphas):
+        raise UnlockLensError(f"--dev-alphas {list(settings.dev_alphas)}: every alpha must be a finite number")
     settings.sizes.check({split: len(neutral_requests(split)) for split in SPLITS})
+    if settings.dev_alphas and settings.sizes.n_eval > len(neutral_requests("dev")):
+        raise UnlockLensError(f"--n-eval {settings.sizes.n_eval} is more than the {len(neutral_requests('dev'))} "
+                              "requests of the pool's 'dev' split, which --dev-alphas chooses on; lower it")
     return [registry[a] for a in settings.axes] if settings.axes else list(registry.values())
 
 
@@ -125,6 +135,7 @@ class _Directions:
         sizes = settings.sizes
         self.requests = {"key": neutral_requests("key")[: sizes.n_key],
                          "align": neutral_requests("align")[: sizes.n_align],
+                         "dev": neutral_requests("dev")[: sizes.n_eval],
                          "eval": neutral_requests("eval")[: sizes.n_eval]}
         self._keys: dict[str, Any] = {}
         self._directions: dict[tuple[str, str], TransferDirection] = {}
@@ -144,7 +155,8 @@ class _Directions:
                             batch_size=self.settings.sizes.batch_size, progress=self.progress)
             self._directions[source, target] = TransferDirection(
                 s, t, source_keys, self.keys(target), maps, self.requests["align"], self.requests["eval"],
-                self.settings.steering_alpha, self.settings.sizes, kinds=self.settings.kinds)
+                self.settings.steering_alpha, self.settings.sizes, kinds=self.settings.kinds,
+                dev_requests=self.requests["dev"], dev_alphas=self.settings.dev_alphas)
         return self._directions[source, target]
 
 
@@ -157,8 +169,9 @@ def run_transfer_report(settings: ReportSettings, out: str | Path, *, models: Ma
     model; default :func:`unlock_lens.models.load_model` on the settings' device)."""
     out = Path(out)
     axes = check_settings(settings)
-    record = settings_record(settings=asdict(settings), alpha=settings.steering_alpha,
-                             alpha_from="--alpha" if settings.alpha is not None else "library protocol default")
+    alpha_from = ("chosen per axis on dev requests among " + ", ".join(f"{a:g}" for a in settings.dev_alphas)
+                  if settings.dev_alphas else "--alpha" if settings.alpha is not None else "library protocol default")
+    record = settings_record(settings=asdict(settings), alpha=settings.steering_alpha, alpha_from=alpha_from)
     done = {(r["direction"], r["axis"]): r
             for r in open_run(out, record, meta="transfer_meta.json", rows="axes.jsonl", what="a transfer report")}
     units = [(pair, axis) for pair in settings.directions for axis in axes]

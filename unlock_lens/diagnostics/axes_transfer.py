@@ -10,7 +10,9 @@ For one direction of a model pair (source -> target):
 - **keys**: per axis and model, the prompt contrast unlocked minus locked format on the
   pool's ``key`` requests (:func:`axis_keys`): the source's key is carried over, the target's
   is the *native* key it is compared with;
-- **per axis** on the ``eval`` requests (:func:`measure_axis`), at one alpha:
+- **per axis** on the ``eval`` requests (:func:`measure_axis`), at one alpha (fixed, or chosen
+  per axis on the ``dev`` requests by the native key's behaviour effect:
+  :meth:`TransferDirection.alpha_for`):
 
   * native effect: mean behaviour score (:meth:`Axis.score`) of greedy outputs under the
     native key minus unsteered, ranked among ``n_random`` random target directions of the
@@ -200,6 +202,8 @@ class TransferDirection:
     sizes: TransferSizes = field(default_factory=TransferSizes)
     base_spec: AlignSpec | None = None
     kinds: tuple[str, ...] = ()
+    dev_requests: list[str] = field(default_factory=list)
+    dev_alphas: tuple[float, ...] = ()
     _outputs: dict[str, list[str]] = field(default_factory=dict, repr=False)
     _contrast_maps: dict[tuple[str, str], dict[int, LayerMap]] = field(default_factory=dict, repr=False)
     _token_stats: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -239,6 +243,25 @@ class TransferDirection:
             target=Variant(self.target, tgt_fmt), questions=self.align_requests,
             spec=kind_spec(kind, self.base_spec), alpha=self.alpha)
 
+    def alpha_for(self, axis: Axis) -> tuple[float, dict[str, Any]]:
+        """The alpha ``axis`` is measured at and how it was chosen: ``alpha`` itself, or (with
+        ``dev_alphas``) the one of them at which the native key's behaviour effect (mean score
+        minus unsteered) is largest on the ``dev_requests`` (the smaller alpha on a tie); the
+        evaluation requests are never read."""
+        if not self.dev_alphas:
+            return self.alpha, {"alpha_from": "fixed"}
+        if not self.dev_requests:
+            raise UnlockLensError("dev_alphas need dev_requests to choose on (never the eval requests)")
+        fmt = axis_formats(self.target, axis)[0]
+        prompts = Variant(self.target, fmt).prompts(self.dev_requests)
+        base = axis.score(self.outputs("dev unsteered", prompts))
+        native = {layer: self.native_keys[axis.name].direction(layer) for layer in self.native_keys[axis.name].layers}
+        like = self.pack(axis, self.kinds[0]).steering(self.alpha)
+        effects = {a: _effect(axis, self.outputs(f"dev {axis.name} native a{a:g}", prompts, like.like(native, a)),
+                              base)[0] for a in sorted(self.dev_alphas)}
+        best = max(effects, key=lambda a: (effects[a], -a))
+        return best, {"alpha_from": "dev", "dev_effects": {f"{a:g}": e for a, e in effects.items()}}
+
     def outputs(self, name: str, prompts: Sequence[str], steering: Steering | None = None) -> list[str]:
         """Greedy outputs of the target (``sizes.max_new_tokens``) under ``steering``, generated
         once per ``name`` (name a condition by everything that decides it)."""
@@ -270,8 +293,9 @@ def measure_axis(direction: TransferDirection, axis: Axis, *, progress: bool = F
     locked, unlocked = Variant(tgt, locked_fmt).prompts(requests), Variant(tgt, unlocked_fmt).prompts(requests)
     native_key = d.native_keys[axis.name]
     native_dirs = {layer: native_key.direction(layer) for layer in native_key.layers}
+    alpha, chosen = d.alpha_for(axis)
     packs = {kind: d.pack(axis, kind) for kind in d.kinds}
-    like = next(iter(packs.values())).steering(d.alpha)  # edit, positions, hook of every condition
+    like = next(iter(packs.values())).steering(alpha)  # edit, positions, hook of every condition
     native = like.like(native_dirs)
 
     unsteered = d.outputs("unsteered", locked)
@@ -283,7 +307,8 @@ def measure_axis(direction: TransferDirection, axis: Axis, *, progress: bool = F
         native_texts[i] = text
     native_effect, native_change = _effect(axis, native_texts, base_scores)
     randoms = {f"random-target {s}": random_like(native_dirs, sizes.seed + s) for s in range(sizes.n_random)}
-    shared = "" if _scale_free(like.normalisation) else f"{axis.name} "  # random_like keeps each layer's draw
+    # random_like keeps each layer's draw: under a length-free edit every axis at this alpha shares them
+    shared = f"a{alpha:g} " if _scale_free(like.normalisation) else f"{axis.name} a{alpha:g} "
     random_effects = [_effect(axis, d.outputs(f"{shared}{name}", locked, like.like(dirs)), base_scores)[0]
                       for name, dirs in randoms.items()]
     rank, p = direction_rank(native_effect, random_effects)
@@ -291,7 +316,7 @@ def measure_axis(direction: TransferDirection, axis: Axis, *, progress: bool = F
     prompt_effect, _ = _effect(axis, prompt_texts, base_scores)
 
     record: dict[str, Any] = {
-        "axis": axis.name, "alpha": d.alpha, "n_eval": len(requests), "n_reference": len(reference.prompts),
+        "axis": axis.name, "alpha": alpha, **chosen, "n_eval": len(requests), "n_reference": len(reference.prompts),
         "native": {"score_unsteered": float(np.mean(base_scores)), "effect": native_effect,
                    "random_effects": random_effects, "rank": rank, "p": p, "n_random": len(random_effects),
                    "has_effect": bool(native_effect > 0 and p <= NATIVE_EFFECT_LEVEL),
@@ -306,8 +331,8 @@ def measure_axis(direction: TransferDirection, axis: Axis, *, progress: bool = F
     scored = Reference(reference.name, reference.prompts, tuple(t[: sizes.fidelity_tokens] for t in reference.tokens),
                        reference.texts, reference.indices)
     for j, (kind, pack) in enumerate(packs.items()):
-        steered = pack.steering(d.alpha)
-        report = pack_fidelity(tgt, pack, native_dirs, locked, alpha=d.alpha, references=("native",),
+        steered = pack.steering(alpha)
+        report = pack_fidelity(tgt, pack, native_dirs, locked, alpha=alpha, references=("native",),
                                n_nulls=sizes.n_nulls, seed=sizes.seed, native_reference=scored,
                                extra_candidates=randoms if j == 0 else None, batch_size=sizes.batch_size,
                                progress=progress)["native"]
@@ -348,7 +373,7 @@ def median_fidelity(records: Sequence[Mapping[str, Any]], kind: str) -> tuple[fl
 
 def flat_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One table row per data kind of a record: the axis's native and prompt columns repeated."""
-    head = {k: v for k, v in record.items() if k not in ("native", "prompt", "kinds", "example")}
+    head = {k: v for k, v in record.items() if not isinstance(v, dict)}
     head.update({f"native_{k}": v for k, v in record["native"].items() if k != "random_effects"})
     head["native_random_effect_max"] = float(np.max(record["native"]["random_effects"]))
     head.update({f"prompt_{k}": v for k, v in record["prompt"].items()})
