@@ -176,3 +176,18 @@ def test_alpha_chosen_on_dev_requests_never_reads_eval(tiny_models):
     assert alpha == max(effects, key=lambda a: (effects[a], -a))
     record = measure_axis(direction, axis)
     assert record["alpha"] == alpha and record["alpha_from"] == "dev"
+
+
+def test_a_native_key_that_ends_every_output_has_no_native_effect(tiny_models, monkeypatch):
+    """No native continuation to score (greedy_reference refuses): the axis reads 'no native
+    effect', F is NaN for every kind, and the record is still written."""
+    from unlock_lens.diagnostics import axes_transfer
+
+    def empty(*args, **kwargs):
+        raise UnlockLensError("every 'native' continuation is empty")
+
+    monkeypatch.setattr(axes_transfer, "greedy_reference", empty)
+    axis = load_axes()["french"]
+    record = measure_axis(_direction(tiny_models["qwen2"], tiny_models["llama"], [axis]), axis)
+    assert record["n_reference"] == 0 and record["native"]["has_effect"] is False
+    assert math.isnan(record["kinds"]["tokens+last"]["F"]) and record["example"]["native"] == ""

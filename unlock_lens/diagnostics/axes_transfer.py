@@ -31,7 +31,8 @@ For one direction of a model pair (source -> target):
 **No native effect** (rule fixed here, before any output is read): an axis whose native key's
 behaviour effect is not positive, or whose direction-level p among the random target
 directions is above :data:`NATIVE_EFFECT_LEVEL`, has nothing to transfer; it is reported as
-such and left out of the medians (:func:`median_fidelity`).
+such and left out of the medians (:func:`median_fidelity`). So is one whose native key ends
+every output at once (``n_reference`` 0: no continuation to score, F is NaN).
 """
 
 from __future__ import annotations
@@ -300,10 +301,13 @@ def measure_axis(direction: TransferDirection, axis: Axis, *, progress: bool = F
 
     unsteered = d.outputs("unsteered", locked)
     base_scores = axis.score(unsteered)
-    reference = greedy_reference(tgt, locked, name="native", steering=native,
-                                 max_new_tokens=sizes.max_new_tokens, batch_size=sizes.batch_size)
+    try:
+        reference = greedy_reference(tgt, locked, name="native", steering=native,
+                                     max_new_tokens=sizes.max_new_tokens, batch_size=sizes.batch_size)
+    except UnlockLensError:  # the native key ends every output at once: no behaviour, nothing to score
+        reference = None
     native_texts = [""] * len(requests)
-    for i, text in zip(reference.indices, reference.texts, strict=True):
+    for i, text in zip(reference.indices if reference else (), reference.texts if reference else (), strict=True):
         native_texts[i] = text
     native_effect, native_change = _effect(axis, native_texts, base_scores)
     randoms = {f"random-target {s}": random_like(native_dirs, sizes.seed + s) for s in range(sizes.n_random)}
@@ -316,10 +320,11 @@ def measure_axis(direction: TransferDirection, axis: Axis, *, progress: bool = F
     prompt_effect, _ = _effect(axis, prompt_texts, base_scores)
 
     record: dict[str, Any] = {
-        "axis": axis.name, "alpha": alpha, **chosen, "n_eval": len(requests), "n_reference": len(reference.prompts),
+        "axis": axis.name, "alpha": alpha, **chosen, "n_eval": len(requests),
+        "n_reference": len(reference.prompts) if reference else 0,
         "native": {"score_unsteered": float(np.mean(base_scores)), "effect": native_effect,
                    "random_effects": random_effects, "rank": rank, "p": p, "n_random": len(random_effects),
-                   "has_effect": bool(native_effect > 0 and p <= NATIVE_EFFECT_LEVEL),
+                   "has_effect": bool(reference and native_effect > 0 and p <= NATIVE_EFFECT_LEVEL),
                    "key_norm": float(torch.stack([v.norm() for v in native_dirs.values()]).mean()),
                    "effective_rank": float(np.mean(native_key.effective_rank)) if native_key.effective_rank
                    else math.nan, **_steerability(native_change)},
@@ -328,6 +333,10 @@ def measure_axis(direction: TransferDirection, axis: Axis, *, progress: bool = F
     }
     example = {"request": requests[0], "unsteered": unsteered[0], "native": native_texts[0],
                "prompted": prompt_texts[0]}
+    if reference is None:
+        record["kinds"] = {kind: {"F": math.nan} for kind in packs}
+        record["example"], record["seconds"] = example, round(time.perf_counter() - t0, 2)
+        return record
     scored = Reference(reference.name, reference.prompts, tuple(t[: sizes.fidelity_tokens] for t in reference.tokens),
                        reference.texts, reference.indices)
     for j, (kind, pack) in enumerate(packs.items()):
