@@ -97,6 +97,7 @@ def test_transfer_report_quick_end_to_end_then_resumes(tiny_dirs, tmp_path):
             "--quick", "--axes", "french,shouting,brief", "--alpha", "0.5", "--out", str(out)]
     result = CliRunner().invoke(cli.app, argv)
     assert result.exit_code == 0, result.output
+    assert "qwen2 -> llama, contrasts: median F" in result.output
     records = [json.loads(line) for line in (out / "axes.jsonl").read_text().splitlines()]
     assert [(r["direction"].split(" -> ")[0], r["axis"]) for r in records] == [
         (model, axis) for model in ("qwen2", "llama") for axis in ("french", "shouting", "brief")]

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -85,4 +86,7 @@ def transfer_report(
 
         torch.set_num_threads(threads)
     table = run_transfer_report(settings, out, loader=lambda name: _load(name, device))
+    for m in json.loads((out / "report.json").read_text())["medians"]:
+        typer.echo(f"{m['direction']}, {m['kind']}: median F {m['median_F']:.2f} over the "
+                   f"{m['axes_with_native_effect']} of {m['axes']} axes with a native effect")
     typer.echo(f"{len(table)} rows -> {out}/report.csv, {out}/report.json, report {out}/report.html")
