@@ -20,16 +20,14 @@ import time
 import torch
 
 from benchmarks._common import header, machine
-from unlock_lens.activations import Variant
-from unlock_lens.axes import load_axes, neutral_requests
+from unlock_lens.axes import load_axes
 from unlock_lens.axes_report.run import DEFAULT_KINDS
 from unlock_lens.diagnostics.axes_transfer import (
-    TransferDirection,
     TransferSizes,
-    axis_formats,
     axis_keys,
-    fit_maps,
     measure_axis,
+    pool_requests,
+    prepare_direction,
 )
 from unlock_lens.models import load_model
 
@@ -62,15 +60,12 @@ def main() -> None:
     keys = {}
     for name, model in ((args.source, source), (args.target, target)):
         start = _clock()
-        keys[name] = axis_keys(model, axes, neutral_requests("key")[: sizes.n_key], batch_size=sizes.batch_size)
+        keys[name] = axis_keys(model, axes, pool_requests(sizes)["key"], batch_size=sizes.batch_size)
         print(f"keys of {len(axes)} axes in {name} ({len(axes) + 1} captures):", _since(start))
-    align = neutral_requests("align")[: sizes.n_align]
     start = _clock()
-    maps = fit_maps(keys[args.source][axes[0].name], Variant(source, axis_formats(source, axes[0])[0]),
-                    Variant(target, axis_formats(target, axes[0])[0]), align, kinds)
-    print(f"maps ({', '.join(maps)}):", _since(start))
-    direction = TransferDirection(source, target, keys[args.source], keys[args.target], maps, align,
-                                  neutral_requests("eval")[: sizes.n_eval], 0.1, sizes, kinds=kinds)
+    direction = prepare_direction(source, target, axes, alpha=0.1, sizes=sizes, kinds=kinds,
+                                  source_keys=keys[args.source], target_keys=keys[args.target])
+    print(f"maps ({', '.join(direction.maps)}):", _since(start))
     for axis in axes[:2]:
         start = _clock()
         record = measure_axis(direction, axis)

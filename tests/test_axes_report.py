@@ -10,18 +10,14 @@ import pytest
 from typer.testing import CliRunner
 
 from unlock_lens import cli
-from unlock_lens.activations import Variant
 from unlock_lens.axes import load_axes, neutral_requests
 from unlock_lens.axes_report.run import QUICK_SIZES, ReportSettings, run_transfer_report
 from unlock_lens.diagnostics.axes_transfer import (
     NATIVE_EFFECT_LEVEL,
-    TransferDirection,
     TransferSizes,
-    axis_formats,
-    axis_keys,
-    fit_maps,
     measure_axis,
     median_fidelity,
+    prepare_direction,
 )
 from unlock_lens.errors import UnlockLensError
 
@@ -29,13 +25,7 @@ SIZES = TransferSizes(n_key=6, n_align=16, n_eval=4, n_nulls=4, n_random=9, max_
 
 
 def _direction(source, target, axes, kinds=("tokens+last",), alpha=0.5):
-    keys = {id(m): axis_keys(m, axes, neutral_requests("key")[: SIZES.n_key]) for m in (source, target)}
-    align = neutral_requests("align")[: SIZES.n_align]
-    first = axes[0]
-    maps = fit_maps(keys[id(source)][first.name], Variant(source, axis_formats(source, first)[0]),
-                    Variant(target, axis_formats(target, first)[0]), align, kinds)
-    return TransferDirection(source, target, keys[id(source)], keys[id(target)], maps, align,
-                             neutral_requests("eval")[: SIZES.n_eval], alpha, SIZES)
+    return prepare_direction(source, target, axes, alpha=alpha, sizes=SIZES, kinds=kinds)
 
 
 def test_a_model_mapped_onto_itself_transfers_its_own_key_exactly(tiny_models):

@@ -24,17 +24,16 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from unlock_lens.activations import Variant
 from unlock_lens.axes import Axis, load_axes, neutral_requests
 from unlock_lens.diagnostics.axes_transfer import (
     TransferDirection,
     TransferSizes,
-    axis_formats,
     axis_keys,
-    fit_maps,
     flat_rows,
     measure_axis,
     median_fidelity,
+    pool_requests,
+    prepare_direction,
     split_contrasts,
 )
 from unlock_lens.errors import UnlockLensError
@@ -126,37 +125,29 @@ def _load_models(settings: ReportSettings, loader: Callable[[str], Any] | None) 
 
 
 class _Directions:
-    """Keys per model and the maps of each direction, made on first use (a resume that only
-    lacks one direction fits only its maps)."""
+    """Keys per model and each direction's set-up, made on first use (a resume that only lacks
+    one direction fits only its maps)."""
 
     def __init__(self, settings: ReportSettings, models: Mapping[str, Any], axes: Sequence[Axis],
                  progress: bool) -> None:
         self.settings, self.models, self.axes, self.progress = settings, models, list(axes), progress
-        sizes = settings.sizes
-        self.requests = {"key": neutral_requests("key")[: sizes.n_key],
-                         "align": neutral_requests("align")[: sizes.n_align],
-                         "dev": neutral_requests("dev")[: sizes.n_eval],
-                         "eval": neutral_requests("eval")[: sizes.n_eval]}
         self._keys: dict[str, Any] = {}
         self._directions: dict[tuple[str, str], TransferDirection] = {}
 
     def keys(self, name: str) -> Any:
         if name not in self._keys:
-            self._keys[name] = axis_keys(self.models[name], self.axes, self.requests["key"],
-                                         batch_size=self.settings.sizes.batch_size, progress=self.progress)
+            sizes = self.settings.sizes
+            self._keys[name] = axis_keys(self.models[name], self.axes, pool_requests(sizes)["key"],
+                                         batch_size=sizes.batch_size, progress=self.progress)
         return self._keys[name]
 
     def __call__(self, source: str, target: str) -> TransferDirection:
         if (source, target) not in self._directions:
-            s, t, first = self.models[source], self.models[target], self.axes[0]
-            source_keys = self.keys(source)
-            maps = fit_maps(source_keys[first.name], Variant(s, axis_formats(s, first)[0]),
-                            Variant(t, axis_formats(t, first)[0]), self.requests["align"], self.settings.kinds,
-                            batch_size=self.settings.sizes.batch_size, progress=self.progress)
-            self._directions[source, target] = TransferDirection(
-                s, t, source_keys, self.keys(target), maps, self.requests["align"], self.requests["eval"],
-                self.settings.steering_alpha, self.settings.sizes, kinds=self.settings.kinds,
-                dev_requests=self.requests["dev"], dev_alphas=self.settings.dev_alphas)
+            s = self.settings
+            self._directions[source, target] = prepare_direction(
+                self.models[source], self.models[target], self.axes, alpha=s.steering_alpha, sizes=s.sizes,
+                kinds=s.kinds, source_keys=self.keys(source), target_keys=self.keys(target),
+                dev_alphas=s.dev_alphas, progress=self.progress)
         return self._directions[source, target]
 
 

@@ -20,6 +20,8 @@ from .axes_transfer import (
     fit_maps as fit_maps,
     measure_axis as measure_axis,
     median_fidelity as median_fidelity,
+    pool_requests as pool_requests,
+    prepare_direction as prepare_direction,
 )
 from .cached_scoring import (
     PrefixCache as PrefixCache,
@@ -96,6 +98,8 @@ __all__ = [
     "fit_maps",
     "measure_axis",
     "median_fidelity",
+    "pool_requests",
+    "prepare_direction",
     "fidelity_by_alpha",
     "verdict",
     "score_continuations",

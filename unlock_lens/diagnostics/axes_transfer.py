@@ -52,7 +52,7 @@ from unlock_lens.align import LayerMap
 from unlock_lens.align.contrasts import fit_contrast_maps, leave_one_out
 from unlock_lens.align.layers import AlignSpec, LayerPairing, map_directions
 from unlock_lens.alignment_data import alignment_stats, parse_data
-from unlock_lens.axes import Axis
+from unlock_lens.axes import Axis, neutral_requests
 from unlock_lens.controls import random_like, random_mapped
 from unlock_lens.diagnostics.fidelity import (
     Reference,
@@ -271,6 +271,33 @@ class TransferDirection:
                 self.target, list(prompts), steering=steering, max_new_tokens=self.sizes.max_new_tokens,
                 batch_size=self.sizes.batch_size)]
         return self._outputs[name]
+
+
+def pool_requests(sizes: TransferSizes) -> dict[str, list[str]]:
+    """The neutral pool's requests a measurement uses: ``key``, ``align``, ``dev`` (as many as
+    ``eval``, for choosing alpha) and ``eval``, each the first of its disjoint split."""
+    n = {"key": sizes.n_key, "align": sizes.n_align, "dev": sizes.n_eval, "eval": sizes.n_eval}
+    return {split: neutral_requests(split)[:count] for split, count in n.items()}
+
+
+def prepare_direction(
+    source: Any, target: Any, axes: Sequence[Axis], *, alpha: float, sizes: TransferSizes | None = None,
+    kinds: Sequence[str] = ("tokens+last",), source_keys: dict[str, MasterKey] | None = None,
+    target_keys: dict[str, MasterKey] | None = None, dev_alphas: Sequence[float] = (), progress: bool = False,
+) -> TransferDirection:
+    """One direction set up for every axis: each model's axis keys (extracted here unless
+    given), the maps per data kind fitted once, and the pool's requests (:func:`pool_requests`)."""
+    sizes = sizes or TransferSizes()
+    requests, batch = pool_requests(sizes), sizes.batch_size
+    source_keys = source_keys or axis_keys(source, axes, requests["key"], batch_size=batch, progress=progress)
+    target_keys = target_keys or axis_keys(target, axes, requests["key"], batch_size=batch, progress=progress)
+    first = axes[0]
+    maps = fit_maps(source_keys[first.name], Variant(source, axis_formats(source, first)[0]),
+                    Variant(target, axis_formats(target, first)[0]), requests["align"], kinds, batch_size=batch,
+                    progress=progress)
+    return TransferDirection(source, target, source_keys, target_keys, maps, requests["align"], requests["eval"],
+                             alpha, sizes, kinds=tuple(kinds), dev_requests=requests["dev"],
+                             dev_alphas=tuple(dev_alphas))
 
 
 def _effect(axis: Axis, texts: Sequence[str], baseline: Sequence[float]) -> tuple[float, list[float]]:
