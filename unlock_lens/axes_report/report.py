@@ -20,7 +20,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from unlock_lens.plots import CONDITIONS, PALETTE, _rgba
+from unlock_lens.plots import CONDITIONS, PALETTE
+
+#: the null band: the random condition's grey, translucent
+NULL_BAND = "rgba(127,127,127,0.3)"
 
 NO_EFFECT = " (no native effect)"
 
@@ -39,7 +42,7 @@ def fidelity_figure(table: pd.DataFrame) -> go.Figure:
         first = mine[mine["kind"] == kinds[0]]
         x = _axis_labels(first)
         fig.add_trace(go.Bar(x=x, y=first["null_q95"] - first["null_q50"], base=first["null_q50"],
-                             marker_color=_rgba(CONDITIONS["random"][1], 0.3), name=f"random-mapped nulls, "
+                             marker_color=NULL_BAND, name=f"random-mapped nulls, "
                              f"median to q0.95 ({kinds[0]})", showlegend=row == 1, legendgroup="nulls",
                              hovertemplate="%{x}: nulls q0.5 %{base:.2f}, q0.95 %{y:.2f} above<extra></extra>"),
                       row=row, col=1)
