@@ -28,8 +28,10 @@ Files in ``--out/<source>_to_<target>/``: ``run.json`` (args, hashes, wall time,
 ``eval_<set>_<part>.jsonl`` (+ meta; a finished part is reused on re-run),
 ``summary_<set>.csv`` and ``section.md``. ``--report`` joins the sections into
 ``analysis/results/real_pair.md`` (after ``--out/reading.md``, the interpretation, then
-``data_kinds.md`` and ``signature.md`` from ``analysis.real_pair_data`` and
-``analysis.confirm_signature``, each if present)
+``real_pair_fidelity.md`` / ``real_pair_generation.md`` (the F and generation tables of
+``analysis.real_pair_fidelity`` and ``analysis.real_pair_generation``), then ``data_kinds.md``
+and ``signature.md`` from ``analysis.real_pair_data`` and ``analysis.confirm_signature``, each
+if present)
 and draws each run's ``rank_sweep_kl`` figure (HTML; PNG when static export works).
 """
 
@@ -41,6 +43,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shlex
 import sys
 import time
@@ -412,6 +415,9 @@ def report(out: Path, path: Path, png: bool | None = None) -> Path:
     reading = out / "reading.md"  # the hand-written interpretation, kept beside the runs
     if reading.is_file():
         parts.append(reading.read_text())
+    for decided in ("real_pair_fidelity.md", "real_pair_generation.md"):  # the F and generation tables
+        if (out.parent / decided).is_file():
+            parts.append(re.sub(r"(?m)^(#+) ", r"#\1 ", (out.parent / decided).read_text()))  # one level down
     by_data = out / "data_kinds.md"  # analysis.real_pair_data --report
     if by_data.is_file():
         parts.append(by_data.read_text())

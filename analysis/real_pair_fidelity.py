@@ -12,11 +12,18 @@ One direction per run; the decision rule was fixed before any evaluation output 
 2. **Dev** (``--n-dev`` SVAMP + MultiArith problems, disjoint from eval): for each alpha, the
    target's greedy continuations under its own key are the reference; every data kind x method
    x rank is scored by F (no nulls); the ``--keep`` best per alpha go on.
-3. **Eval** (``--n-eval`` + ``--n-eval`` held-out problems): each kept setting and the shipped
-   default (``tokens+last``, svd, rank 256) at each alpha, by :func:`pack_fidelity` with the
+3. **Eval** (``--n-eval`` + ``--n-eval`` held-out problems): each kept setting, the best dev
+   setting of every data kind (``--per-kind``) and the shipped default (``tokens+last``, svd,
+   rank 256) at each alpha, by :func:`pack_fidelity` with the
    native reference: F [95% paired bootstrap], the negated key, ``--n-nulls`` random-mapped
    directions through that setting's maps (rank and direction-level p), and the first-token KL
    to the CoT prompt ranked the same way. Rule: a setting carries the behaviour when p <= 0.05.
+
+``continuations`` kinds fit on the source's CoT-prompted greedy outputs (64 tokens, cut at the
+stop strings) on the alignment questions, teacher-forced after each model's direct prompt.
+Dev rows (``dev.csv``) and each evaluated setting (``eval_parts/``) are kept: a rerun with a
+larger grid scores only what is new (keys, splits and nulls are seeded, so kept rows are the
+ones a full rerun would give).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ranks", default="16,64")
     p.add_argument("--alphas", default="0.02,0.05")
     p.add_argument("--keep", type=int, default=1, help="settings kept per alpha from dev")
+    p.add_argument("--per-kind", action="store_true", help="also evaluate every data kind's best dev setting")
+    p.add_argument("--also", default="", help="settings to evaluate as well, e.g. 'continuations|svd|256,...'")
     p.add_argument("--n-nulls", type=int, default=30)
     p.add_argument("--tokens", type=int, default=16, help="reference continuation length (raw greedy tokens, no stop strings)")
     p.add_argument("--max-pairs", type=int, default=2000)
@@ -70,17 +80,45 @@ def pack_of(key: Any, maps: Any, target: Any) -> CapabilityPack:
     return CapabilityPack(key=key, maps=maps, target=ModelInfo.of(target))
 
 
-def run_direction(args: argparse.Namespace) -> Path:
+@dataclass
+class Setup:
+    """One direction opened: both models, the source key, the target's own key, the map bank
+    and the dev / held-out problems, all from the run's seeds."""
+
+    out: Path
+    t0: float
+    log: Any
+    target: Any
+    key_qs: list[str]
+    key: Any
+    native: Any
+    bank: MapBank
+    dev: list[Any]
+    held: list[Any]
+    locked: Any
+    unlocked: Any
+
+
+def setup(args: argparse.Namespace) -> Setup:
     d = open_direction(args)
-    out, t0, log, pipe, target = d.out, d.t0, d.log, d.pipe, d.pipe.target
-    key_qs, align_qs = d.key_qs, d.align_qs
+    pipe, target = d.pipe, d.pipe.target
     ns = argparse.Namespace(seed=args.seed, n_dev=args.n_dev, n_eval=args.n_eval)
-    dev, held = problem_sets(ns, key_qs + align_qs)
-    key = pipe.extract(key_qs)
-    native = Unlock(target, target, protocol="library").extract(key_qs)
-    bank = MapBank(pipe.locked, pipe.target_variant, align_qs,
-                   LayerPairing.by_depth(key.source.n_layers, int(target.cfg.n_layers)), args.max_pairs)
-    locked, unlocked = pipe.target_variant.format, pipe.target_variant.format.cot_counterpart()
+    dev, held = problem_sets(ns, d.key_qs + d.align_qs)
+    key = pipe.extract(d.key_qs)
+    native = Unlock(target, target, protocol="library").extract(d.key_qs)
+    bank = MapBank(pipe.locked, pipe.target_variant, d.align_qs,
+                   LayerPairing.by_depth(key.source.n_layers, int(target.cfg.n_layers)), args.max_pairs,
+                   unlocked=pipe.unlocked, continuation_tokens=64, continuation_stop=DEFAULT_STOP_STRINGS)
+    locked = pipe.target_variant.format
+    return Setup(d.out, d.t0, d.log, target, d.key_qs, key, native, bank, dev, held, locked,
+                 locked.cot_counterpart())
+
+
+def run_direction(args: argparse.Namespace) -> Path:
+    s = setup(args)
+    out, t0, log, target = s.out, s.t0, s.log, s.target
+    key, native, bank, dev, held = s.key, s.native, s.bank, s.dev, s.held
+    locked, unlocked = s.locked, s.unlocked
     tok = target.tokenizer
     # the references are the raw greedy tokens: under its own key Gemma often opens a new
     # "Question:", which the stop strings would cut to nothing (counted in run.json)
@@ -91,39 +129,60 @@ def run_direction(args: argparse.Namespace) -> Path:
     log("keys ready;", len(settings), "settings x", len(alphas), "alphas on dev")
 
     dev_prompts = locked.render_all([p.question for p in dev], tok)
-    dev_rows, cut = [], {}
+    dev_path = out / "dev.csv"
+    kept = pd.read_csv(dev_path) if dev_path.exists() else pd.DataFrame(columns=["alpha", "data", "method", "map_rank", "F_dev"])
+    done = {(float(r.alpha), r.data, r.method, int(r.map_rank)) for r in kept.itertuples()}
+    dev_rows, cut = kept.to_dict("records"), {}
     for a in alphas:
         nat = Steering(native.directions, a)
         ref = greedy_reference(target, dev_prompts, name="native", steering=nat, **decoding)
-        cut[a] = sum(not text[: text.find(s)].strip() for text in ref.texts
-                     for s in DEFAULT_STOP_STRINGS[:1] if s in text) / len(ref.texts)
+        cut[a] = sum(not text[: text.find(stop)].strip() for text in ref.texts
+                     for stop in DEFAULT_STOP_STRINGS[:1] if stop in text) / len(ref.texts)
         cands = {f"{k}|{m}|{r}": pack_of(key, bank(k, m, min(r, bank.n_fit(k))), target).steering(a)
-                 for k, m, r in settings}
+                 for k, m, r in settings if (a, k, m, r) not in done}
+        if not cands:
+            continue
         report = likelihood_fidelity(target, ref, native=nat, candidates=cands, progress=f"dev alpha {a}")
         for row in report.summary(n_boot=200).to_dict("records"):
             if row["kind"] == "candidate":
                 k, m, r = row["condition"].split("|")
                 dev_rows.append({"alpha": a, "data": k, "method": m, "map_rank": int(r), "F_dev": row["F"]})
+        pd.DataFrame(dev_rows).to_csv(dev_path, index=False)
     dev_table = pd.DataFrame(dev_rows)
-    dev_table.to_csv(out / "dev.csv", index=False)
+    grid = {(k, m, r) for k, m, r in settings}
+    dev_table = dev_table[[(d, m, int(r)) in grid for d, m, r in
+                           zip(dev_table.data, dev_table.method, dev_table.map_rank, strict=True)]]
     picks = dev_table.sort_values("F_dev", ascending=False).groupby("alpha").head(args.keep)
     log("dev picks:", picks.to_dict("records"))
 
     held_prompts = locked.render_all([p.question for p in held], tok)
     held_unlocked = unlocked.render_all([p.question for p in held], tok)
-    eval_rows = []
+    eval_rows, parts = [], out / "eval_parts"
+    parts.mkdir(exist_ok=True)
     for a in alphas:
         chosen = [(r.data, r.method, int(r.map_rank), "dev pick") for r in picks[picks.alpha == a].itertuples()]
+        if args.per_kind:
+            at_a = dev_table[dev_table.alpha == a].sort_values("F_dev", ascending=False)
+            chosen += [(r.data, r.method, int(r.map_rank), f"best {r.data} on dev")
+                       for r in at_a.groupby("data").head(1).itertuples()
+                       if not any(c[:3] == (r.data, r.method, int(r.map_rank)) for c in chosen)]
+        for extra in filter(None, args.also.split(",")):
+            k, m, r = extra.split("|")
+            if not any(c[:3] == (k, m, int(r)) for c in chosen):
+                chosen.append((k, m, int(r), "asked (--also)"))
         if not any(c[:3] == DEFAULT for c in chosen):
             chosen.append((*DEFAULT, "shipped default"))
         for k, m, r, why in chosen:
-            pack = pack_of(key, bank(k, m, min(r, bank.n_fit(k))), target)
-            rep = pack_fidelity(target, pack, native.directions, held_prompts, alpha=a,
-                                unlocked_prompts=held_unlocked, references=("native",),
-                                n_nulls=args.n_nulls, progress=True, **decoding)["native"]
-            for row in rep.summary().to_dict("records"):
-                eval_rows.append({"alpha": a, "data": k, "method": m, "map_rank": r, "why": why, **row})
-            log(f"alpha {a} {k} {m} {r}: done")
+            part = parts / f"{a:g}_{k}_{m}_{r}.csv"
+            if not part.exists():
+                pack = pack_of(key, bank(k, m, min(r, bank.n_fit(k))), target)
+                rep = pack_fidelity(target, pack, native.directions, held_prompts, alpha=a,
+                                    unlocked_prompts=held_unlocked, references=("native",),
+                                    n_nulls=args.n_nulls, progress=True, **decoding)["native"]
+                pd.DataFrame(rep.summary().to_dict("records")).to_csv(part, index=False)
+                log(f"alpha {a} {k} {m} {r}: done")
+            rows = pd.read_csv(part, keep_default_na=False, na_values=[""]).to_dict("records")
+            eval_rows += [{"alpha": a, "data": k, "method": m, "map_rank": r, "why": why, **row} for row in rows]
     pd.DataFrame(eval_rows).to_csv(out / "eval.csv", index=False)
     (out / "run.json").write_text(json.dumps({
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
