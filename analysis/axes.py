@@ -36,7 +36,7 @@ def axis_table(records: list[dict[str, Any]], kinds: list[str]) -> list[str]:
     head = ("| direction | axis | α | native effect (p) | prompt effect | "
             + " | ".join(f"F {k} [CI] (p)" for k in kinds)
             + f" | share of native ({kinds[0]}) | anti-steerable | cos to native ({kinds[0]}) |")
-    lines = [head, "| " + " | ".join("---" for _ in head.split(" | ")[:-1]) + " |"]
+    lines = [head, "|" + " --- |" * (head.count(" | ") + 1)]
     for r in records:
         nat = r["native"]
         effect = f"{_f(nat['effect'])} ({_f(nat['p'], '.2f')})" + ("" if nat["has_effect"] else " **no native effect**")
@@ -44,7 +44,8 @@ def axis_table(records: list[dict[str, Any]], kinds: list[str]) -> list[str]:
         cells = []
         for k in kinds:
             v = r["kinds"].get(k)
-            cells.append("–" if v is None else f"{_f(v['F'])} [{_f(v['F_lo'])}, {_f(v['F_hi'])}] ({_f(v['p'], '.3f')})")
+            cells.append("–" if v is None else f"{_f(v['F'])} [{_f(v.get('F_lo'))}, {_f(v.get('F_hi'))}] "
+                         f"({_f(v.get('p'), '.3f')})")
         first = r["kinds"].get(kinds[0], {})
         lines.append(f"| {r['direction']} | {r['axis']} | {r['alpha']:g} | {effect} | {_f(prompt_effect)} | "
                      + " | ".join(cells)
@@ -52,28 +53,32 @@ def axis_table(records: list[dict[str, Any]], kinds: list[str]) -> list[str]:
     return lines
 
 
-def scatter(records: list[dict[str, Any]], kind: str, path: Path) -> list[Path]:
-    """F of ``kind`` against native strength, key effective rank and cosine to native, per axis."""
+def scatter(records: list[dict[str, Any]], kinds: list[str], path: Path) -> list[Path]:
+    """F per data kind (one row each) against native strength, key effective rank and the
+    mapped key's cosine to native, one marker per axis and direction."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    xs = {"native behaviour effect": lambda r: r["native"]["effect"],
-          "native key effective rank": lambda r: r["native"].get("effective_rank", np.nan),
-          f"cosine of mapped key to native ({kind})": lambda r: r["kinds"][kind]["cosine_to_native"]}
-    fig = make_subplots(rows=1, cols=3, shared_yaxes=True, subplot_titles=list(xs))
-    for i, (name, get) in enumerate(xs.items(), start=1):
-        for direction in dict.fromkeys(r["direction"] for r in records):
-            mine = [r for r in records if r["direction"] == direction and kind in r["kinds"]]
-            fig.add_trace(go.Scatter(
-                x=[get(r) for r in mine], y=[r["kinds"][kind]["F"] for r in mine], mode="markers+text",
-                text=[r["axis"] for r in mine], textposition="top center", name=direction,
-                legendgroup=direction, showlegend=i == 1,
-                marker={"symbol": ["circle" if r["native"]["has_effect"] else "circle-open" for r in mine],
-                        "size": 9}), row=1, col=i)
-        fig.update_xaxes(title_text=name, row=1, col=i)
-    fig.update_yaxes(title_text=f"F ({kind})", row=1, col=1)
+    xs = {"native behaviour effect": lambda r, k: r["native"]["effect"],
+          "native key effective rank": lambda r, k: r["native"].get("effective_rank", np.nan),
+          "cosine of mapped key to native": lambda r, k: r["kinds"][k].get("cosine_to_native", np.nan)}
+    fig = make_subplots(rows=len(kinds), cols=3, shared_yaxes=True, vertical_spacing=0.08,
+                        subplot_titles=[f"{name} ({k})" for k in kinds for name in xs])
+    colours = ("#1f77b4", "#d62728")
+    for row, kind in enumerate(kinds, start=1):
+        for col, (name, get) in enumerate(xs.items(), start=1):
+            for c, direction in enumerate(dict.fromkeys(r["direction"] for r in records)):
+                mine = [r for r in records if r["direction"] == direction and kind in r["kinds"]]
+                fig.add_trace(go.Scatter(
+                    x=[get(r, kind) for r in mine], y=[r["kinds"][kind]["F"] for r in mine], mode="markers+text",
+                    text=[r["axis"] for r in mine], textposition="top center", name=direction,
+                    legendgroup=direction, showlegend=row == 1 and col == 1,
+                    marker={"symbol": ["circle" if r["native"]["has_effect"] else "circle-open" for r in mine],
+                            "size": 9, "color": colours[c % len(colours)]}), row=row, col=col)
+            fig.update_xaxes(title_text=name, row=row, col=col)
+        fig.update_yaxes(title_text=f"F ({kind})", row=row, col=1)
     fig.update_layout(title="Transfer across capability axes (open marker: no native effect)",
-                      width=1300, height=460)
+                      width=1300, height=380 * len(kinds))
     return save_figure(fig, path, include_plotlyjs="cdn")
 
 
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> Path:
              "| direction | data kind | median F | axes with a native effect / all |", "| --- | --- | --- | --- |"]
     for m in summary["medians"]:
         lines.append(f"| {m['direction']} | {m['kind']} | {_f(m['median_F'])} | {m['axes_with_native_effect']} / {m['axes']} |")
-    figs = scatter(records, kinds[0], args.out.parent / "axes_scatter")
+    figs = scatter(records, kinds, args.out.parent / "axes_scatter")
     lines += ["", "## F across axes", ""]
     for fig in figs:
         rel = fig.relative_to(args.out.parent)

@@ -109,7 +109,10 @@ def real_pair_cases(root: Path = REAL_PAIR) -> tuple[pd.DataFrame, pd.DataFrame]
             held.append({"case": f"{name}, α {float(a):g}", "alpha": float(a), "data": k, "method": m,
                          "map_rank": int(r), "F": key.F, "F_lo": key.F_lo, "F_hi": key.F_hi,
                          "rank": key["rank"], "n_nulls": key.n_nulls, "p": key.p})
-    return pd.concat(dev, ignore_index=True), pd.DataFrame(held)
+    dev_all = pd.concat(dev, ignore_index=True)
+    held_all = pd.DataFrame(held).merge(dev_all[["case", "data", "method", "map_rank", "F_dev"]],
+                                        on=["case", "data", "method", "map_rank"], how="left")
+    return dev_all, held_all
 
 
 def choose(dev: pd.DataFrame) -> tuple[pd.DataFrame, tuple[str, str, int]]:

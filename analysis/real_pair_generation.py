@@ -140,6 +140,9 @@ def direction_section(run: Path) -> list[str]:
             for m in ("degenerate_rate", "cot_rate_non_degenerate", "multi_step_rate_non_degenerate", "accuracy",
                       "same_as_native"):
                 v = getattr(r, m)
+                if v != v:  # no non-degenerate output to measure: nothing to rank
+                    cells.append("–")
+                    continue
                 rank = 1 + int((rnd[m] >= v).sum())  # ties count against the key
                 cells.append(f"{_f(v)} ({rank}/{len(rnd) + 1})")
             deg = (f"{cells[0]}: {_f(r.blank_rate)} / {_f(r.cut_by_stop_rate)} / {_f(r.near_loop_rate)} / "
