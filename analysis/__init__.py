@@ -206,3 +206,11 @@ def open_direction(args: argparse.Namespace) -> Direction:
 
 def log(t0: float, *parts: Any) -> None:
     print(f"[{time.perf_counter() - t0:6.1f}s]", *parts, flush=True)
+
+
+def write_keeping_reading(path: Path, body: str) -> Path:
+    """Write a generated ``body`` to ``path``, keeping the hand-written ``## Reading`` section
+    (and all after it) of the file already there."""
+    old = path.read_text() if path.exists() else ""
+    path.write_text(body + ("\n## Reading" + old.split("\n## Reading", 1)[1] if "\n## Reading" in old else ""))
+    return path

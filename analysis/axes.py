@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from analysis import write_keeping_reading
 from unlock_lens.plots import save_figure
 
 RUN = Path(__file__).parent / "results" / "axes"
@@ -109,10 +110,7 @@ def main(argv: list[str] | None = None) -> Path:
     for fig in figs:
         rel = fig.relative_to(args.out.parent)
         lines.append(f"![F across axes]({rel})" if fig.suffix == ".png" else f"Figure: [{rel}]({rel})")
-    reading = args.out.read_text().split("\n## Reading", 1) if args.out.exists() else [""]
-    kept = "\n## Reading" + reading[1] if len(reading) > 1 else ""  # written by hand: kept
-    args.out.write_text("\n".join(lines) + "\n" + kept)
-    return args.out
+    return write_keeping_reading(args.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from analysis import write_keeping_reading
 from unlock_lens.activations import Variant
 from unlock_lens.align.contrasts import fit_contrast_maps, leave_one_out
 from unlock_lens.align.layers import LayerPairing, map_directions
@@ -184,9 +185,7 @@ def main(argv: list[str] | None = None) -> Path:
     for s, t in ((names[0], names[1]), (names[1], names[0])):
         lines += wrong_axis_rows((s, t), models[s], models[t], axes, keys[s], keys[t], RUN_REPORT)
     lines += ["", f"{time.perf_counter() - t0:.0f} s."]
-    reading = OUT.read_text().split("\n## Reading", 1) if OUT.exists() else [""]
-    OUT.write_text("\n".join(lines) + "\n" + ("\n## Reading" + reading[1] if len(reading) > 1 else ""))
-    return OUT
+    return write_keeping_reading(OUT, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

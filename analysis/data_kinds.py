@@ -51,7 +51,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from analysis import MapBank, open_direction
+from analysis import MapBank, open_direction, write_keeping_reading
 from analysis.protocol_diff import METRICS, first_token_metrics, interval
 from analysis.real_pair import EVAL_PARTS
 from unlock_lens import Steering, Unlock, generate, load_dataset
@@ -329,15 +329,11 @@ def report(args: argparse.Namespace) -> Path:
     runs = sorted(p for p in args.out.iterdir() if (p / "run.json").exists())
     if not runs:
         raise SystemExit(f"no runs in {args.out}: run both directions first")
-    reading = ""
-    if args.md.exists() and "\n## Reading" in args.md.read_text():
-        reading = "\n## Reading" + args.md.read_text().split("\n## Reading", 1)[1]
     cosine_figure(args.out)
     text = ("# Alignment data kinds on the real pair\n\n" + __doc__.split("\n\n", 1)[1].split("\n\n    python")[0]
             + "\n\nFigure: `data_kinds/cosine_to_native.html` (per-layer cosine to the native key, "
-            "each kind at its best rank; loads plotly.js from its CDN).\n\n" + "\n".join(direction_section(r) for r in runs) + reading)
-    args.md.write_text(text)
-    return args.md
+            "each kind at its best rank; loads plotly.js from its CDN).\n\n" + "\n".join(direction_section(r) for r in runs))
+    return write_keeping_reading(args.md, text)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from analysis import write_keeping_reading
 from analysis.real_pair_fidelity import pack_of
 from unlock_lens.activations import Variant
 from unlock_lens.align.layers import LayerPairing
@@ -166,10 +167,7 @@ def report(out: Path) -> Path:
             lines.append(f"| {case} | {row.data} | {row.method} | {int(row.map_rank)} | {why} | {_f(row.F)} "
                          f"[{_f(row.F_lo)}, {_f(row.F_hi)}] | {int(row.rank)} / {int(row.n_nulls)} | {_f(row.p, '.3f')} |")
     path = out.parent / "default_by_fidelity.md"
-    reading = path.read_text().split("\n## Reading", 1) if path.exists() else [""]
-    kept = "\n## Reading" + reading[1] if len(reading) > 1 else ""  # written by hand: kept
-    path.write_text("\n".join(lines) + "\n" + kept)
-    return path
+    return write_keeping_reading(path, "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

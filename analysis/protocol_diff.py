@@ -35,7 +35,7 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
-from analysis import load_any
+from analysis import load_any, write_keeping_reading
 from unlock_lens import Steering, Unlock, final_logits, load_dataset
 from unlock_lens.diagnostics.distribution_shift import mapped_random_like
 from unlock_lens.distributions import entropy, kl_divergence
@@ -194,14 +194,10 @@ def report(args: argparse.Namespace) -> Path:
     runs = sorted(p for p in args.out.iterdir() if (p / "run.json").exists())
     if not runs:
         raise SystemExit(f"no runs in {args.out}: run both directions first")
-    reading = ""
-    if args.md.exists() and "\n## Reading" in args.md.read_text():
-        reading = "\n## Reading" + args.md.read_text().split("\n## Reading", 1)[1]
     text = ("# Protocol differences on the real pair, first generated token\n\n"
             + __doc__.split("\n\n", 1)[1].split("\n\n    python")[0] + "\n\n"
-            + "\n".join(direction_section(r) for r in runs) + reading)
-    args.md.write_text(text)
-    return args.md
+            + "\n".join(direction_section(r) for r in runs))
+    return write_keeping_reading(args.md, text)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import MapBank, open_direction
+from analysis import MapBank, open_direction, write_keeping_reading
 from analysis.real_pair_data import problem_sets
 from unlock_lens.align.layers import LayerPairing
 from unlock_lens.diagnostics.fidelity import greedy_reference, likelihood_fidelity, pack_fidelity
@@ -223,10 +223,7 @@ def report(args: argparse.Namespace) -> Path:
                              f"{_f(row.p, '.3f')} | {_f(row.first_token_kl, '.3f')} | {int(row.kl_rank)} | {nulls} |")
         lines.append("")
     path = args.out.parent / "real_pair_fidelity.md"
-    reading = path.read_text().split("\n## Reading", 1) if path.exists() else [""]
-    kept = "\n## Reading" + reading[1] if len(reading) > 1 else ""  # written by hand: kept
-    path.write_text("\n".join(lines) + "\n" + kept)
-    return path
+    return write_keeping_reading(path, "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

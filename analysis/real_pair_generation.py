@@ -31,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from analysis import write_keeping_reading
 from analysis.real_pair_fidelity import DEFAULT, OUT, pack_of, setup
 from unlock_lens.evaluate.results import behaviour
 from unlock_lens.evaluate.runner import Decoding, evaluate
@@ -166,10 +167,7 @@ def report(args: argparse.Namespace) -> Path:
              "count against it).", ""]
     for run in runs:
         lines += direction_section(run)
-    reading = path.read_text().split("\n## Reading", 1) if path.exists() else [""]
-    kept = "\n## Reading" + reading[1] if len(reading) > 1 else ""  # written by hand: kept
-    path.write_text("\n".join(lines) + "\n" + kept)
-    return path
+    return write_keeping_reading(path, "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
