@@ -1,7 +1,7 @@
 """Many capabilities on the real pair: ``analysis/results/axes.md`` from one ``transfer-report`` run.
 
     unlock-lens transfer-report --source smollm2-135m-instruct --target gemma-3-270m \\
-        --dev-alphas 0.05,0.1,0.2 --threads 1 --out analysis/results/axes
+        --kinds tokens+last,contrasts,last --dev-alphas 0.05,0.1,0.2 --threads 1 --out analysis/results/axes
     python -m analysis.axes        # -> analysis/results/axes.md and axes_scatter.html (+ .png)
 
 The run measures every registry axis in both directions (see README, "Transfer report across

@@ -84,7 +84,8 @@ def test_transfer_report_quick_end_to_end_then_resumes(tiny_dirs, tmp_path):
     reloads no model; other settings in the same folder are refused."""
     out = tmp_path / "rep"
     argv = ["transfer-report", "--source", str(tiny_dirs["qwen2"]), "--target", str(tiny_dirs["llama"]),
-            "--quick", "--axes", "french,shouting,brief", "--alpha", "0.5", "--out", str(out)]
+            "--quick", "--axes", "french,shouting,brief", "--alpha", "0.5", "--kinds", "tokens+last,contrasts,last",
+            "--out", str(out)]
     result = CliRunner().invoke(cli.app, argv)
     assert result.exit_code == 0, result.output
     assert "qwen2 -> llama, contrasts: median F" in result.output
@@ -105,7 +106,7 @@ def test_transfer_report_quick_end_to_end_then_resumes(tiny_dirs, tmp_path):
     (out / "axes.jsonl").write_text("\n".join(lines[:4]) + "\n" + lines[4][:40])
     loads = []
     settings = ReportSettings(str(tiny_dirs["qwen2"]), str(tiny_dirs["llama"]), ("french", "shouting", "brief"),
-                              sizes=QUICK_SIZES, alpha=0.5)
+                              kinds=("tokens+last", "contrasts", "last"), sizes=QUICK_SIZES, alpha=0.5)
 
     def loader(name):
         from unlock_lens.models import load_model
@@ -182,3 +183,11 @@ def test_a_native_key_that_ends_every_output_has_no_native_effect(tiny_models, m
     record = measure_axis(_direction(tiny_models["qwen2"], tiny_models["llama"], [axis]), axis)
     assert record["n_reference"] == 0 and record["native"]["has_effect"] is False
     assert math.isnan(record["kinds"]["tokens+last"]["F"]) and record["example"]["native"] == ""
+
+
+def test_the_cli_help_names_the_default_kinds_the_api_uses():
+    from unlock_lens.axes_report.run import DEFAULT_KINDS, ReportSettings
+
+    result = CliRunner().invoke(cli.app, ["transfer-report", "--help"], terminal_width=400)
+    assert f"[default: {','.join(DEFAULT_KINDS)}]" in " ".join(result.output.split())
+    assert ReportSettings("a", "b").kinds == DEFAULT_KINDS == ("tokens+last", "contrasts")

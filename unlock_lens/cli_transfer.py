@@ -29,9 +29,10 @@ def transfer_report(
     source: Annotated[str, typer.Option(help="one model of the pair (hub id, local HF dir, .gguf or registry name)")],
     target: Annotated[str, typer.Option(help="the other model; both directions are measured")],
     axes: Annotated[str | None, typer.Option(help="comma list of axes from the registry (default: all)")] = None,
-    kinds: Annotated[str, typer.Option(help="alignment data kinds, comma list: tokens+last, last, tokens, text, "
-                                       "contrasts (each axis's maps fitted on the other axes' keys; alone or "
-                                       "+-joined, e.g. tokens+last+contrasts)")] = "tokens+last,contrasts,last",
+    kinds: Annotated[str | None, typer.Option(help="alignment data kinds, comma list: tokens+last, last, tokens, "
+                                              "text, contrasts (each axis's maps fitted on the other axes' keys; "
+                                              "alone or +-joined, e.g. tokens+last+contrasts) [default: "
+                                              "tokens+last,contrasts]")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="small sizes for tiny models or a smoke test "
                                         "(8 key, 16 align, 4 eval requests, 5 nulls, 9 random directions, "
                                         "8 tokens, 4 scored for F); explicit size flags still win")] = False,
@@ -62,6 +63,7 @@ def transfer_report(
     alignment data kind, its behaviour share, anti-steerable fraction, the prompting baseline and
     a random-mapped control; resumable; writes report.html, report.json and report.csv."""
     from unlock_lens.axes_report.run import (
+        DEFAULT_KINDS,
         QUICK_SIZES,
         ReportSettings,
         check_settings,
@@ -75,7 +77,7 @@ def transfer_report(
              "fidelity_tokens": fidelity_tokens}
     sizes = replace(sizes, seed=seed, batch_size=batch_size, **{k: v for k, v in given.items() if v is not None})
     settings = ReportSettings(source, target, _names(axes, "--axes") if axes is not None else (),
-                              _names(kinds, "--kinds"), sizes, alpha, device,
+                              _names(kinds, "--kinds") if kinds is not None else DEFAULT_KINDS, sizes, alpha, device,
                               tuple(check.parse_alphas(dev_alphas, "--dev-alphas")) if dev_alphas is not None else ())
     check_settings(settings)
     check.check_positive(threads, "--threads")
