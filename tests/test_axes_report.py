@@ -145,6 +145,17 @@ def test_contrasts_maps_leave_the_measured_axis_out(tiny_models):
     assert direction.maps_for(axes[0], "contrasts") is direction.maps_for(axes[0], "contrasts")  # fitted once
 
 
+def test_the_contrasts_rank_clamp_is_said_once_per_direction(tiny_models):
+    """Alone, ``contrasts`` has n_axes - 1 rows for every axis, so the rank clamp is the same
+    news each time: one warning per direction, not one per axis."""
+    axes = [load_axes()[a] for a in ("french", "brief", "pirate")]
+    direction = _direction(tiny_models["qwen2"], tiny_models["llama"], axes)
+    with pytest.warns(UserWarning, match=r"key pairs \(contrasts alone\): clamped to 2") as caught:
+        for axis in axes:
+            direction.maps_for(axis, "contrasts")
+    assert sum("contrasts alone" in str(w.message) for w in caught) == 1
+
+
 def test_alpha_chosen_on_dev_requests_never_reads_eval(tiny_models):
     """With dev alphas each axis's alpha is the one with the largest native behaviour effect on
     the dev requests; no evaluation request is generated from before the choice is made."""

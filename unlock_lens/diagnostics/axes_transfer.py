@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -208,6 +209,7 @@ class TransferDirection:
     _outputs: dict[str, list[str]] = field(default_factory=dict, repr=False)
     _contrast_maps: dict[tuple[str, str], dict[int, LayerMap]] = field(default_factory=dict, repr=False)
     _token_stats: dict[str, Any] = field(default_factory=dict, repr=False)
+    _warned: set[str] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
         self.kinds = tuple(self.kinds) or tuple(self.maps)
@@ -232,8 +234,14 @@ class TransferDirection:
                     final_layer=key.final_layer, batch_size=self.sizes.batch_size)
             pairs = {name: (self.source_keys[name], self.native_keys[name]) for name in self.source_keys}
             sources, targets = leave_one_out(pairs, axis.name)
-            self._contrast_maps[kind, axis.name] = fit_contrast_maps(
-                sources, targets, pairing, spec, token_stats=self._token_stats.get(states) if states else None)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self._contrast_maps[kind, axis.name] = fit_contrast_maps(
+                    sources, targets, pairing, spec, token_stats=self._token_stats.get(states) if states else None)
+            for warning in caught:  # the same rank clamp for every axis: say it once per direction
+                if (message := str(warning.message)) not in self._warned:
+                    self._warned.add(message)
+                    warnings.warn(message, warning.category, stacklevel=2)
         return self._contrast_maps[kind, axis.name]
 
     def pack(self, axis: Axis, kind: str) -> CapabilityPack:
