@@ -11,8 +11,11 @@ Stages (all timed): load both models; extract the key; ``prepare_ablation`` (cap
 alignment questions on both models once, the reference and unsteered logits); the maps,
 fitted once per rank from those captures (svd, last-token data, uncentred: the sweeps' own
 path, not `run`'s tokens+last data); then **the grid**: the evaluation prompts' prefix cache
-once and every configuration through ``AblationSetup.logits_of`` (configurations stacked on
-the batch dimension on the shared cache, ``score_configurations``) and ``AblationSetup.score``.
+once and every configuration through ``AblationSetup.scores_of`` (the path every sweep in
+``diagnostics.ablations`` takes): configurations side by side on the shared cache, up to
+``STREAMED_MAX_ROWS`` rows a forward, the forward stopped at the unembedding's input and the
+262k-token vocabulary read out in chunks into KL and log p (``diagnostics.readout``), so no
+logits are held.
 
 The floor: ``torch.mm`` of two 2048 x 2048 float32 matrices, timed on the same device, threads
 and load between the grid's chunks (median of the samples). Useful work: a configuration costs
@@ -106,7 +109,7 @@ def synthetic_questions(n_key: int, n_align: int, n_eval: int) -> tuple[list, li
 def run(args: argparse.Namespace) -> dict:
     from unlock_lens.align.layers import AlignSpec
     from unlock_lens.diagnostics.ablations import prepare_ablation
-    from unlock_lens.diagnostics.cached_scoring import DEFAULT_MAX_ROWS
+    from unlock_lens.diagnostics.readout import STREAMED_MAX_ROWS
     from unlock_lens.prompts import get_format
     from unlock_lens.unlock import Unlock
 
@@ -152,7 +155,7 @@ def run(args: argparse.Namespace) -> dict:
 
     stage(f"the grid: {len(grid)} configurations x {len(eval_q)} prompts")
     rates = [mm_rate(args.device)]
-    t_score = t_reduce = 0.0
+    t_score = 0.0
     kl_means = []
     with RssPeak() as rss:
         if args.device.startswith("cuda"):
@@ -161,7 +164,7 @@ def run(args: argparse.Namespace) -> dict:
         prefix = setup.prefix()
         sync(args.device)
         t_prefix = time.perf_counter() - t_grid
-        stream = setup.logits_of(grid)
+        stream = setup.scores_of(grid)
         last_sample = time.perf_counter()
         for k in range(len(grid)):
             if k % 60 == 0:
@@ -169,13 +172,10 @@ def run(args: argparse.Namespace) -> dict:
                 stage(f"configuration {k}/{len(grid)} (matmul median {statistics.median(rates):.1f} "
                       f"GFLOP/s{so_far})")
             t = time.perf_counter()
-            logits = next(stream)
+            kl, _ = next(stream)  # KL and log p of the configuration: the logits are never held
             sync(args.device)
             t_score += time.perf_counter() - t
-            t = time.perf_counter()
-            kl, _ = setup.score(logits)
             kl_means.append(float(kl.mean()))
-            t_reduce += time.perf_counter() - t
             if time.perf_counter() - last_sample > args.sample_every:
                 t = time.perf_counter()
                 rates.append(mm_rate(args.device))
@@ -188,15 +188,15 @@ def run(args: argparse.Namespace) -> dict:
     prefix_tokens = sum(int(b.mask.sum()) - len(b.indices) for b in prefix.batches)
     flops_configs = len(grid) * n * per_config
     flops_prefix = prefix_tokens * per_prefix_token
-    rows = min(n, args.batch_size)
+    rows = max(len(b.indices) for b in prefix.batches)
     cuda_peak = (torch.cuda.max_memory_allocated() / 2**20) if args.device.startswith("cuda") else None
     return {
         "timings": timings, "configs": len(grid), "n": n, "ranks": ranks, "bands": args.bands,
         "alphas": list(args.alphas), "batch": args.batch_size,
-        "rows_per_forward": rows * max(1, DEFAULT_MAX_ROWS // rows),
+        "rows_per_forward": rows * max(1, STREAMED_MAX_ROWS // rows), "prefix_batch": rows,
         "tokens": f"{prefix_tokens / n + 1:.0f}", "mm_rate": rate, "mm_min": min(rates),
         "mm_max": max(rates), "mm_samples": len(rates),
-        "t_prefix": t_prefix, "t_score": t_score, "t_reduce": t_reduce, "wall": wall,
+        "t_prefix": t_prefix, "t_score": t_score, "wall": wall,
         "score_rate": flops_configs / t_score / 1e9, "prefix_rate": flops_prefix / t_prefix / 1e9,
         "floor": (flops_configs + flops_prefix) / (rate * 1e9),
         "per_config": t_score / len(grid),
@@ -223,18 +223,18 @@ def report(r: dict, command: str) -> str:
         f"{m['transformers']}; load average {m['load_avg_1m']} at the end.", "",
         f"{r['source']} -> {r['model']}: {r['configs']} configurations ({r['bands']} layer bands x "
         f"ranks {r['ranks']} x alphas {r['alphas']}) x {r['n']} prompts (~{r['tokens']} tokens), "
-        f"batch {r['batch']}, up to {r['rows_per_forward']} rows (configurations x prompts) per "
-        "forward.", "",
+        f"set-up batch {r['batch']}, prefix-cache batches of {r['prefix_batch']} prompts, up to "
+        f"{r['rows_per_forward']} rows (configurations x prompts) per forward.", "",
         "| stage | time |", "|---|---|",
         *[f"| {k} | {v:.1f} s |" for k, v in r["timings"].items()],
         f"| grid: prefix cache | {r['t_prefix']:.1f} s ({r['prefix_rate']:.1f} GFLOP/s) |",
-        f"| grid: scoring ({r['per_config']:.3f} s / configuration) | {r['t_score']:.1f} s |",
-        f"| grid: KL and log p per configuration | {r['t_reduce']:.1f} s |",
+        f"| grid: scoring, KL and log p included ({r['per_config']:.3f} s / configuration) | "
+        f"{r['t_score']:.1f} s |",
         f"| **grid end to end** | **{r['wall']:.1f} s** |", "",
         f"- matmul floor: torch.mm {MM_SIZE}^3 float32, median {r['mm_rate']:.1f} GFLOP/s "
         f"(min {r['mm_min']:.1f}, max {r['mm_max']:.1f}, {r['mm_samples']} samples through the run)",
-        f"- one-position scoring: {r['score_rate']:.1f} GFLOP/s = **{score_frac:.2f} of the matmul "
-        "rate** (target >= 0.7)",
+        f"- one-position scoring (with the KL and log p reduction): {r['score_rate']:.1f} GFLOP/s = "
+        f"**{score_frac:.2f} of the matmul rate** (target >= 0.7)",
         f"- grid end to end {r['wall']:.1f} s vs floor {r['floor']:.1f} s = **{ratio:.2f}x** "
         "(target <= 1.4)",
         f"- peak memory: {mem}; the prefix cache holds {r['kv_mb']:.0f} MiB of keys and values",
@@ -257,7 +257,9 @@ def main() -> None:
     p.add_argument("--bands", type=int, default=None, help="layer bands (default 18)")
     p.add_argument("--ranks", type=int, nargs="+", default=None)
     p.add_argument("--alphas", type=float, nargs="+", default=None)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="prompts per batch of the set-up's captures and logits (the prefix cache "
+                        "takes at most STREAMED_PREFIX_BATCH of them)")
     p.add_argument("--configs", type=int, default=0, help="score only the first N configurations")
     p.add_argument("--sample-every", type=float, default=20.0,
                    help="seconds between matmul-rate samples during the grid")

@@ -100,29 +100,29 @@ def test_a_cell_equals_the_pipelines_pack_scored_by_scipy(pair, full_run):
 
 def test_an_interrupted_sweep_resumes_to_the_same_table(pair, full_run, tmp_path, monkeypatch):
     _, want = full_run
-    real = sweep_module._score_configurations
+    real = sweep_module._measure_configurations
     calls = {"n": 0}
 
-    def interrupted(model, cache, steerings):
+    def interrupted(model, cache, reference, steerings):
         calls["n"] += 1
         if calls["n"] == 8:  # the unsteered row, then 6 cells finish; the 7th is cut off
             raise KeyboardInterrupt
-        return real(model, cache, steerings)
+        return real(model, cache, reference, steerings)
 
-    monkeypatch.setattr(sweep_module, "_score_configurations", interrupted)
+    monkeypatch.setattr(sweep_module, "_measure_configurations", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(GRID, SETTINGS, tmp_path, pair=pair, progress=False)
     assert len(read_cells(tmp_path / "cells.jsonl")) == 6 and not (tmp_path / "sweep.csv").exists()
     with (tmp_path / "cells.jsonl").open("a") as f:  # a line cut mid-write is dropped
         f.write('{"cell": "L2|last|svd|r4|a0.2')
-    monkeypatch.setattr(sweep_module, "_score_configurations", real)
+    monkeypatch.setattr(sweep_module, "_measure_configurations", real)
     counted = {"n": 0}
 
-    def counting(model, cache, steerings):
+    def counting(model, cache, reference, steerings):
         counted["n"] += 1
-        return real(model, cache, steerings)
+        return real(model, cache, reference, steerings)
 
-    monkeypatch.setattr(sweep_module, "_score_configurations", counting)
+    monkeypatch.setattr(sweep_module, "_measure_configurations", counting)
     got = run_sweep(GRID, SETTINGS, tmp_path, pair=pair, progress=False)
     assert counted["n"] == 1 + 20 - 6  # the unsteered row and only the cells left
     assert [r["cell"] for r in read_cells(tmp_path / "cells.jsonl")] == list(want["cell"])  # none lost

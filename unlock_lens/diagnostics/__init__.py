@@ -14,6 +14,9 @@
   prefix KV cache (one one-position forward per configuration, or many configurations side
   by side in one forward: ``score_configurations``; teacher-forced continuations:
   ``score_continuations``).
+- ``readout``: first-token measures of many configurations (KL, entropy, log q of tokens,
+  argmax) with the vocabulary read out in chunks from the final states, no logits held
+  (``readout_configurations``; what every sweep scores through).
 - ``fidelity``: does a transferred key carry the behaviour? The likelihood fidelity test
   (``likelihood_fidelity`` / ``pack_fidelity``: F against >= 30 null directions, rank and
   direction-level p) and text agreement with the native key's outputs.

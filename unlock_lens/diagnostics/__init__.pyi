@@ -55,6 +55,11 @@ from .fidelity import (
     transfer_fidelity as transfer_fidelity,
     verdict as verdict,
 )
+from .readout import (
+    ReadoutStats as ReadoutStats,
+    iter_readout as iter_readout,
+    readout_configurations as readout_configurations,
+)
 from .restricted_vocab import (
     FirstTokenReference as FirstTokenReference,
     first_token_measures as first_token_measures,

@@ -20,11 +20,11 @@ the cached activations, and (built on first use) the unsteered KV cache of the d
 minus their last token (:func:`~unlock_lens.diagnostics.cached_scoring.prefix_cache`). Each
 cell has ``1 + len(seeds)`` steering configurations; when the position rule edits only the
 last prompt position (``last_prompt``, ``final``) a sweep's configurations are scored on that
-cache, many side by side per forward
-(:func:`~unlock_lens.diagnostics.cached_scoring.score_configurations`: the last prompt token
-only), the same logits as full steered prefills (1e-4, ``tests/test_ablations.py``). Other rules, models without a Hugging Face KV
-cache and ``AblationSetup.cached = False`` run one full steered prefill (``final_logits``) per
-configuration, with a one-line note.
+cache, many side by side per forward (the last prompt token only), and the vocabulary is read
+out in chunks with no logits held (:func:`~unlock_lens.diagnostics.readout.readout_configurations`):
+the same numbers as full steered prefills (1e-4, ``tests/test_ablations.py``). Other rules,
+models without a Hugging Face KV cache and ``AblationSetup.cached = False`` run one full
+steered prefill (``final_logits``) per configuration, with a one-line note.
 
 Frame columns: ``sweep, cell, condition`` (``key`` / ``random`` / ``direct``), the cell's
 parameters (``layers, layer, band_start, band_end, alpha, method, rank``), ``kl_mean, kl_std,
@@ -59,6 +59,7 @@ from unlock_lens.diagnostics.cached_scoring import (
     prefix_cache,
     score_configurations,
 )
+from unlock_lens.diagnostics.readout import STREAMED_PREFIX_BATCH, iter_readout
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.masterkey import MasterKey
 from unlock_lens.prompts import PromptFormat
@@ -157,6 +158,7 @@ class AblationSetup:
         # the reference's log-probabilities, once: every configuration is scored against them
         self._ref_log_p = torch.log_softmax(self.ref_logits.float(), -1)
         self._ref_p = self._ref_log_p.exp()
+        self._ref_neg_entropy = (self._ref_p * self._ref_log_p).sum(-1)
 
     @property
     def method(self) -> str:
@@ -221,9 +223,11 @@ class AblationSetup:
                 and getattr(self.target, "original_model", None) is not None)
 
     def prefix(self) -> PrefixCache:
-        """The direct prompts' unsteered prefix cache (built once, on first use)."""
+        """The direct prompts' unsteered prefix cache (built once, on first use), in batches of
+        at most :data:`~unlock_lens.diagnostics.readout.STREAMED_PREFIX_BATCH` prompts."""
         if self._prefix is None:
-            self._prefix = prefix_cache(self.target, self.direct_prompts, batch_size=self.batch_size)
+            self._prefix = prefix_cache(self.target, self.direct_prompts,
+                                        batch_size=min(self.batch_size, STREAMED_PREFIX_BATCH))
         return self._prefix
 
     def logits_of(self, steerings: Sequence[Steering]) -> Iterator[Float[Tensor, "n vocab"]]:
@@ -248,6 +252,19 @@ class AblationSetup:
     ) -> Float[Tensor, "n vocab"]:
         """The direct prompts' next-token logits under one configuration (see :meth:`logits_of`)."""
         return next(self.logits_of([self.steering(directions, layers, alpha)]))
+
+    def scores_of(self, steerings: Sequence[Steering]) -> Iterator[tuple[Tensor, Tensor]]:
+        """Each configuration's :meth:`score` (KL to the reference, log p of its top tokens), in
+        order. On the prefix cache the vocabulary is read out in chunks and no logits are held
+        (:func:`~unlock_lens.diagnostics.readout.readout_configurations`), else one full steered
+        prefill each, scored by :meth:`score`."""
+        if not self.uses_prefix_cache:
+            for logits in self.logits_of(steerings):
+                yield self.score(logits)
+            return
+        for stats in iter_readout(self.target, self.prefix(), steerings, self._ref_p, self.tokens,
+                                  with_entropy=False):
+            yield stats.kl(self._ref_neg_entropy), stats.log_q().logsumexp(-1)
 
     def score(self, logits: Float[Tensor, "n vocab"]) -> tuple[Tensor, Tensor]:
         """:func:`proxy_scores` against the setup's reference (its log-probabilities cached)."""
@@ -336,8 +353,8 @@ def _run_cells(
     bar = tqdm(total=len(steerings), desc=f"{sweep} sweep (steered configurations)",
                disable=not progress)
     scores = []
-    for logits in setup.logits_of(steerings):
-        scores.append(setup.score(logits))
+    for kl_logp in setup.scores_of(steerings):
+        scores.append(kl_logp)
         bar.update()
     bar.close()
     rows = []

@@ -20,6 +20,10 @@ edit. The prefix's keys and values are read once per forward for all of them and
 per configuration, so the matmuls see prompts x configurations rows while the attention reads
 the cache once.
 
+:func:`readout_inputs` runs the same forward but stops at the unembedding's input, for
+:mod:`~unlock_lens.diagnostics.readout` to read the vocabulary out in chunks: on a 262k-token
+vocabulary, holding rows x vocabulary logits costs about as much as the unembedding's matmul.
+
 Only position rules that edit the last prompt position alone in a prefill are exact here
 (``last_prompt``, and ``final``, which adds only generated tokens); others are refused. The
 cache holds every prompt's keys and values at once (Gemma-3-270M: ~3.5 MiB per 100-token prompt
@@ -37,6 +41,7 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from transformer_lens.model_bridge.exceptions import StopAtLayerException
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 from unlock_lens.activations import (
@@ -74,6 +79,8 @@ class PrefixCache:
     model: Any = field(repr=False)
     batches: tuple[PrefixBatch, ...] = field(repr=False)
     n_prompts: int = 0
+    #: what is learned about the model once per cache (``readout.linear_readout``'s check)
+    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 def edits_last_prompt_only(rule: str, n: int = 4) -> bool:
@@ -302,7 +309,27 @@ def forward_configurations(
     cacheable :class:`~unlock_lens.steer.Steering` or None; hooks are off on return or raise.
     Returns every position's logits (float32, on the model's device).
     """
-    g, (b, block) = len(group), tokens.shape
+    (b, block), g = tokens.shape, len(group)
+    return _run_configurations(model, batch, tokens, group).float().view(b, g, block, -1)
+
+
+def readout_inputs(
+    model: Any, batch: PrefixBatch, tokens: Int[Tensor, "b block"], group: Sequence[Any]
+) -> Float[Tensor, "b g block d_model"]:
+    """:func:`forward_configurations` stopped at the unembedding's input (``unembed.hook_in``:
+    the final-normalised residual stream), for a caller that reads the vocabulary out in chunks
+    (:mod:`~unlock_lens.diagnostics.readout`) instead of holding rows x vocabulary logits."""
+    (b, block), g = tokens.shape, len(group)
+    return _run_configurations(model, batch, tokens, group, stop_at=READOUT_HOOK).float().view(b, g, block, -1)
+
+
+#: the hook whose input the unembedding reads (a TransformerBridge's name)
+READOUT_HOOK = "unembed.hook_in"
+
+
+def _run_configurations(model: Any, batch: PrefixBatch, tokens: Int[Tensor, "b block"],
+                        group: Sequence[Any], stop_at: str | None = None) -> Tensor:
+    g, block = len(group), tokens.shape[1]
     kwargs = dict(batch.last_kwargs)
     last_position = kwargs.get("position_ids", position_ids(batch.mask)[:, -1:])
     kwargs["position_ids"] = last_position + torch.arange(block, device=tokens.device).repeat(g)
@@ -312,9 +339,14 @@ def forward_configurations(
         kwargs["past_key_values"] = _fresh_kv(batch.kv)
     hooks = [(name, _block_edit_hook(edits, block))
              for name, edits in _edits_by_hook(model, group, block).items()]
+    if stop_at is not None:  # the bridge returns a StopAtLayerException's tensor as its output
+        hooks.append((stop_at, _stop_with_input))
     with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
-        out = model(tokens.repeat(1, g), **kwargs)
-    return out.float().view(b, g, block, -1)
+        return model(tokens.repeat(1, g), **kwargs)
+
+
+def _stop_with_input(x: Tensor, hook: Any) -> Tensor:
+    raise StopAtLayerException(x)
 
 
 def score_configurations(

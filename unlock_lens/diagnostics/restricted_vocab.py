@@ -24,11 +24,16 @@ full-vocabulary KL must not use it (the default everywhere is ``k=None``: full v
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from unlock_lens.errors import UnlockLensError
+
+if TYPE_CHECKING:
+    from unlock_lens.diagnostics.readout import ReadoutStats
 
 #: measure name -> what it is, in the order a table shows them
 MEASURES: dict[str, str] = {
@@ -116,6 +121,22 @@ class FirstTokenReference:
         p_top = (logits.gather(-1, self.top[:, None])[:, 0] - lse).exp()
         agree = (logits.argmax(-1) == self.top).float()
         return {"kl": kl, "entropy": ent, "p_ref_top": p_top, "top1_agree": agree}
+
+
+    def readout_measures(self, stats: ReadoutStats) -> dict[str, Float[Tensor, " n"]]:
+        """:meth:`measures` from a full-vocabulary read-out
+        (:func:`~unlock_lens.diagnostics.readout.readout_configurations` against
+        ``self.probabilities`` at ``self.top[:, None]``), no logits held."""
+        if self.support is not None:
+            raise UnlockLensError("a read-out is full-vocabulary: measure a restricted reference on logits")
+        return {"kl": stats.kl(self._neg_entropy), "entropy": stats.entropy(),
+                "p_ref_top": stats.log_q()[:, 0].exp(), "top1_agree": (stats.argmax == self.top).float()}
+
+    @property
+    def probabilities(self) -> Float[Tensor, "n vocab"]:
+        if self.support is not None:
+            raise UnlockLensError("a restricted reference keeps no full-vocabulary probabilities")
+        return self._p
 
 
 def first_token_measures(

@@ -16,7 +16,8 @@ scores the next-token distribution against the target's own unlocked (CoT) promp
 
 Scores come from one unsteered prefix KV cache of the prompts
 (:mod:`~unlock_lens.diagnostics.cached_scoring`), every configuration of a cell in one call
-of :func:`_score_configurations`. Each finished cell is appended to ``cells.jsonl`` in the
+of :func:`_measure_configurations` (full vocabulary: read out in chunks, no logits held,
+:mod:`~unlock_lens.diagnostics.readout`). Each finished cell is appended to ``cells.jsonl`` in the
 output folder (one line, flushed and synced), so a sweep stopped at any point resumes where it
 stopped with the same settings; other settings in the same folder are refused. At the end:
 ``sweep.csv``, ``sweep.json`` and ``report.html`` (:mod:`~unlock_lens.sweep.report`).
@@ -54,6 +55,7 @@ from unlock_lens.alignment_data import parse_data
 from unlock_lens.controls import random_mapped
 from unlock_lens.diagnostics import cached_scoring
 from unlock_lens.diagnostics.fidelity import direction_rank, fidelity_ratio, greedy_reference
+from unlock_lens.diagnostics.readout import STREAMED_PREFIX_BATCH, readout_configurations
 from unlock_lens.diagnostics.restricted_vocab import MEASURES, FirstTokenReference
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.resumable import append_row, open_run, settings_record
@@ -181,11 +183,16 @@ class SweepGrid:
 # ---- scoring ------------------------------------------------------------------------------
 
 
-def _score_configurations(model: Any, cache: Any, steerings: Sequence[Steering | None]) -> list[Tensor]:
-    """Next-token logits of every configuration on the shared prefix cache, many per forward
-    (:func:`~unlock_lens.diagnostics.cached_scoring.score_configurations`): the one place a
-    sweep calls the model."""
-    return list(cached_scoring.score_configurations(model, cache, steerings))
+def _measure_configurations(model: Any, cache: Any, reference: FirstTokenReference,
+                            steerings: Sequence[Steering | None]) -> list[dict[str, Tensor]]:
+    """Every configuration's first-token measures on the shared prefix cache, many per forward:
+    the one place a sweep calls the model. Full vocabulary: read out in chunks, no logits held
+    (:func:`~unlock_lens.diagnostics.readout.readout_configurations`); restricted (``vocab_k``):
+    from the logits (:func:`~unlock_lens.diagnostics.cached_scoring.score_configurations`)."""
+    if reference.support is None:
+        stats = readout_configurations(model, cache, steerings, reference.probabilities, reference.top[:, None])
+        return [reference.readout_measures(s) for s in stats]
+    return [reference.measures(x) for x in cached_scoring.score_configurations(model, cache, steerings)]
 
 
 def _means(measures: Mapping[str, Tensor]) -> dict[str, float]:
@@ -229,9 +236,10 @@ class Sweeper:
         reference = final_logits(tgt, unlocked.render_all(qs, tok), batch_size=settings.batch_size,
                                  special_tokens=unlocked.special_tokens)
         self.reference = FirstTokenReference(reference, settings.vocab_k)
-        self.cache = cached_scoring.prefix_cache(tgt, locked.render_all(qs, tok), batch_size=settings.batch_size,
+        self.cache = cached_scoring.prefix_cache(tgt, locked.render_all(qs, tok),
+                                                 batch_size=min(settings.batch_size, STREAMED_PREFIX_BATCH),
                                                  special_tokens=locked.special_tokens)
-        self.direct = _means(self.reference.measures(_score_configurations(tgt, self.cache, [None])[0]))
+        self.direct = _means(_measure_configurations(tgt, self.cache, self.reference, [None])[0])
         self.random_seeds = range(settings.seed, settings.seed + grid.n_random)
         self.locked_prompts = locked.render_all(qs, tok)
         self._references: dict[tuple[str, float], tuple[Any, Any]] = {}
@@ -251,8 +259,7 @@ class Sweeper:
         if native_key not in self._native:
             native = self.pair.native
             steerings.append(self._steering({t: native.direction(t) for t in cell.layers}, cell))
-        logits = _score_configurations(self.pair.target, self.cache, steerings)
-        per = [self.reference.measures(x) for x in logits]
+        per = _measure_configurations(self.pair.target, self.cache, self.reference, steerings)
         if native_key not in self._native:
             self._native[native_key] = _means(per.pop())
         row: dict[str, Any] = cell.params()
