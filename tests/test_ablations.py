@@ -128,8 +128,8 @@ def test_cached_sweeps_stack_each_sweep_in_one_forward(pair, key, questions, mon
     keys and random controls stacked; 2 evaluation prompts = 1 batch), no full prefill."""
     _, tgt = pair
     scored = []
-    real = abl.iter_readout
-    monkeypatch.setattr(abl, "iter_readout",
+    real = abl.readout_configurations
+    monkeypatch.setattr(abl, "readout_configurations",
                         lambda m, c, steerings, *a, **k: scored.append(len(steerings)) or real(m, c, steerings, *a, **k))
     setup = make_setup(pair, key, questions)
     monkeypatch.setattr(abl, "final_logits", None)  # any full prefill from here on would raise

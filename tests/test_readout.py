@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_cached_scoring import ARCHS, PROMPTS as CACHED_PROMPTS
 
 from unlock_lens.activations import final_logits
 from unlock_lens.diagnostics.cached_scoring import prefix_cache
@@ -22,15 +23,8 @@ from unlock_lens.diagnostics.readout import (
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.steer import Steering, attached_hooks
 
-ARCHS = ("llama", "qwen2", "gemma3", "gpt2", "qwen3")
-PROMPTS = [
-    "Tom has 3 apples and buys 5 more. How many apples does he have?",
-    "Each box holds",
-    "A train travels 60 miles per hour for 2 hours.",
-    "If x / 4 = 6",
-    "What is 100 minus 37?",
-    " ".join(["There are 12 birds on a tree and 4 fly away."] * 8),
-]
+# the cached-scoring tests' prompts: left-padded batches, one longer than Gemma3's sliding window
+PROMPTS = CACHED_PROMPTS[:5] + CACHED_PROMPTS[-1:]
 
 
 def _whole(logits: torch.Tensor, ref_logits: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -113,8 +107,8 @@ def test_readout_equals_full_steered_prefills(tiny_models, arch, readout):
     tokens = ref_logits.topk(3, -1).indices
     grid = _grid(model)
     for max_rows in (7, None):
-        got = readout_configurations(model, cache, grid, torch.softmax(ref_logits, -1), tokens,
-                                     max_rows=max_rows, vocab_chunk=100)
+        got = list(readout_configurations(model, cache, grid, torch.softmax(ref_logits, -1), tokens,
+                                          max_rows=max_rows, vocab_chunk=100))
         for steering, stats in zip(grid, got, strict=True):
             want = _whole(final_logits(model, PROMPTS, steering=steering, batch_size=4), ref_logits, tokens)
             _assert_close(_streamed(stats, ref_logits), want)
@@ -157,7 +151,7 @@ def test_a_first_token_reference_measures_a_readout_as_it_measures_logits(tiny_m
     cache = prefix_cache(model, PROMPTS, batch_size=4)
     reference = FirstTokenReference(final_logits(model, [p + " Let's think" for p in PROMPTS]))
     grid = _grid(model)
-    stats = readout_configurations(model, cache, grid, reference.probabilities, reference.top[:, None])
+    stats = list(readout_configurations(model, cache, grid, reference.probabilities, reference.top[:, None]))
     for logits, one in zip(score_configurations(model, cache, grid), stats, strict=True):
         want, got = reference.measures(logits), reference.readout_measures(one)
         for name in want:

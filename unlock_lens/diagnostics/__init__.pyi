@@ -57,7 +57,6 @@ from .fidelity import (
 )
 from .readout import (
     ReadoutStats as ReadoutStats,
-    iter_readout as iter_readout,
     readout_configurations as readout_configurations,
 )
 from .restricted_vocab import (

@@ -59,7 +59,7 @@ from unlock_lens.diagnostics.cached_scoring import (
     prefix_cache,
     score_configurations,
 )
-from unlock_lens.diagnostics.readout import STREAMED_PREFIX_BATCH, iter_readout
+from unlock_lens.diagnostics.readout import STREAMED_PREFIX_BATCH, readout_configurations
 from unlock_lens.errors import UnlockLensError
 from unlock_lens.masterkey import MasterKey
 from unlock_lens.prompts import PromptFormat
@@ -262,8 +262,8 @@ class AblationSetup:
             for logits in self.logits_of(steerings):
                 yield self.score(logits)
             return
-        for stats in iter_readout(self.target, self.prefix(), steerings, self._ref_p, self.tokens,
-                                  with_entropy=False):
+        for stats in readout_configurations(self.target, self.prefix(), steerings, self._ref_p, self.tokens,
+                                            with_entropy=False):
             yield stats.kl(self._ref_neg_entropy), stats.log_q().logsumexp(-1)
 
     def score(self, logits: Float[Tensor, "n vocab"]) -> tuple[Tensor, Tensor]:

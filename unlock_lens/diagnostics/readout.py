@@ -235,31 +235,15 @@ def readout_configurations(
     max_rows: int | None = None,
     vocab_chunk: int = DEFAULT_VOCAB_CHUNK,
     with_entropy: bool = True,
-) -> list[ReadoutStats]:
-    """:class:`ReadoutStats` of each configuration's next-token logits after each prompt
-    (configuration order, rows in prompt order), against the reference probabilities ``ref_p``
-    and at ``tokens`` (per prompt): what :func:`stats_from_logits` gives on
-    ``score_configurations``'s logits, without holding them. See :func:`iter_readout`."""
-    return list(iter_readout(model, cache, steerings, ref_p, tokens, max_rows=max_rows,
-                             vocab_chunk=vocab_chunk, with_entropy=with_entropy))
-
-
-def iter_readout(
-    model: Any,
-    cache: PrefixCache,
-    steerings: Sequence[Any],
-    ref_p: Float[Tensor, "n vocab"],
-    tokens: Int[Tensor, "n m"],
-    *,
-    max_rows: int | None = None,
-    vocab_chunk: int = DEFAULT_VOCAB_CHUNK,
-    with_entropy: bool = True,
 ) -> Iterator[ReadoutStats]:
-    """:func:`readout_configurations` one configuration at a time, in order, as each group of
-    them finishes: configurations run side by side on the shared prefix, up to ``max_rows``
-    rows a forward (default: :data:`STREAMED_MAX_ROWS` when the vocabulary is read out here,
-    else :data:`~unlock_lens.diagnostics.cached_scoring.DEFAULT_MAX_ROWS`), every batch of
-    prompts per group. Bad input is refused before any forward."""
+    """:class:`ReadoutStats` of each configuration's next-token logits after each prompt (rows in
+    prompt order), against the reference probabilities ``ref_p`` and at ``tokens`` (per
+    prompt): what :func:`stats_from_logits` gives on ``score_configurations``'s logits, without
+    holding them. Yielded in configuration order as each group finishes (``list()`` them for
+    all): configurations run side by side on the shared prefix, up to ``max_rows`` rows a
+    forward (default: :data:`STREAMED_MAX_ROWS` when the vocabulary is read out here, else
+    :data:`~unlock_lens.diagnostics.cached_scoring.DEFAULT_MAX_ROWS`), every batch of prompts
+    per group. Bad input is refused at the call, before any forward."""
     _check_cache(model, cache)
     if len(steerings) == 0:
         raise UnlockLensError("no configurations to score: pass at least one steering (or None)")
