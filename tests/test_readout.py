@@ -88,7 +88,8 @@ def _grid(model) -> list[Steering | None]:
     n, d = int(model.cfg.n_layers), int(model.cfg.d_model)
     dirs = {layer: torch.randn(d, generator=g) for layer in range(n)}
     return [None, Steering(dirs, alpha=0.5), Steering(dirs, alpha=0.5, layers=[1]),
-            Steering(dirs, alpha=1.0, normalisation="raw"), Steering(dirs, alpha=0.3, hook="resid_pre")]
+            Steering(dirs, alpha=1.0, normalisation="raw"), Steering(dirs, alpha=0.3, hook="resid_pre"),
+            Steering(dirs, alpha=2.0, normalisation="clamp", positions="final")]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
