@@ -26,7 +26,7 @@ the matmul rate (target >= 0.7), grid wall time / floor time (target <= 1.4), pe
 
     python -m benchmarks.bench_sweep                    # the 540 x 64 grid on Gemma-3-270M
     python -m benchmarks.bench_sweep --quick            # random-small models, 36 configs x 16 prompts
-    python -m benchmarks.bench_sweep --device cuda      # the same on a GPU (not tested here)
+    python -m benchmarks.bench_sweep --device cuda      # the same on a GPU (bench_gpu runs it there)
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def synthetic_questions(n_key: int, n_align: int, n_eval: int) -> tuple[list, li
 def run(args: argparse.Namespace) -> dict:
     from unlock_lens.align.layers import AlignSpec
     from unlock_lens.diagnostics.ablations import prepare_ablation
-    from unlock_lens.diagnostics.readout import STREAMED_MAX_ROWS
+    from unlock_lens.diagnostics.readout import ACCELERATOR_SIZES, STREAMED_MAX_ROWS
     from unlock_lens.prompts import get_format
     from unlock_lens.unlock import Unlock
 
@@ -193,7 +193,8 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "timings": timings, "configs": len(grid), "n": n, "ranks": ranks, "bands": args.bands,
         "alphas": list(args.alphas), "batch": args.batch_size,
-        "rows_per_forward": rows * max(1, STREAMED_MAX_ROWS // rows), "prefix_batch": rows,
+        "rows_per_forward": rows * max(1, (STREAMED_MAX_ROWS if args.device == "cpu" else ACCELERATOR_SIZES[0]) // rows),
+        "prefix_batch": rows,
         "tokens": f"{prefix_tokens / n + 1:.0f}", "mm_rate": rate, "mm_min": min(rates),
         "mm_max": max(rates), "mm_samples": len(rates),
         "t_prefix": t_prefix, "t_score": t_score, "wall": wall,

@@ -41,12 +41,17 @@ from unlock_lens.diagnostics.cached_scoring import (
 )
 from unlock_lens.errors import UnlockLensError
 
-#: vocabulary columns read out at once: [rows, chunk] float32 stays near the caches (4 MiB at 1024 rows)
+#: vocabulary columns read out at once on a CPU: [rows, chunk] float32 stays near the caches
+#: (4 MiB at 1024 rows)
 DEFAULT_VOCAB_CHUNK = 1024
 
-#: rows (prompts x configurations) per forward when the vocabulary is read out in chunks: no
-#: rows x vocabulary logits are held, so forwards can be wider than ``DEFAULT_MAX_ROWS``
+#: rows (prompts x configurations) per forward on a CPU when the vocabulary is read out in
+#: chunks: no rows x vocabulary logits are held, so forwards can be wider than ``DEFAULT_MAX_ROWS``
 STREAMED_MAX_ROWS = 1024
+
+#: the same two on an accelerator, where each chunk is a kernel launch: (rows, chunk), a 512 MiB
+#: buffer (H200, 540 x 64 grid: ``benchmarks/README.md``)
+ACCELERATOR_SIZES = (4096, 32768)
 
 #: prompts per prefix-cache batch for read-out scoring: 8 prompts leave 128 configurations to a
 #: 1024-row forward, so the prefix's keys and values (which the bridge's attention copies per
@@ -233,7 +238,7 @@ def readout_configurations(
     tokens: Int[Tensor, "n m"],
     *,
     max_rows: int | None = None,
-    vocab_chunk: int = DEFAULT_VOCAB_CHUNK,
+    vocab_chunk: int | None = None,
     with_entropy: bool = True,
 ) -> Iterator[ReadoutStats]:
     """:class:`ReadoutStats` of each configuration's next-token logits after each prompt (rows in
@@ -243,7 +248,9 @@ def readout_configurations(
     all): configurations run side by side on the shared prefix, up to ``max_rows`` rows a
     forward (default: :data:`STREAMED_MAX_ROWS` when the vocabulary is read out here, else
     :data:`~unlock_lens.diagnostics.cached_scoring.DEFAULT_MAX_ROWS`), every batch of prompts
-    per group. Bad input is refused at the call, before any forward."""
+    per group, ``vocab_chunk`` columns at a time (default :data:`DEFAULT_VOCAB_CHUNK`; on an
+    accelerator both defaults are :data:`ACCELERATOR_SIZES`). Bad input is refused at the call,
+    before any forward."""
     _check_cache(model, cache)
     if len(steerings) == 0:
         raise UnlockLensError("no configurations to score: pass at least one steering (or None)")
@@ -259,6 +266,8 @@ def readout_configurations(
         raise UnlockLensError(f"token ids must lie in [0, {vocab}), got {int(tokens.min())}..{int(tokens.max())}")
     if max_rows is not None and max_rows < 1:
         raise UnlockLensError(f"max_rows must be >= 1, got {max_rows}")
+    if vocab_chunk is not None and vocab_chunk < 1:
+        raise UnlockLensError(f"vocab_chunk must be >= 1, got {vocab_chunk}")
     for steering in steerings:  # all refused before any forward
         if steering is not None:
             check_cacheable(steering)
@@ -267,11 +276,14 @@ def readout_configurations(
 
 
 def _readout_groups(model: Any, cache: PrefixCache, steerings: Sequence[Any], ref_p: Tensor, tokens: Tensor,
-                    max_rows: int | None, vocab_chunk: int, with_entropy: bool) -> Iterator[ReadoutStats]:
+                    max_rows: int | None, vocab_chunk: int | None, with_entropy: bool) -> Iterator[ReadoutStats]:
     readout = linear_readout(model, cache)
     if readout is not None:
         weight, bias = readout[0].float(), None if readout[1] is None else readout[1].float()
-    rows = max_rows or (STREAMED_MAX_ROWS if readout is not None else DEFAULT_MAX_ROWS)
+    on_cpu = not cache.batches or cache.batches[0].last_ids.device.type == "cpu"
+    streamed_rows, chunk = (STREAMED_MAX_ROWS, DEFAULT_VOCAB_CHUNK) if on_cpu else ACCELERATOR_SIZES
+    rows = max_rows or (streamed_rows if readout is not None else DEFAULT_MAX_ROWS)
+    vocab_chunk = vocab_chunk or chunk
     per_batch = []  # the reference side of every batch, once for all configurations
     for batch in cache.batches:
         device = batch.last_ids.device
