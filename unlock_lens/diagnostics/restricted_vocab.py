@@ -122,7 +122,6 @@ class FirstTokenReference:
         agree = (logits.argmax(-1) == self.top).float()
         return {"kl": kl, "entropy": ent, "p_ref_top": p_top, "top1_agree": agree}
 
-
     def readout_measures(self, stats: ReadoutStats) -> dict[str, Float[Tensor, " n"]]:
         """:meth:`measures` from a full-vocabulary read-out
         (:func:`~unlock_lens.diagnostics.readout.readout_configurations` against
@@ -134,6 +133,7 @@ class FirstTokenReference:
 
     @property
     def probabilities(self) -> Float[Tensor, "n vocab"]:
+        """The reference's next-token probabilities (full vocabulary only)."""
         if self.support is not None:
             raise UnlockLensError("a restricted reference keeps no full-vocabulary probabilities")
         return self._p
