@@ -30,15 +30,11 @@ from types import SimpleNamespace
 import torch
 
 from benchmarks._common import make_prompts
+from benchmarks.bench_sweep import mm_rate, sync
 
 NAMES = ("smollm2-135m-instruct", "gemma-3-270m")
 KEEP = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
         "chat_template.jinja", "special_tokens_map.json")
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def timed(fn, device: str, repeats: int = 3) -> tuple[float, object]:
@@ -82,12 +78,6 @@ def random_weights(configs: Path, work: Path) -> dict[str, Path]:
                     shutil.copy(configs / name / f, dest / f)
         out[name] = dest
     return out
-
-
-def mm_rate(device: str, n: int = 4096) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    seconds, _ = timed(lambda: a @ b, device, repeats=5)
-    return 2 * n**3 / seconds / 1e9
 
 
 def bench_capture(model, device: str, n: int) -> dict:
@@ -195,6 +185,10 @@ def main() -> None:
     if args.export_configs:
         export_configs(args.export_configs)
         return
+    missing = [name for name in NAMES if not (args.configs / name / "config.json").is_file()]
+    if missing:
+        p.error(f"--configs {args.configs}: no config.json for {', '.join(missing)}; make the folder with "
+                f"--export-configs {args.configs}")
     args.out.mkdir(parents=True, exist_ok=True)
     from importlib.metadata import version
 
@@ -222,7 +216,7 @@ def main() -> None:
     models = {"source": load_model(str(paths[NAMES[0]]), device=args.device),
               "target": load_model(str(paths[NAMES[1]]), device=args.device)}
     small = args.small
-    section("matmul_fp32_gflops", lambda: mm_rate(args.device, 1024 if small else 4096))
+    section("matmul_fp32_gflops", lambda: mm_rate(args.device, 1024 if small else 4096, repeats=5))
     section("capture_gemma", lambda: bench_capture(models["target"], args.device, 8 if small else 256))
     section("generation_gemma", lambda: bench_generation(models["target"], args.device, 4 if small else 64,
                                                          4 if small else 64))
