@@ -1,4 +1,4 @@
-"""Two checks on the axes run's cosines (post hoc: defined after reading ``axes.md``).
+"""Three checks on the axes run's cosines (post hoc: defined after reading ``axes.md``).
 
     python -m analysis.axes_checks      # -> analysis/results/axes_checks.md
 
